@@ -1,0 +1,3 @@
+from kpc_trio.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,123 @@
+"""Structured logging: one event per line, `key=value` (default) or JSON.
+
+Usage::
+
+    log = get_logger(__name__)
+    log.info("client_connected", client_id="dev-1", transport="tcp")
+
+Identifiers bound with `bind_context(...)` (client id, endpoint, correlation id) are added to every
+event logged from the same task and its children (contextvars follow trio tasks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+_context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "kpc_log_context", default={}
+)
+
+
+@contextlib.contextmanager
+def bind_context(**fields: Any) -> Iterator[None]:
+    """Add `fields` to every event logged inside the block (and in tasks started from it)."""
+    token = _context.set({**_context.get(), **fields})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def set_context(**fields: Any) -> None:
+    """Add `fields` for the rest of the current task (a session binds its client id once)."""
+    _context.set({**_context.get(), **fields})
+
+
+class EventLogger:
+    """A thin wrapper over a stdlib logger that takes an event name and key/value fields."""
+
+    __slots__ = ("_logger",)
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def _log(self, level: int, event: str, fields: dict[str, Any]) -> None:
+        if self._logger.isEnabledFor(level):
+            merged = {**_context.get(), **fields}
+            self._logger.log(level, event, extra={"kpc_fields": merged})
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._log(logging.DEBUG, event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._log(logging.INFO, event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._log(logging.WARNING, event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._log(logging.ERROR, event, fields)
+
+    def is_debug(self) -> bool:
+        return self._logger.isEnabledFor(logging.DEBUG)
+
+
+def get_logger(name: str) -> EventLogger:
+    return EventLogger(logging.getLogger(name))
+
+
+def _format_value(value: Any) -> str:
+    text = str(value)
+    if text == "" or any(ch in text for ch in ' "=\n\t'):
+        return json.dumps(text)
+    return text
+
+
+class KeyValueFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        parts = [
+            f"ts={ts}.{int(record.msecs):03d}Z",
+            f"level={record.levelname.lower()}",
+            f"logger={record.name}",
+            f"event={_format_value(record.getMessage())}",
+        ]
+        fields: Mapping[str, Any] = getattr(record, "kpc_fields", {})
+        parts.extend(f"{k}={_format_value(v)}" for k, v in fields.items() if v is not None)
+        if record.exc_info:
+            parts.append(f"exc={_format_value(self.formatException(record.exc_info))}")
+        return " ".join(parts)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, Any] = {
+            "ts": record.created,
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        fields: Mapping[str, Any] = getattr(record, "kpc_fields", {})
+        event.update((k, v) for k, v in fields.items() if v is not None)
+        if record.exc_info:
+            event["exc"] = self.formatException(record.exc_info)
+        return json.dumps(event, default=str)
+
+
+def configure_logging(level: str = "INFO", fmt: str = "kv") -> None:
+    """Install the formatter on the root logger; `fmt` is `kv` or `json`."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # nats-py and trio-websocket log tracebacks at INFO/ERROR for routine network events.
+    logging.getLogger("nats").setLevel(logging.CRITICAL)
+    logging.getLogger("trio-websocket").setLevel(logging.WARNING)

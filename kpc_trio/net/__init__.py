@@ -1,0 +1,1 @@
+"""Thin trio adapters for the transports: TCP, TLS, WebSocket."""
