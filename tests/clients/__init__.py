@@ -1,0 +1,1 @@
+"""Real MQTT clients driven from tests (paho-mqtt in its own network thread)."""
