@@ -1,0 +1,151 @@
+"""Prometheus metrics of one KPC instance.
+
+Each `Metrics` owns its own `CollectorRegistry` so several KPC instances can live in one process
+(tests) without colliding in the global registry. Names use the `kpc_` prefix and base units
+(seconds, bytes).
+
+Label values must come from small closed sets: transports (`tcp`, `tls`, `websocket`, `http`),
+packet type names (`PacketType.name`), CONNACK/refusal reasons, drop reasons, and extension
+instance names *from the configuration* (never the extension segment of a client topic, never
+client ids or endpoint tokens): every distinct value is a new time series kept forever.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+if TYPE_CHECKING:
+    from kpc_trio.license import LicenseInfo
+
+#: Content-Type header value for `Metrics.render()` output.
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+
+# Batches are lingered up to ~1000 messages (design.md, "NATS from trio").
+_BATCH_SIZE_BUCKETS: Final = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+# Sub-millisecond publishes up to NATS request timeouts (default 5 s).
+_LATENCY_BUCKETS: Final = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+
+
+class Metrics:
+    """The metric objects of one KPC instance, registered in `self.registry`.
+
+    Callers update the attributes directly, e.g.
+    ``metrics.connections_open.labels(transport="tcp").inc()``.
+    """
+
+    def __init__(self) -> None:
+        self.registry: Final = CollectorRegistry(auto_describe=True)
+        r = self.registry
+
+        # Connections
+        self.connections_open: Final = Gauge(
+            "kpc_connections_open", "Open MQTT connections.", ["transport"], registry=r
+        )
+        self.connects: Final = Counter(
+            "kpc_connects", "Accepted MQTT CONNECTs.", ["transport"], registry=r
+        )
+        self.connect_refusals: Final = Counter(
+            "kpc_connect_refusals",
+            "Refused or aborted connection attempts by reason.",
+            ["transport", "reason"],
+            registry=r,
+        )
+
+        # MQTT traffic
+        self.packets_received: Final = Counter(
+            "kpc_packets_received", "MQTT packets received.", ["packet_type"], registry=r
+        )
+        self.packets_sent: Final = Counter(
+            "kpc_packets_sent", "MQTT packets sent.", ["packet_type"], registry=r
+        )
+        self.received_bytes: Final = Counter(
+            "kpc_received_bytes",
+            "Bytes of MQTT packets received (fixed header included).",
+            ["packet_type"],
+            registry=r,
+        )
+        self.sent_bytes: Final = Counter(
+            "kpc_sent_bytes",
+            "Bytes of MQTT packets sent (fixed header included).",
+            ["packet_type"],
+            registry=r,
+        )
+
+        # 1/KP <-> 4/ESP relay
+        self.client_data_relayed: Final = Counter(
+            "kpc_client_data_relayed",
+            "ClientData records published to extensions.",
+            ["extension"],
+            registry=r,
+        )
+        self.extension_data_delivered: Final = Counter(
+            "kpc_extension_data_delivered",
+            "ExtensionData records delivered to clients.",
+            ["extension"],
+            registry=r,
+        )
+        self.messages_dropped: Final = Counter(
+            "kpc_messages_dropped", "Messages dropped by reason.", ["reason"], registry=r
+        )
+
+        # NATS
+        self.nats_connected: Final = Gauge(
+            "kpc_nats_connected", "1 while connected to NATS, else 0.", registry=r
+        )
+        self.nats_publish_batch_size: Final = Histogram(
+            "kpc_nats_publish_batch_size",
+            "Messages per NATS publish batch.",
+            buckets=_BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.nats_publish_latency: Final = Histogram(
+            "kpc_nats_publish_latency_seconds",
+            "Time from handing a batch to NATS until it was flushed.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+        # Endpoint token validation (16/ECAP)
+        self.token_validation_latency: Final = Histogram(
+            "kpc_token_validation_latency_seconds",
+            "Round trip of endpoint token validation requests.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.token_cache_hits: Final = Counter(
+            "kpc_token_cache_hits", "Endpoint token cache hits.", registry=r
+        )
+        self.token_cache_misses: Final = Counter(
+            "kpc_token_cache_misses", "Endpoint token cache misses.", registry=r
+        )
+
+        # Endpoints and license
+        self.endpoints_online: Final = Gauge(
+            "kpc_endpoints_online", "Endpoints with an active session.", registry=r
+        )
+        self.license_expiry_remaining: Final = Gauge(
+            "kpc_license_expiry_remaining_seconds",
+            "Seconds until the license certificate expires (NaN without a license).",
+            registry=r,
+        )
+        # NaN, not 0: an "expires soon" alert must not fire when no license is installed.
+        self.license_expiry_remaining.set(float("nan"))
+
+    def track_license(self, license_info: LicenseInfo) -> None:
+        """Report the license's remaining validity, recomputed at every scrape."""
+        self.license_expiry_remaining.set_function(license_info.seconds_until_expiry)
+
+    def render(self) -> bytes:
+        """All metrics in the Prometheus text exposition format (`CONTENT_TYPE`)."""
+        return generate_latest(self.registry)
