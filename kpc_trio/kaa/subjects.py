@@ -14,11 +14,12 @@ class SubjectTokenError(ValueError):
     """A name spliced into a NATS subject would change the subject's structure."""
 
 
-_FORBIDDEN = frozenset(".*> \t\r\n")
+_SEPARATOR_AND_WILDCARDS = frozenset(".*>")
 
 
 def _token(name: str, role: str) -> str:
-    if not name or not _FORBIDDEN.isdisjoint(name):
+    structural = not _SEPARATOR_AND_WILDCARDS.isdisjoint(name) or any(c.isspace() for c in name)
+    if not name or structural:
         raise SubjectTokenError(
             f"{role} {name!r} cannot be used in a NATS subject: it must be non-empty and contain "
             "no '.', '*', '>' or whitespace"
