@@ -1,0 +1,140 @@
+"""Accept loops shared by every transport, the plain TCP transport, and stream ownership.
+
+Layout (as `trio.serve_listeners`): accept loops run in the listener's own nursery, connection
+tasks in the caller's `handler_nursery`, so shutdown can stop accepting first and let sessions
+finish.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import NoReturn, TypeVar
+
+import trio
+
+from kpc_trio.logs import get_logger
+from kpc_trio.net.peer import ConnectionHandler, Peer, format_address
+
+log = get_logger(__name__)
+
+StreamT = TypeVar("StreamT", bound=trio.abc.AsyncResource)
+
+# Out of descriptors/memory is usually transient (connections are closing); retrying at once
+# would spin the CPU, giving up would take the whole listener down.
+ACCEPT_RETRY_DELAY = 0.1
+# Time allowed for a polite close (TLS close_notify, WebSocket close handshake) before the
+# socket is closed anyway.
+GRACEFUL_CLOSE_TIMEOUT = 5.0
+
+BoundAddress = tuple[str, int]
+
+
+@asynccontextmanager
+async def closing_stream(stream: StreamT) -> AsyncIterator[StreamT]:
+    """Own `stream` for the block: close it politely after a normal exit, forcefully otherwise.
+
+    After cancellation or an error the peer is gone or we are shutting down, so we do not wait
+    for it.
+    """
+    try:
+        yield stream
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    # aclose() closes the resource even when the timeout cancels it (trio's AsyncResource rule).
+    with trio.move_on_after(GRACEFUL_CLOSE_TIMEOUT):
+        await stream.aclose()
+
+
+def peer_address(stream: trio.SocketStream) -> str | None:
+    """The client's "host:port", or None if it already disconnected."""
+    try:
+        return format_address(stream.socket.getpeername())
+    except OSError:
+        return None
+
+
+async def run_accept_loop(
+    listener: trio.abc.Listener[StreamT],
+    on_accept: Callable[[StreamT], Awaitable[None]],
+    *,
+    transport: str,
+    handler_nursery: trio.Nursery,
+) -> NoReturn:
+    """Accept forever, starting `on_accept(stream)` in `handler_nursery` for each connection."""
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                log.warning(
+                    "accept_failed",
+                    transport=transport,
+                    errno=errno.errorcode.get(exc.errno or 0, exc.errno),
+                    reason=exc.strerror or str(exc),
+                    retry_in_s=ACCEPT_RETRY_DELAY,
+                )
+                await trio.sleep(ACCEPT_RETRY_DELAY)
+                continue
+            handler_nursery.start_soon(on_accept, stream)
+
+
+async def serve_socket_listeners(
+    on_accept: Callable[[trio.SocketStream], Awaitable[None]],
+    *,
+    transport: str,
+    host: str,
+    port: int,
+    handler_nursery: trio.Nursery,
+    task_status: trio.TaskStatus[BoundAddress],
+) -> NoReturn:
+    """Bind `host:port` and run one accept loop per bound socket.
+
+    Reports the first bound (host, port) through `task_status`; with port 0 and a `host` that
+    resolves to several addresses each socket may get a different port, so give one address.
+    """
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    async with trio.open_nursery() as accept_nursery:
+        for listener in listeners:
+            bound_host, bound_port = listener.socket.getsockname()[:2]
+            log.info("listener_started", transport=transport, host=bound_host, port=bound_port)
+            accept_nursery.start_soon(
+                partial(
+                    run_accept_loop,
+                    listener,
+                    on_accept,
+                    transport=transport,
+                    handler_nursery=handler_nursery,
+                )
+            )
+        task_status.started(tuple(listeners[0].socket.getsockname()[:2]))
+        await trio.sleep_forever()
+
+
+async def serve_tcp(
+    handler: ConnectionHandler,
+    *,
+    host: str,
+    port: int,
+    handler_nursery: trio.Nursery,
+    task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Plain MQTT over TCP: each connection goes to `handler` as is."""
+
+    async def on_accept(stream: trio.SocketStream) -> None:
+        async with closing_stream(stream):
+            address = peer_address(stream)
+            if address is not None:
+                await handler(stream, Peer(transport="tcp", address=address))
+
+    await serve_socket_listeners(
+        on_accept,
+        transport="tcp",
+        host=host,
+        port=port,
+        handler_nursery=handler_nursery,
+        task_status=task_status,
+    )

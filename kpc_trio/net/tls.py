@@ -1,0 +1,134 @@
+"""MQTT over TLS: each handshake runs in its own connection task under its own deadline.
+
+The original KPC let one stalled handshake block every other TLS client until it timed out;
+here a client that opens TCP and never finishes the handshake only holds its own task.
+"""
+
+from __future__ import annotations
+
+import enum
+import ssl
+from collections.abc import Callable
+from typing import NoReturn
+
+import trio
+
+from kpc_trio.logs import get_logger
+from kpc_trio.net.certificate import parse_certificate
+from kpc_trio.net.listeners import (
+    BoundAddress,
+    closing_stream,
+    peer_address,
+    serve_socket_listeners,
+)
+from kpc_trio.net.peer import ConnectionHandler, Peer
+
+log = get_logger(__name__)
+
+
+class HandshakeFailureReason(enum.Enum):
+    """Low-cardinality cause of a failed handshake (a metrics label)."""
+
+    TIMEOUT = "timeout"
+    CERTIFICATE_REJECTED = "certificate_rejected"  # untrusted, expired or missing when required
+    PROTOCOL_ERROR = "protocol_error"  # not TLS, no common version or cipher, ...
+    CONNECTION_LOST = "connection_lost"
+
+
+HandshakeFailureHook = Callable[[HandshakeFailureReason], None]
+
+# OpenSSL reasons that mean "the client certificate was not acceptable" without being a
+# verification error (TLS 1.2 and 1.3 spell the missing-certificate case differently).
+_CERTIFICATE_REASONS = frozenset(
+    {"PEER_DID_NOT_RETURN_A_CERTIFICATE", "CERTIFICATE_VERIFY_FAILED", "NO_CERTIFICATE_RETURNED"}
+)
+
+
+class _HandshakeFailedError(Exception):
+    def __init__(self, reason: HandshakeFailureReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _ignore_failure(reason: HandshakeFailureReason) -> None:
+    """Default hook: failures are still logged."""
+
+
+async def serve_tls(
+    handler: ConnectionHandler,
+    *,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext,
+    handshake_timeout: float,
+    handler_nursery: trio.Nursery,
+    on_handshake_failure: HandshakeFailureHook = _ignore_failure,
+    task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """MQTT/TLS: handshake (with client certificate verification per `ssl_context`), then
+    `handler(stream, Peer(transport="tls", certificate=...))`.
+
+    `on_handshake_failure` is called once per failed handshake (for a metrics counter); it runs
+    in the connection task and must not raise.
+    """
+
+    async def on_accept(tcp_stream: trio.SocketStream) -> None:
+        async with closing_stream(tcp_stream):
+            address = peer_address(tcp_stream)
+            if address is None:
+                return
+            tls_stream = trio.SSLStream(tcp_stream, ssl_context, server_side=True)
+            try:
+                peer = await _handshake(tls_stream, address, handshake_timeout)
+            except _HandshakeFailedError as failure:
+                log.info(
+                    "tls_handshake_failed",
+                    address=address,
+                    reason=failure.reason.value,
+                    detail=failure.detail,
+                )
+                on_handshake_failure(failure.reason)
+                return
+            async with closing_stream(tls_stream):
+                await handler(tls_stream, peer)
+
+    await serve_socket_listeners(
+        on_accept,
+        transport="tls",
+        host=host,
+        port=port,
+        handler_nursery=handler_nursery,
+        task_status=task_status,
+    )
+
+
+async def _handshake(
+    tls_stream: trio.SSLStream[trio.SocketStream], address: str, timeout: float
+) -> Peer:
+    with trio.move_on_after(timeout) as deadline:
+        try:
+            await tls_stream.do_handshake()
+        except trio.BrokenResourceError as exc:
+            raise _classify(exc.__cause__) from exc
+    if deadline.cancelled_caught:
+        raise _HandshakeFailedError(
+            HandshakeFailureReason.TIMEOUT, f"no complete handshake within {timeout}s"
+        )
+    der = tls_stream.getpeercert(binary_form=True)
+    certificate = parse_certificate(der) if der else None
+    return Peer(transport="tls", address=address, certificate=certificate)
+
+
+def _classify(cause: BaseException | None) -> _HandshakeFailedError:
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return _HandshakeFailedError(
+            HandshakeFailureReason.CERTIFICATE_REJECTED, cause.verify_message or str(cause)
+        )
+    if isinstance(cause, (ssl.SSLEOFError, ssl.SSLZeroReturnError)) or not isinstance(
+        cause, ssl.SSLError
+    ):
+        return _HandshakeFailedError(HandshakeFailureReason.CONNECTION_LOST, str(cause))
+    if cause.reason in _CERTIFICATE_REASONS:
+        return _HandshakeFailedError(HandshakeFailureReason.CERTIFICATE_REJECTED, cause.reason)
+    return _HandshakeFailedError(HandshakeFailureReason.PROTOCOL_ERROR, cause.reason or str(cause))
