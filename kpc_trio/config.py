@@ -1,0 +1,701 @@
+"""KPC configuration: a frozen attrs tree whose nesting equals the YAML key path.
+
+YAML key `graceful-shutdown` is attribute `graceful_shutdown`; `config.kaa.kpc.transports.mqtt.tcp.port`
+is YAML `kaa.kpc.transports.mqtt.tcp.port`. YAML may be nested or use dotted keys at any level
+(`replica.id: r1` inside `instance:`). Every scalar key outside the `kaa.applications` and
+`kaa.extension-instances` maps can be overridden from the environment by the documented KPC rule:
+upper-case the key path, `.` and `-` become `_` (`KAA_KPC_TRANSPORTS_MQTT_TCP_ENABLED`).
+
+The loader is generic: it walks the attrs fields, whose metadata carries the value type and the
+one-line help text that `config_reference()` renders into docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import secrets
+import types
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
+
+import attrs
+import yaml
+
+DEFAULT_CONFIG_PATH = "/srv/kpc/service-config.yml"
+CONFIG_PATH_ENV = "APP_CONFIG_PATH"
+DEFAULTS_SOURCE = "defaults"
+
+_META = "kpc_config"  # attrs metadata key; fields without it are not configuration keys
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key path and where the value came from."""
+
+    def __init__(self, message: str, *, key_path: str = "") -> None:
+        super().__init__(message)
+        self.key_path = key_path
+
+
+class InvalidValue(Exception):
+    """Raised by a value type; the loader turns it into a ConfigError naming the key and origin."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Value types: parse one YAML or environment value (env values are always strings).
+
+
+class ValueType(Protocol):
+    label: str  # short type name for the reference table
+
+    def parse(self, raw: object) -> Any: ...
+
+    def expected(self) -> str: ...
+
+    def show(self, value: Any) -> str: ...
+
+
+def _is_number(raw: object) -> bool:
+    return isinstance(raw, (int, float)) and not isinstance(raw, bool)
+
+
+_BOOLEAN_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+@attrs.frozen
+class Boolean:
+    label: str = "boolean"
+
+    def parse(self, raw: object) -> bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, int) and raw in (0, 1):
+            return bool(raw)
+        if isinstance(raw, str) and raw.strip().lower() in _BOOLEAN_WORDS:
+            return _BOOLEAN_WORDS[raw.strip().lower()]
+        raise InvalidValue
+
+    def expected(self) -> str:
+        return "a boolean (true/false/1/0/yes/no)"
+
+    def show(self, value: Any) -> str:
+        return "true" if value else "false"
+
+
+@attrs.frozen
+class Integer:
+    minimum: int = 0
+    maximum: int | None = None
+
+    @property
+    def label(self) -> str:
+        bounds = f">= {self.minimum}" if self.maximum is None else f"{self.minimum}..{self.maximum}"
+        return f"integer {bounds}"
+
+    def parse(self, raw: object) -> int:
+        if isinstance(raw, str) and re.fullmatch(r"\s*[+-]?\d+\s*", raw):
+            raw = int(raw)
+        if not isinstance(raw, int) or isinstance(raw, bool):
+            raise InvalidValue
+        if raw < self.minimum or (self.maximum is not None and raw > self.maximum):
+            raise InvalidValue
+        return raw
+
+    def expected(self) -> str:
+        return f"an {self.label}"
+
+    def show(self, value: Any) -> str:
+        return str(value)
+
+
+PORT = Integer(0, 65535)
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*")
+_SECONDS_PER_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+@attrs.frozen
+class Duration:
+    """Seconds as float; accepts numbers (seconds) and strings such as `10s`, `500ms`, `5m`, `1h`."""
+
+    positive: bool = False
+
+    @property
+    def label(self) -> str:
+        return "duration > 0" if self.positive else "duration"
+
+    def parse(self, raw: object) -> float:
+        if _is_number(raw):
+            seconds = float(raw)  # type: ignore[arg-type]
+        elif isinstance(raw, str) and (match := _DURATION.fullmatch(raw)):
+            seconds = float(match[1]) * _SECONDS_PER_UNIT[match[2]]
+        else:
+            raise InvalidValue
+        if not math.isfinite(seconds) or seconds < 0 or (self.positive and seconds == 0):
+            raise InvalidValue
+        return seconds
+
+    def expected(self) -> str:
+        bound = "> 0" if self.positive else ">= 0"
+        return f"a duration {bound} (seconds, or a number with unit ms/s/m/h such as 10s)"
+
+    def show(self, value: Any) -> str:
+        return f"{value:g}s"
+
+
+@attrs.frozen
+class Text:
+    pattern: str | None = None
+    meaning: str = "a string"
+    label: str = "string"
+
+    def parse(self, raw: object) -> str:
+        if not isinstance(raw, str):
+            raise InvalidValue
+        if self.pattern is not None and not re.fullmatch(self.pattern, raw):
+            raise InvalidValue
+        return raw
+
+    def expected(self) -> str:
+        return self.meaning
+
+    def show(self, value: Any) -> str:
+        return f'"{value}"' if value == "" else str(value)
+
+
+# Instance names and replica ids become NATS subject tokens (3/ISM), so they cannot hold separators.
+SUBJECT_TOKEN = Text(r"[^\s.*>]+", "a non-empty NATS subject token (no spaces, '.', '*' or '>')",
+                     label="NATS subject token")
+URL_PATH = Text(r"/\S*", "a URL path starting with '/'", label="URL path")
+
+
+@attrs.frozen
+class Choice:
+    options: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        return "one of " + ", ".join(self.options)
+
+    def parse(self, raw: object) -> str:
+        if isinstance(raw, str):
+            for option in self.options:
+                if raw.strip().lower() == option.lower():
+                    return option
+        raise InvalidValue
+
+    def expected(self) -> str:
+        return self.label
+
+    def show(self, value: Any) -> str:
+        return str(value)
+
+
+@attrs.frozen
+class TextList:
+    label: str = "list of strings"
+
+    def parse(self, raw: object) -> tuple[str, ...]:
+        if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
+            raise InvalidValue
+        return tuple(raw)
+
+    def expected(self) -> str:
+        return "a list of strings"
+
+    def show(self, value: Any) -> str:
+        return "[" + ", ".join(value) + "]"
+
+
+# ----------------------------------------------------------------------------------------------
+# Field kinds, kept in attrs metadata.
+
+
+@attrs.frozen
+class Setting:
+    """A scalar key."""
+
+    value_type: ValueType
+    help: str
+    default_doc: str | None = None  # for defaults computed at load time
+
+
+@attrs.frozen
+class Section:
+    """A nested group of keys."""
+
+    node: type
+
+
+@attrs.frozen
+class NamedEntries:
+    """A map from names chosen by the operator to nodes (no env overrides inside)."""
+
+    node: type
+    placeholder: str
+    help: str
+
+
+def setting(default: Any, value_type: ValueType, help: str) -> Any:
+    return attrs.field(default=default, metadata={_META: Setting(value_type, help)})
+
+
+def section(node: type) -> Any:
+    return attrs.field(factory=node, metadata={_META: Section(node)})
+
+
+def named_entries(node: type, placeholder: str, help: str) -> Any:
+    return attrs.field(
+        factory=lambda: types.MappingProxyType({}),
+        metadata={_META: NamedEntries(node, placeholder, help)},
+    )
+
+
+def _random_replica_id() -> str:
+    return f"kpc-{secrets.token_hex(4)}"
+
+
+# ----------------------------------------------------------------------------------------------
+# The tree. Attribute names are the YAML keys with `-` replaced by `_`.
+
+
+@attrs.frozen
+class ReplicaSettings:
+    id: str = attrs.field(
+        factory=_random_replica_id,
+        metadata={_META: Setting(
+            SUBJECT_TOKEN,
+            "Replica id, unique cluster-wide; names this replica's NATS reply subjects.",
+            default_doc="random `kpc-<8 hex>`",
+        )},
+    )
+
+
+@attrs.frozen
+class InstanceSettings:
+    name: str = setting("kpc", SUBJECT_TOKEN,
+                        "Service instance name, unique cluster-wide; used in NATS subjects.")
+    replica: ReplicaSettings = section(ReplicaSettings)
+
+
+@attrs.frozen
+class ServiceSettings:
+    instance: InstanceSettings = section(InstanceSettings)
+    graceful_shutdown: float = setting(30.0, Duration(),
+                                       "Time given to open sessions to finish on SIGTERM.")
+
+
+@attrs.frozen
+class ServerSettings:
+    port: int = setting(8008, PORT, "Port of the REST API (server certificate download).")
+
+
+@attrs.frozen
+class ManagementSettings:
+    port: int = setting(8080, PORT, "Port of /metrics, /health and /ready.")
+
+
+@attrs.frozen
+class NatsSettings:
+    urls: str = setting("", Text(), "Comma-separated NATS URLs (may carry credentials); "
+                                    "empty starts an embedded nats-server.")
+
+
+@attrs.frozen
+class LoggingSettings:
+    level: str = setting("INFO", Choice(("DEBUG", "INFO", "WARNING", "ERROR")), "Log level.")
+    format: str = setting("kv", Choice(("kv", "json")),
+                          "Log line format: key=value pairs or one JSON object per line.")
+
+
+@attrs.frozen
+class LicenseSettings:
+    required: bool = setting(False, Boolean(),
+                             "Refuse to start without a valid Kaa license certificate.")
+
+
+@attrs.frozen
+class TcpListenerSettings:
+    enabled: bool = setting(True, Boolean(), "Serve plain MQTT over TCP.")
+    host: str = setting("0.0.0.0", Text(), "Address the plain MQTT listener binds to.")
+    port: int = setting(1883, PORT, "Port of the plain MQTT listener.")
+
+
+@attrs.frozen
+class TlsListenerSettings:
+    enabled: bool = setting(False, Boolean(), "Serve MQTT over TLS.")
+    host: str = setting("0.0.0.0", Text(), "Address the MQTT/TLS listener binds to.")
+    port: int = setting(8883, PORT, "Port of the MQTT/TLS listener.")
+    cert_file: str = setting("", Text(), "Server certificate chain (PEM); also served by the "
+                                         "REST API. Required when TLS is enabled.")
+    key_file: str = setting("", Text(), "Server private key (PEM). Required when TLS is enabled.")
+    ca_file: str = setting("", Text(), "Trust store (PEM) used to verify client certificates.")
+    client_auth: str = setting("request", Choice(("none", "request", "require")),
+                               "Client certificate mode; `request` lets tenants enforce mutual "
+                               "TLS per tenant.")
+    handshake_timeout: float = setting(10.0, Duration(positive=True),
+                                       "Time a client has to complete the TLS handshake.")
+
+
+@attrs.frozen
+class WebSocketListenerSettings:
+    enabled: bool = setting(False, Boolean(), "Serve MQTT over WebSocket (TLS at the ingress).")
+    host: str = setting("0.0.0.0", Text(), "Address the MQTT/WebSocket listener binds to.")
+    port: int = setting(8081, PORT, "Port of the MQTT/WebSocket listener.")
+    path: str = setting("/ws", URL_PATH, "HTTP path of the WebSocket endpoint.")
+
+
+@attrs.frozen
+class MqttSettings:
+    # 268435460 = 1 fixed header byte + 4 length bytes + the MQTT maximum remaining length.
+    max_packet_size: int = setting(1048576, Integer(64, 268435460),
+                                   "Largest MQTT packet accepted, in bytes; larger ones close the "
+                                   "connection.")
+    connect_timeout: float = setting(10.0, Duration(positive=True),
+                                     "Time a new connection has to send CONNECT.")
+    max_connections: int = setting(0, Integer(0), "Open MQTT connections allowed; 0 = unlimited.")
+    max_inflight: int = setting(100, Integer(1),
+                                "Unacknowledged inbound QoS 1/2 messages allowed per connection.")
+    max_outbox_bytes: int = setting(1048576, Integer(1),
+                                    "Queued outbound bytes per connection before a slow client is "
+                                    "dropped.")
+    tcp: TcpListenerSettings = section(TcpListenerSettings)
+    tls: TlsListenerSettings = section(TlsListenerSettings)
+    websocket: WebSocketListenerSettings = section(WebSocketListenerSettings)
+
+
+@attrs.frozen
+class HttpTransportSettings:
+    enabled: bool = setting(False, Boolean(), "Serve 1/KP over plain HTTP (POST only).")
+    host: str = setting("0.0.0.0", Text(), "Address the HTTP transport binds to.")
+    port: int = setting(8082, PORT, "Port of the HTTP transport.")
+    request_timeout: float = setting(30.0, Duration(positive=True),
+                                     "Time to wait for the extension's answer before replying 504.")
+    max_body_size: int = setting(1048576, Integer(0), "Largest request body accepted, in bytes.")
+
+
+@attrs.frozen
+class TransportSettings:
+    mqtt: MqttSettings = section(MqttSettings)
+    http: HttpTransportSettings = section(HttpTransportSettings)
+
+
+@attrs.frozen
+class TokenCacheSettings:
+    ttl: float = setting(600.0, Duration(), "How long a valid endpoint token stays cached.")
+    negative_ttl: float = setting(30.0, Duration(),
+                                  "How long a rejected endpoint token stays cached.")
+    max_entries: int = setting(100000, Integer(0), "Cached token validations kept at most.")
+
+
+@attrs.frozen
+class AuthSettings:
+    protocol: str = setting("cap", Choice(("cap", "ecap")),
+                            "Client authentication protocol: 22/CAP (Kaa 1.2+) or 16/ECAP "
+                            "(Kaa 1.0/1.1).")
+    client_provider: str = setting("ccm", SUBJECT_TOKEN,
+                                   "Service instance name of the client authentication provider.")
+    token_provider: str = setting("cm", SUBJECT_TOKEN,
+                                  "Service instance name of the 16/ECAP endpoint token provider.")
+    request_timeout: float = setting(5.0, Duration(positive=True),
+                                     "Time to wait for an authentication or token validation reply.")
+    anonymous_allowed: bool = setting(True, Boolean(),
+                                      "Accept clients without credentials (tenants may still "
+                                      "enforce authentication).")
+    token_cache: TokenCacheSettings = section(TokenCacheSettings)
+
+
+@attrs.frozen
+class EspSettings:
+    message_timeout: int = setting(0, Integer(0, 2**63 - 1),
+                                   "Milliseconds put in ClientData.timeout; 0 = messages do not "
+                                   "expire.")
+    with_config_name: bool = setting(True, Boolean(),
+                                     "Encode ClientData with the `configName` field (false = the "
+                                     "legacy schema).")
+
+
+@attrs.frozen
+class TrafficReportSettings:
+    enabled: bool = setting(True, Boolean(), "Publish per-endpoint traffic reports (9/ELCE).")
+    period: float = setting(60.0, Duration(positive=True), "Interval between traffic reports.")
+
+
+@attrs.frozen
+class KpcSettings:
+    transports: TransportSettings = section(TransportSettings)
+    auth: AuthSettings = section(AuthSettings)
+    esp: EspSettings = section(EspSettings)
+    traffic_report: TrafficReportSettings = section(TrafficReportSettings)
+
+
+@attrs.frozen
+class ApplicationVersion:
+    allowed_extension_instances: tuple[str, ...] = setting(
+        (), TextList(), "Extension instances that clients of this application version may address."
+    )
+
+
+@attrs.frozen
+class Application:
+    versions: Mapping[str, ApplicationVersion] = named_entries(
+        ApplicationVersion, "<appversion>",
+        "Application versions (the `<appversion>` topic level of 1/KP) of this application.",
+    )
+
+
+@attrs.frozen
+class ExtensionInstance:
+    endpoint_aware: bool = setting(False, Boolean(),
+                                   "Topics carry an endpoint token (a key with no value = false).")
+
+
+@attrs.frozen
+class KaaSettings:
+    kpc: KpcSettings = section(KpcSettings)
+    applications: Mapping[str, Application] = named_entries(
+        Application, "<application>", "Applications served by this KPC (file-based, Kaa 1.0 style)."
+    )
+    extension_instances: Mapping[str, ExtensionInstance] = named_entries(
+        ExtensionInstance, "<instance>", "Extension instances that clients may address."
+    )
+
+
+@attrs.frozen
+class Config:
+    service: ServiceSettings = section(ServiceSettings)
+    server: ServerSettings = section(ServerSettings)
+    management: ManagementSettings = section(ManagementSettings)
+    nats: NatsSettings = section(NatsSettings)
+    logging: LoggingSettings = section(LoggingSettings)
+    license: LicenseSettings = section(LicenseSettings)
+    kaa: KaaSettings = section(KaaSettings)
+    source: str = DEFAULTS_SOURCE  # the file that was loaded, or "defaults"; not a YAML key
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading.
+
+
+def _yaml_key(field: attrs.Attribute) -> str:  # type: ignore[type-arg]
+    return field.name.replace("_", "-")
+
+
+def env_var_name(key_path: str) -> str:
+    """The documented KPC rule: upper-case the key path, `.` and `-` become `_`."""
+    return re.sub(r"[.-]", "_", key_path).upper()
+
+
+def _config_fields(node: type) -> Iterator[tuple[str, attrs.Attribute, Any]]:  # type: ignore[type-arg]
+    for field in attrs.fields(node):
+        if _META in field.metadata:
+            yield _yaml_key(field), field, field.metadata[_META]
+
+
+@attrs.frozen
+class _Origin:
+    file: str
+    env: Mapping[str, str] | None  # None inside named entries: no env overrides there
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _merge(existing: object, added: object, path: str, origin: _Origin) -> object:
+    if isinstance(existing, dict) and isinstance(added, dict):
+        merged = dict(existing)
+        for key, value in added.items():
+            merged[key] = _merge(merged[key], value, _join(path, key), origin) if key in merged else value
+        return merged
+    raise ConfigError(f"{path}: given twice (nested and as a dotted key) in {origin.file}",
+                      key_path=path)
+
+
+def _expand_dotted(raw: object, path: str, origin: _Origin) -> dict[str, object]:
+    """One mapping level with dotted keys (`replica.id: r1`) turned into nested mappings."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path or '<top level>'}: expected a mapping of keys, got {raw!r} "
+                          f"(from {origin.file})", key_path=path)
+    expanded: dict[str, object] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{_join(path, str(key))}: keys must be strings, got {key!r} "
+                              f"(quote it in {origin.file})", key_path=_join(path, str(key)))
+        if not all(key.split(".")):
+            raise ConfigError(f"{_join(path, key)}: malformed dotted key (from {origin.file})",
+                              key_path=_join(path, key))
+        head, _, rest = key.partition(".")
+        item = {rest: value} if rest else value
+        expanded[head] = (_merge(expanded[head], item, _join(path, head), origin)
+                          if head in expanded else item)
+    return expanded
+
+
+def _parse_setting(spec: Setting, raw: object, path: str, where: str) -> Any:
+    try:
+        return spec.value_type.parse(raw)
+    except InvalidValue:
+        raise ConfigError(f"{path}: expected {spec.value_type.expected()}, got {raw!r} "
+                          f"(from {where})", key_path=path) from None
+
+
+def _build(node: type, raw: object, path: str, origin: _Origin) -> Any:
+    given = _expand_dotted(raw, path, origin)
+    known = {key: (field, kind) for key, field, kind in _config_fields(node)}
+    for key in given:
+        if key not in known:
+            raise ConfigError(
+                f"{_join(path, key)}: unknown key (from {origin.file}); "
+                f"known keys here: {', '.join(known)}", key_path=_join(path, key))
+    values: dict[str, Any] = {}
+    for key, (field, kind) in known.items():
+        key_path = _join(path, key)
+        if isinstance(kind, Section):
+            values[field.name] = _build(kind.node, given.get(key), key_path, origin)
+        elif isinstance(kind, NamedEntries):
+            entries = _expand_dotted(given.get(key), key_path, origin)
+            inner = _Origin(origin.file, env=None)
+            values[field.name] = types.MappingProxyType({
+                name: _build(kind.node, entry, _join(key_path, name), inner)
+                for name, entry in entries.items()
+            })
+        elif origin.env is not None and env_var_name(key_path) in origin.env:
+            env_name = env_var_name(key_path)
+            values[field.name] = _parse_setting(kind, origin.env[env_name], key_path,
+                                                f"env {env_name}")
+        elif key in given:
+            values[field.name] = _parse_setting(kind, given[key], key_path, origin.file)
+    return node(**values)
+
+
+def _read_yaml(path: str) -> object:
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return yaml.safe_load(stream)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: the configuration file is not UTF-8 text: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
+def _enabled_listeners(config: Config) -> Iterator[tuple[str, int]]:
+    mqtt = config.kaa.kpc.transports.mqtt
+    yield "server.port", config.server.port
+    yield "management.port", config.management.port
+    prefix = "kaa.kpc.transports"
+    for key, listener in (("mqtt.tcp", mqtt.tcp), ("mqtt.tls", mqtt.tls),
+                          ("mqtt.websocket", mqtt.websocket), ("http", config.kaa.kpc.transports.http)):
+        if listener.enabled:
+            yield f"{prefix}.{key}.port", listener.port
+
+
+def _check_consistency(config: Config) -> None:
+    where = config.source
+    tls = config.kaa.kpc.transports.mqtt.tls
+    for key, value in (("cert-file", tls.cert_file), ("key-file", tls.key_file)):
+        if tls.enabled and not value:
+            path = f"kaa.kpc.transports.mqtt.tls.{key}"
+            raise ConfigError(f"{path}: required when kaa.kpc.transports.mqtt.tls.enabled is true "
+                              f"(set it in the YAML file or env {env_var_name(path)})", key_path=path)
+    owners: dict[int, str] = {}
+    for key_path, port in _enabled_listeners(config):
+        if port == 0:  # 0 = any free port: never a clash
+            continue
+        if port in owners:
+            raise ConfigError(f"{key_path}: port {port} is already used by {owners[port]}; "
+                              f"enabled listeners need distinct ports (from {where})",
+                              key_path=key_path)
+        owners[port] = key_path
+    applications_of: dict[str, str] = {}
+    for app_name, application in config.kaa.applications.items():
+        for version_name in application.versions:
+            path = f"kaa.applications.{app_name}.versions.{version_name}"
+            if version_name in applications_of:
+                raise ConfigError(
+                    f"{path}: application version {version_name!r} is already listed under "
+                    f"kaa.applications.{applications_of[version_name]}; an application version "
+                    f"belongs to exactly one application (from {where})", key_path=path)
+            applications_of[version_name] = app_name
+
+
+def load_config(path: str | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Load the YAML file, apply env overrides and validate; raise ConfigError on any problem.
+
+    `path` None -> env APP_CONFIG_PATH; when that is unset too, /srv/kpc/service-config.yml if it
+    exists, else the defaults. `env` None -> os.environ.
+    """
+    env = os.environ if env is None else env
+    path = path or env.get(CONFIG_PATH_ENV) or None
+    if path is None and os.path.exists(DEFAULT_CONFIG_PATH):
+        path = DEFAULT_CONFIG_PATH
+    raw = _read_yaml(path) if path is not None else None
+    source = path if path is not None else DEFAULTS_SOURCE
+    config = attrs.evolve(_build(Config, raw, "", _Origin(source, env)), source=source)
+    _check_consistency(config)
+    return config
+
+
+# ----------------------------------------------------------------------------------------------
+# Rendering: the effective configuration and the reference table.
+
+
+def _redact_credentials(urls: str) -> str:
+    """Hide NATS passwords/tokens (`nats://user:secret@host`) in printed configuration."""
+
+    def redact(match: re.Match[str]) -> str:
+        user, colon, _ = match[1].partition(":")
+        return f"//{user}:***@" if colon else "//***@"
+
+    return re.sub(r"//([^@/]*)@", redact, urls)
+
+
+def _plain(node: Any) -> dict[str, Any]:
+    plain: dict[str, Any] = {}
+    for key, field, kind in _config_fields(type(node)):
+        value = getattr(node, field.name)
+        if isinstance(kind, Section):
+            plain[key] = _plain(value)
+        elif isinstance(kind, NamedEntries):
+            plain[key] = {name: _plain(entry) for name, entry in value.items()}
+        else:
+            plain[key] = list(value) if isinstance(value, tuple) else value
+    return plain
+
+
+def render_effective_config(config: Config) -> str:
+    """YAML of the effective configuration (loadable again; NATS credentials are masked)."""
+    plain = _plain(config)
+    plain["nats"]["urls"] = _redact_credentials(config.nats.urls)
+    body = yaml.safe_dump(plain, sort_keys=False, default_flow_style=False)
+    return f"# kpc-trio effective configuration (source: {config.source})\n{body}"
+
+
+def _reference_rows(node: type, path: str, with_env: bool) -> Iterator[tuple[str, str, str, str]]:
+    for key, field, kind in _config_fields(node):
+        key_path = _join(path, key)
+        if isinstance(kind, Section):
+            yield from _reference_rows(kind.node, key_path, with_env)
+        elif isinstance(kind, NamedEntries):
+            yield f"`{key_path}`", "`{}`", "–", f"{kind.help} (map: name → entry)"
+            yield from _reference_rows(kind.node, _join(key_path, kind.placeholder), False)
+        else:
+            if kind.default_doc is not None:
+                default = kind.default_doc
+            else:
+                default = f"`{kind.value_type.show(field.default)}`"
+            env = f"`{env_var_name(key_path)}`" if with_env else "–"
+            yield f"`{key_path}`", default, env, f"{kind.help} ({kind.value_type.label})"
+
+
+def config_reference() -> str:
+    """The markdown reference table of every key (key, default, env var, description)."""
+    lines = ["| Key | Default | Env var | Description |", "|---|---|---|---|"]
+    for row in _reference_rows(Config, "", True):
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    return "\n".join(lines) + "\n"
