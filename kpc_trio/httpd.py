@@ -195,7 +195,9 @@ class _HttpConnection:
             log.error("http_handler_failed", path=request.path, error=repr(exc))
             return json_response(500, {"error": "internal server error"})
 
-    async def _send(self, response: Response, *, with_body: bool = True, close: bool = False) -> None:
+    async def _send(
+        self, response: Response, *, with_body: bool = True, close: bool = False
+    ) -> None:
         status, headers, body = response
         all_headers = [*headers, _SERVER_HEADER, ("content-length", str(len(body)))]
         if close:

@@ -13,7 +13,9 @@ def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
     """The rendered exposition parsed back, keyed by (sample name, sorted labels)."""
     parsed = text_string_to_metric_families(metrics.render().decode())
     return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value for family in parsed for s in family.samples
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in parsed
+        for sample in family.samples
     }
 
 
