@@ -372,8 +372,12 @@ _SCHEMA_FILES: dict[type, str] = {
     EndpointTokenValidationRequest: "0016-endpoint-token-validation-request.avsc",
     EndpointTokenValidationResponse: "0016-endpoint-token-validation-response.avsc",
     EndpointTokenRevokedEvent: "0016-endpoint-token-revoked.avsc",
-    ClientUsernamePasswordValidationRequest: "0016-client-username-password-validation-request.avsc",
-    ClientUsernamePasswordValidationResponse: "0016-client-username-password-validation-response.avsc",
+    ClientUsernamePasswordValidationRequest: (
+        "0016-client-username-password-validation-request.avsc"
+    ),
+    ClientUsernamePasswordValidationResponse: (
+        "0016-client-username-password-validation-response.avsc"
+    ),
     ClientCertificateValidationRequest: "0016-client-certificate-validation-request.avsc",
     ClientCertificateValidationResponse: "0016-client-certificate-validation-response.avsc",
     ClientCredentialRevokedEvent: "0016-client-credential-revoked.avsc",
@@ -390,7 +394,8 @@ def _traffic_stat_avro_names() -> tuple[str, ...]:
     report = _load_schema(_SCHEMA_FILES[TrafficReportEvent])
     stat = report["fields"][0]["type"]["values"]["values"]["values"]
     names = tuple(field["name"] for field in stat["fields"])
-    if tuple(_snake_case(name) for name in names) != tuple(a.name for a in attrs.fields(TrafficStat)):
+    attribute_names = tuple(a.name for a in attrs.fields(TrafficStat))
+    if tuple(_snake_case(name) for name in names) != attribute_names:
         raise TypeError(f"TrafficStat attributes do not mirror Avro trafficStat fields {names}")
     return names
 

@@ -29,10 +29,9 @@ ALL_RECORD_TYPES = typing.get_args(records.Record)
 LONGS = st.integers(-(2**63), 2**63 - 1)
 INTS = st.integers(-(2**31), 2**31 - 1)
 TEXT = st.text(max_size=20)
+STATS = st.builds(TrafficStat, LONGS, LONGS, LONGS, LONGS)
 TRAFFIC_STATS = st.dictionaries(
-    TEXT,
-    st.dictionaries(TEXT, st.dictionaries(TEXT, st.builds(TrafficStat, LONGS, LONGS, LONGS, LONGS))),
-    max_size=3,
+    TEXT, st.dictionaries(TEXT, st.dictionaries(TEXT, STATS)), max_size=3
 )
 # Keyed by the attrs annotation text (the module uses postponed annotations).
 STRATEGY_BY_TYPE: dict[str, st.SearchStrategy[typing.Any]] = {
