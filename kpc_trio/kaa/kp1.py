@@ -34,9 +34,14 @@ class Kp1Error(Exception):
     """
 
     def __init__(
-        self, status_code: int, reason_phrase: str, request_id: int | None, detail: str
+        self,
+        status_code: int,
+        reason_phrase: str,
+        request_id: int | None = None,
+        detail: str | None = None,  # for logs only; the client sees the reason phrase
     ) -> None:
-        super().__init__(f"{status_code} {reason_phrase}: {detail}")
+        summary = f"{status_code} {reason_phrase}"
+        super().__init__(f"{summary}: {detail}" if detail else summary)
         self.status_code = status_code
         self.reason_phrase = reason_phrase
         self.request_id = request_id
