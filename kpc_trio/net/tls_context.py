@@ -59,7 +59,8 @@ def build_server_ssl_context(
         context.load_verify_locations(cafile=str(ca_file))
     elif auth is not ClientAuth.NONE:
         raise TlsConfigError(
-            f"client-auth {auth.value} needs ca-file (the PEM bundle that signs client certificates)"
+            f"client-auth {auth.value} needs ca-file "
+            "(the PEM bundle of the CAs that sign client certificates)"
         )
     context.verify_mode = _VERIFY_MODE[auth]
     return context

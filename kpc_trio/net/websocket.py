@@ -130,6 +130,8 @@ class WebSocketStream(trio.abc.Stream):
                 if self._closed:
                     raise trio.ClosedResourceError("this WebSocket stream was closed") from exc
                 if exc.reason is not None and exc.reason.code in (CLOSE_NORMAL, CLOSE_GOING_AWAY):
+                    # trio-websocket reports an already-closed channel without yielding.
+                    await trio.lowlevel.checkpoint()
                     return b""
                 raise trio.BrokenResourceError(f"WebSocket closed: {exc.reason}") from exc
             if isinstance(message, str):

@@ -59,7 +59,9 @@ class FlakyListener(trio.abc.Listener[trio.abc.Stream]):
         await trio.lowlevel.checkpoint()
 
 
-async def test_accept_errors_do_not_stop_the_listener(autojump_clock: trio.testing.MockClock) -> None:
+async def test_accept_errors_do_not_stop_the_listener(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     listener = FlakyListener(
         [OSError(errno.EMFILE, "Too many open files"), OSError(errno.ENOBUFS, "No buffer space")]
     )

@@ -128,7 +128,9 @@ class TlsServer:
                 return False
 
 
-async def test_server_only_tls(nursery: trio.Nursery, server_context: ServerContext, ca: trustme.CA) -> None:
+async def test_server_only_tls(
+    nursery: trio.Nursery, server_context: ServerContext, ca: trustme.CA
+) -> None:
     server = await TlsServer().start(nursery, server_context(ClientAuth.NONE))
     assert await server.echo(client_context(ca))
     assert server.peers[0].transport == "tls"
@@ -137,7 +139,9 @@ async def test_server_only_tls(nursery: trio.Nursery, server_context: ServerCont
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion:DeprecationWarning")
-async def test_tls_1_1_client_is_refused(nursery: trio.Nursery, server_context: ServerContext, ca: trustme.CA) -> None:
+async def test_tls_1_1_client_is_refused(
+    nursery: trio.Nursery, server_context: ServerContext, ca: trustme.CA
+) -> None:
     server = await TlsServer().start(nursery, server_context(ClientAuth.NONE))
     context = client_context(ca)
     context.minimum_version = ssl.TLSVersion.TLSv1

@@ -106,7 +106,9 @@ async def _receive_exactly(connection: WebSocketConnection, size: int) -> bytes:
     return bytes(data)
 
 
-async def test_other_path_is_refused_with_404(websocket_server: tuple[int, RecordingHandler]) -> None:
+async def test_other_path_is_refused_with_404(
+    websocket_server: tuple[int, RecordingHandler],
+) -> None:
     port, handler = websocket_server
     with pytest.raises(ConnectionRejected) as rejected:
         async with open_websocket(HOST, port, "/mqtt", use_ssl=False):
