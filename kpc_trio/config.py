@@ -1,10 +1,11 @@
 """KPC configuration: a frozen attrs tree whose nesting equals the YAML key path.
 
-YAML key `graceful-shutdown` is attribute `graceful_shutdown`; `config.kaa.kpc.transports.mqtt.tcp.port`
-is YAML `kaa.kpc.transports.mqtt.tcp.port`. YAML may be nested or use dotted keys at any level
-(`replica.id: r1` inside `instance:`). Every scalar key outside the `kaa.applications` and
-`kaa.extension-instances` maps can be overridden from the environment by the documented KPC rule:
-upper-case the key path, `.` and `-` become `_` (`KAA_KPC_TRANSPORTS_MQTT_TCP_ENABLED`).
+YAML key `graceful-shutdown` is attribute `graceful_shutdown`;
+`config.kaa.kpc.transports.mqtt.tcp.port` is YAML `kaa.kpc.transports.mqtt.tcp.port`.
+YAML may be nested or use dotted keys at any level (`replica.id: r1` inside `instance:`).
+Every scalar key outside the `kaa.applications` and `kaa.extension-instances` maps can be
+overridden from the environment by the documented KPC rule: upper-case the key path, `.` and `-`
+become `_` (`KAA_KPC_TRANSPORTS_MQTT_TCP_ENABLED`).
 
 The loader is generic: it walks the attrs fields, whose metadata carries the value type and the
 one-line help text that `config_reference()` renders into docs/configuration.md.
@@ -31,7 +32,7 @@ _META = "kpc_config"  # attrs metadata key; fields without it are not configurat
 
 
 class ConfigError(Exception):
-    """The configuration cannot be used; the message names the key path and where the value came from."""
+    """The configuration cannot be used; the message names the key path and the value's origin."""
 
     def __init__(self, message: str, *, key_path: str = "") -> None:
         super().__init__(message)
@@ -117,7 +118,7 @@ _SECONDS_PER_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 @attrs.frozen
 class Duration:
-    """Seconds as float; accepts numbers (seconds) and strings such as `10s`, `500ms`, `5m`, `1h`."""
+    """Seconds as float; accepts numbers (seconds) and strings such as `10s`, `500ms`, `5m`."""
 
     positive: bool = False
 
@@ -399,7 +400,7 @@ class AuthSettings:
     token_provider: str = setting("cm", SUBJECT_TOKEN,
                                   "Service instance name of the 16/ECAP endpoint token provider.")
     request_timeout: float = setting(5.0, Duration(positive=True),
-                                     "Time to wait for an authentication or token validation reply.")
+                                     "Time to wait for a client auth or token validation reply.")
     anonymous_allowed: bool = setting(True, Boolean(),
                                       "Accept clients without credentials (tenants may still "
                                       "enforce authentication).")
@@ -487,7 +488,8 @@ def env_var_name(key_path: str) -> str:
     return re.sub(r"[.-]", "_", key_path).upper()
 
 
-def _config_fields(node: type) -> Iterator[tuple[str, attrs.Attribute, Any]]:  # type: ignore[type-arg]
+def _config_fields(node: type) -> Iterator[tuple[str, Any, Any]]:
+    """(YAML key, attrs field, Setting | Section | NamedEntries) for each configuration key."""
     for field in attrs.fields(node):
         if _META in field.metadata:
             yield _yaml_key(field), field, field.metadata[_META]
@@ -507,7 +509,9 @@ def _merge(existing: object, added: object, path: str, origin: _Origin) -> objec
     if isinstance(existing, dict) and isinstance(added, dict):
         merged = dict(existing)
         for key, value in added.items():
-            merged[key] = _merge(merged[key], value, _join(path, key), origin) if key in merged else value
+            if key in merged:
+                value = _merge(merged[key], value, _join(path, key), origin)
+            merged[key] = value
         return merged
     raise ConfigError(f"{path}: given twice (nested and as a dotted key) in {origin.file}",
                       key_path=path)
@@ -589,8 +593,9 @@ def _enabled_listeners(config: Config) -> Iterator[tuple[str, int]]:
     yield "server.port", config.server.port
     yield "management.port", config.management.port
     prefix = "kaa.kpc.transports"
-    for key, listener in (("mqtt.tcp", mqtt.tcp), ("mqtt.tls", mqtt.tls),
-                          ("mqtt.websocket", mqtt.websocket), ("http", config.kaa.kpc.transports.http)):
+    transports = (("mqtt.tcp", mqtt.tcp), ("mqtt.tls", mqtt.tls),
+                  ("mqtt.websocket", mqtt.websocket), ("http", config.kaa.kpc.transports.http))
+    for key, listener in transports:
         if listener.enabled:
             yield f"{prefix}.{key}.port", listener.port
 
@@ -602,7 +607,8 @@ def _check_consistency(config: Config) -> None:
         if tls.enabled and not value:
             path = f"kaa.kpc.transports.mqtt.tls.{key}"
             raise ConfigError(f"{path}: required when kaa.kpc.transports.mqtt.tls.enabled is true "
-                              f"(set it in the YAML file or env {env_var_name(path)})", key_path=path)
+                              f"(set it in the YAML file or env {env_var_name(path)})",
+                              key_path=path)
     owners: dict[int, str] = {}
     for key_path, port in _enabled_listeners(config):
         if port == 0:  # 0 = any free port: never a clash

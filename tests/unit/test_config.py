@@ -68,7 +68,8 @@ def test_defaults_without_any_file() -> None:
     assert (mqtt.tls.enabled, mqtt.tls.port, mqtt.tls.client_auth) == (False, 8883, "request")
     assert (mqtt.tls.cert_file, mqtt.tls.key_file, mqtt.tls.ca_file) == ("", "", "")
     assert mqtt.tls.handshake_timeout == 10.0
-    assert (mqtt.websocket.enabled, mqtt.websocket.port, mqtt.websocket.path) == (False, 8081, "/ws")
+    websocket = mqtt.websocket
+    assert (websocket.enabled, websocket.port, websocket.path) == (False, 8081, "/ws")
     http = config.kaa.kpc.transports.http
     assert (http.enabled, http.port, http.request_timeout, http.max_body_size) == (
         False, 8082, 30.0, 1048576)
@@ -381,7 +382,7 @@ def test_application_version_under_two_applications(tmp_path: Path) -> None:
     assert "already listed under kaa.applications.first" in str(error)
 
 
-# ---------------------------------------------------------------------------------- the ARCH example
+# ---------------------------------------------------------------------------------- ARCH example
 
 
 def test_documented_architecture_example_loads(tmp_path: Path) -> None:
@@ -445,9 +446,11 @@ def test_reference_has_a_row_for_every_scalar_key() -> None:
     rows = {m[1] for m in re.finditer(r"^\| `([^`]+)` \|", config_reference(), re.MULTILINE)}
     effective = yaml.safe_load(render_effective_config(load_config(env={})))
     assert leaves(effective) <= rows
-    assert "kaa.applications.<application>.versions.<appversion>.allowed-extension-instances" in rows
-    assert "| `kaa.kpc.transports.mqtt.tcp.enabled` | `true` | `KAA_KPC_TRANSPORTS_MQTT_TCP_ENABLED` |" \
-        in config_reference()
+    app_version = "kaa.applications.<application>.versions.<appversion>"
+    assert f"{app_version}.allowed-extension-instances" in rows
+    tcp_enabled = ("| `kaa.kpc.transports.mqtt.tcp.enabled` | `true` "
+                   "| `KAA_KPC_TRANSPORTS_MQTT_TCP_ENABLED` |")
+    assert tcp_enabled in config_reference()
 
 
 def test_configuration_doc_contains_the_current_reference() -> None:
