@@ -29,3 +29,7 @@ class PacketTooLargeError(ProtocolError):
 
 class LocalProtocolError(Exception):
     """The application misused the state machine (e.g. acknowledged an unknown packet id)."""
+
+
+class InvalidTopicError(ProtocolError):
+    """A topic name or topic filter breaks the MQTT 3.1.1 rules (section 4.7)."""

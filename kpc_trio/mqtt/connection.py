@@ -1,0 +1,352 @@
+"""The server side of one MQTT connection as a sans-IO state machine (in the manner of h11).
+
+Bytes from the client go into `receive_data()`, which returns events for the application; the
+replies the protocol requires (CONNACK, PUBACK, PUBREC, PUBCOMP, SUBACK, UNSUBACK, PINGRESP) and the
+application's own PUBLISHes are queued and drained with `data_to_send()`. Decisions that need I/O
+(authentication, relaying a message before acknowledging it) stay with the application:
+`accept_connect()`/`refuse_connect()` and `acknowledge()`.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Callable
+
+import attrs
+
+from kpc_trio.mqtt.codec import Decoder, encode
+from kpc_trio.mqtt.errors import InvalidTopicError, LocalProtocolError, ProtocolError
+from kpc_trio.mqtt.packets import (
+    SUBACK_FAILURE,
+    ConnAck,
+    ConnAckCode,
+    Connect,
+    Disconnect,
+    Packet,
+    PingReq,
+    PingResp,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    QoS,
+    SubAck,
+    Subscribe,
+    UnsubAck,
+    Unsubscribe,
+)
+from kpc_trio.mqtt.topics import topic_matches, validate_topic_filter, validate_topic_name
+
+#: The server never delivers above QoS 1 (no outbound QoS 2 flow).
+MAX_OUTBOUND_QOS = QoS.AT_LEAST_ONCE
+
+_PINGRESP = encode(PingResp())
+_MAX_PACKET_ID = 0xFFFF
+
+
+class ConnectionState(enum.Enum):
+    AWAIT_CONNECT = "await_connect"  # nothing received yet
+    CONNECTING = "connecting"  # CONNECT received, the application decides
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+@attrs.frozen
+class ConnectReceived:
+    """The client asks to connect; answer with `accept_connect()` or `refuse_connect()`."""
+
+    connect: Connect
+
+
+@attrs.frozen
+class MessageReceived:
+    """A PUBLISH from the client; for QoS > 0 call `acknowledge(packet_id)` once it is relayed."""
+
+    topic: str
+    payload: bytes
+    qos: QoS
+    packet_id: int | None
+    retain: bool
+
+
+@attrs.frozen
+class Subscribed:
+    subscriptions: tuple[tuple[str, QoS], ...]  # granted (topic filter, QoS) pairs only
+
+
+@attrs.frozen
+class Unsubscribed:
+    topic_filters: tuple[str, ...]
+
+
+@attrs.frozen
+class DisconnectReceived:
+    """The client said goodbye; the connection is now CLOSED."""
+
+
+Event = ConnectReceived | MessageReceived | Subscribed | Unsubscribed | DisconnectReceived
+
+
+def _uuid_client_id() -> str:
+    return f"kpc-{uuid.uuid4().hex}"
+
+
+class ServerConnection:
+    """MQTT 3.1/3.1.1 server protocol state for one client; all sessions are clean."""
+
+    def __init__(
+        self,
+        *,
+        max_packet_size: int = 1_048_576,
+        assign_client_id: Callable[[], str] = _uuid_client_id,
+    ) -> None:
+        self.state = ConnectionState.AWAIT_CONNECT
+        self.client_id: str | None = None
+        self.keepalive = 0
+        self.connect: Connect | None = None
+        self._assign_client_id = assign_client_id
+        self._decoder = Decoder(max_packet_size)
+        self._output = bytearray()
+        # Inbound QoS 1/2 packet ids the application has not acknowledged yet -> their QoS.
+        self._unacknowledged: dict[int, QoS] = {}
+        # Inbound QoS 2 packet ids answered with PUBREC, waiting for the client's PUBREL.
+        self._awaiting_pubrel: set[int] = set()
+        # Outbound QoS 1 packet ids waiting for the client's PUBACK.
+        self._awaiting_puback: set[int] = set()
+        self._last_packet_id = 0
+        self._subscriptions: dict[str, QoS] = {}
+
+    # ---- counters ------------------------------------------------------------------------------
+
+    @property
+    def pending_output(self) -> int:
+        """Bytes queued and not yet drained by `data_to_send()`."""
+        return len(self._output)
+
+    @property
+    def inflight_in(self) -> int:
+        """Inbound QoS > 0 messages not yet acknowledged by the application."""
+        return len(self._unacknowledged)
+
+    @property
+    def inflight_out(self) -> int:
+        """Outbound QoS 1 PUBLISHes awaiting the client's PUBACK."""
+        return len(self._awaiting_puback)
+
+    # ---- input ---------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed bytes from the client; returns the events they complete.
+
+        Decoding pauses after a CONNECT (the rest is held) until the application accepts it; then
+        call `receive_data(b"")` to get the events of the held bytes. Raises `ProtocolError` (and
+        the connection is CLOSED) when the client breaks MQTT.
+        """
+        if self.state is ConnectionState.CLOSED:
+            return []
+        self._decoder.feed(data)
+        events: list[Event] = []
+        try:
+            while self.state is ConnectionState.AWAIT_CONNECT or self.state is ConnectionState.CONNECTED:
+                packet = self._decoder.next_packet()
+                if packet is None:
+                    break
+                if self.state is ConnectionState.CONNECTED:
+                    self._handle_packet(packet, events)
+                else:
+                    events.append(self._handle_first_packet(packet))
+        except ProtocolError as error:
+            raise self._fail(error) from None
+        return events
+
+    def _fail(self, error: ProtocolError) -> ProtocolError:
+        if error.connack is not None:
+            if self.state is ConnectionState.AWAIT_CONNECT:
+                self._send_packet(ConnAck(error.connack))
+            else:
+                # A CONNACK only ever answers the first CONNECT.
+                error = ProtocolError(error.reason)
+        self.state = ConnectionState.CLOSED
+        return error
+
+    def _handle_first_packet(self, packet: Packet) -> ConnectReceived:
+        if not isinstance(packet, Connect):
+            raise ProtocolError(f"the first packet must be CONNECT, got {type(packet).__name__}")
+        client_id = packet.client_id
+        if not client_id:
+            if not packet.clean_session:
+                raise ProtocolError(
+                    "empty client identifier requires clean session 1 (MQTT 3.1.1 3.1.3-7)",
+                    connack=ConnAckCode.IDENTIFIER_REJECTED,
+                )
+            client_id = self._assign_client_id()
+        self.client_id = client_id
+        self.keepalive = packet.keepalive
+        self.connect = packet
+        self.state = ConnectionState.CONNECTING
+        return ConnectReceived(packet)
+
+    def _handle_packet(self, packet: Packet, events: list[Event]) -> None:
+        # Ordered by frequency: this runs for every packet of a connected client.
+        if isinstance(packet, Publish):
+            self._handle_publish(packet, events)
+        elif isinstance(packet, PubAck):
+            self._awaiting_puback.discard(packet.packet_id)
+        elif isinstance(packet, PubRel):
+            self._handle_pubrel(packet.packet_id)
+        elif isinstance(packet, PingReq):
+            self._output += _PINGRESP
+        elif isinstance(packet, Subscribe):
+            events.append(self._handle_subscribe(packet))
+        elif isinstance(packet, Unsubscribe):
+            for topic_filter in packet.topic_filters:
+                self._subscriptions.pop(topic_filter, None)
+            self._send_packet(UnsubAck(packet.packet_id))
+            events.append(Unsubscribed(packet.topic_filters))
+        elif isinstance(packet, Disconnect):
+            self.state = ConnectionState.CLOSED
+            events.append(DisconnectReceived())
+        elif isinstance(packet, (PubRec, PubComp)):
+            pass  # the server never publishes at QoS 2, so there is no flow they could belong to
+        elif isinstance(packet, Connect):
+            raise ProtocolError("a second CONNECT on the same connection (MQTT 3.1.1 3.1.0-2)")
+        else:
+            raise ProtocolError(f"{type(packet).__name__} is a server-to-client packet")
+
+    def _handle_publish(self, packet: Publish, events: list[Event]) -> None:
+        validate_topic_name(packet.topic)
+        packet_id = packet.packet_id
+        if packet_id is not None:
+            if self._is_retransmission(packet_id, packet.qos):
+                return
+            self._unacknowledged[packet_id] = packet.qos
+        events.append(
+            MessageReceived(packet.topic, packet.payload, packet.qos, packet_id, packet.retain)
+        )
+
+    def _is_retransmission(self, packet_id: int, qos: QoS) -> bool:
+        """Whether a QoS > 0 PUBLISH repeats a flow already under way (no new event then)."""
+        pending_qos = self._unacknowledged.get(packet_id)
+        if pending_qos is not None:
+            if pending_qos != qos:
+                raise ProtocolError(
+                    f"PUBLISH packet id {packet_id} reused at QoS {qos} while its QoS "
+                    f"{pending_qos} flow is incomplete"
+                )
+            return True  # the pending acknowledgement will answer it
+        if packet_id in self._awaiting_pubrel:
+            if qos != QoS.EXACTLY_ONCE:
+                raise ProtocolError(
+                    f"PUBLISH packet id {packet_id} reused at QoS {qos} before its QoS 2 flow ended"
+                )
+            self._send_packet(PubRec(packet_id))  # our PUBREC was lost: repeat it
+            return True
+        return False
+
+    def _handle_pubrel(self, packet_id: int) -> None:
+        if packet_id in self._unacknowledged:
+            raise ProtocolError(f"PUBREL for packet id {packet_id} before the server sent PUBREC")
+        # PUBCOMP even for unknown ids: a retransmitted PUBREL after our PUBCOMP was lost.
+        self._awaiting_pubrel.discard(packet_id)
+        self._send_packet(PubComp(packet_id))
+
+    def _handle_subscribe(self, packet: Subscribe) -> Subscribed:
+        return_codes = []
+        granted = []
+        for topic_filter, requested in packet.subscriptions:
+            try:
+                validate_topic_filter(topic_filter)
+            except InvalidTopicError:
+                return_codes.append(SUBACK_FAILURE)
+                continue
+            qos = min(requested, MAX_OUTBOUND_QOS)
+            self._subscriptions[topic_filter] = qos
+            granted.append((topic_filter, qos))
+            return_codes.append(qos)
+        self._send_packet(SubAck(packet.packet_id, tuple(return_codes)))
+        return Subscribed(tuple(granted))
+
+    # ---- application decisions -----------------------------------------------------------------
+
+    def _require_state(self, state: ConnectionState, action: str) -> None:
+        if self.state is not state:
+            raise LocalProtocolError(f"cannot {action} in state {self.state.name}")
+
+    def accept_connect(self) -> None:
+        """Queue CONNACK 0 (session present 0: every session is clean) and go CONNECTED."""
+        self._require_state(ConnectionState.CONNECTING, "accept a CONNECT")
+        self._send_packet(ConnAck(ConnAckCode.ACCEPTED))
+        self.state = ConnectionState.CONNECTED
+
+    def refuse_connect(self, code: ConnAckCode) -> None:
+        """Queue a CONNACK with the refusal `code` and go CLOSED."""
+        self._require_state(ConnectionState.CONNECTING, "refuse a CONNECT")
+        if code is ConnAckCode.ACCEPTED:
+            raise LocalProtocolError("refuse_connect() needs a refusal code, got ACCEPTED")
+        self._send_packet(ConnAck(code))
+        self.state = ConnectionState.CLOSED
+
+    def acknowledge(self, packet_id: int) -> None:
+        """The application relayed inbound message `packet_id`: queue PUBACK (QoS 1) or PUBREC (QoS 2).
+
+        After CLOSED nothing is sent, so a late acknowledgement is dropped silently.
+        """
+        qos = self._unacknowledged.pop(packet_id, None)
+        if self.state is ConnectionState.CLOSED:
+            return
+        if qos is None:
+            raise LocalProtocolError(f"acknowledge({packet_id}): no inbound QoS 1/2 message has this id")
+        if qos is QoS.AT_LEAST_ONCE:
+            self._send_packet(PubAck(packet_id))
+        else:
+            self._awaiting_pubrel.add(packet_id)
+            self._send_packet(PubRec(packet_id))
+
+    def publish(self, topic: str, payload: bytes, qos: QoS) -> int | None:
+        """Queue a PUBLISH to the client at `qos` capped at 1; returns its packet id if QoS 1."""
+        self._require_state(ConnectionState.CONNECTED, "publish")
+        try:
+            validate_topic_name(topic)
+        except InvalidTopicError as error:
+            raise LocalProtocolError(f"cannot publish: {error.reason}") from None
+        if qos == QoS.AT_MOST_ONCE:
+            self._send_packet(Publish(topic, payload))
+            return None
+        packet_id = self._next_packet_id()
+        self._awaiting_puback.add(packet_id)
+        self._send_packet(Publish(topic, payload, MAX_OUTBOUND_QOS, packet_id=packet_id))
+        return packet_id
+
+    def _next_packet_id(self) -> int:
+        if len(self._awaiting_puback) >= _MAX_PACKET_ID:
+            raise LocalProtocolError("all 65535 packet ids are in flight; wait for PUBACKs")
+        packet_id = self._last_packet_id
+        while True:
+            packet_id = packet_id % _MAX_PACKET_ID + 1
+            if packet_id not in self._awaiting_puback:
+                self._last_packet_id = packet_id
+                return packet_id
+
+    def subscription_qos(self, topic: str) -> QoS | None:
+        """The highest QoS granted among the subscriptions matching `topic`; None if none match."""
+        granted = [
+            qos for topic_filter, qos in self._subscriptions.items() if topic_matches(topic_filter, topic)
+        ]
+        return max(granted, default=None)
+
+    def close(self) -> None:
+        """The application drops the peer: receive nothing more. Queued output stays drainable."""
+        self.state = ConnectionState.CLOSED
+
+    # ---- output --------------------------------------------------------------------------------
+
+    def _send_packet(self, packet: Packet) -> None:
+        self._output += encode(packet)
+
+    def data_to_send(self) -> bytes:
+        """Drain the queued output (b"" if nothing is queued)."""
+        data = bytes(self._output)
+        self._output.clear()
+        return data
