@@ -28,6 +28,8 @@ class ReplyPayload(enum.Enum):
 
 @attrs.frozen
 class ExtensionBehaviour:
+    """How an extension answers; read once per ClientData, so a change applies to the next."""
+
     status_code: int = 200
     reason_phrase: str | None = None
     reply_payload: bytes | None | ReplyPayload = ReplyPayload.ECHO
@@ -50,9 +52,9 @@ class EchoExtension:
     def reply_for(
         self, data: records.ClientData, behaviour: ExtensionBehaviour
     ) -> records.ExtensionData:
-        payload = (
-            data.payload if behaviour.reply_payload is ReplyPayload.ECHO else behaviour.reply_payload
-        )
+        payload = behaviour.reply_payload
+        if payload is ReplyPayload.ECHO:
+            payload = data.payload
         return records.ExtensionData(
             correlation_id=data.correlation_id,
             timestamp=now_ms(),

@@ -48,17 +48,20 @@ class TokenProvider:
     ) -> records.EndpointTokenValidationResponse:
         endpoint = self._endpoints.get((request.app_name, request.token))
         if endpoint is None:
-            status, reason, token_id, endpoint_id = (
-                self._invalid_token_status, INVALID_TOKEN_REASON, None, None
-            )
-        else:
-            status, reason, token_id, endpoint_id = 200, "OK", endpoint.token_id, endpoint.endpoint_id
+            return self._response(request, self._invalid_token_status, INVALID_TOKEN_REASON)
+        return self._response(request, 200, "OK", endpoint)
+
+    @staticmethod
+    def _response(
+        request: records.EndpointTokenValidationRequest, status: int, reason: str,
+        endpoint: EndpointRecord | None = None,
+    ) -> records.EndpointTokenValidationResponse:
         return records.EndpointTokenValidationResponse(
-            correlation_id=request.correlation_id,
+            correlation_id=request.correlation_id,  # KPC matches answers by it (spec 5.5)
             timestamp=now_ms(),
             timeout=0,
-            token_id=token_id,
-            endpoint_id=endpoint_id,
+            token_id=endpoint.token_id if endpoint else None,
+            endpoint_id=endpoint.endpoint_id if endpoint else None,
             status_code=status,
             reason_phrase=reason,
         )

@@ -11,6 +11,7 @@ import nats
 import pytest
 import trio
 from nats.aio.client import Client as NatsClient
+from nats.aio.subscription import Subscription
 
 from kpc_trio.embedded_nats import NatsServerProcess
 from kpc_trio.kaa import records
@@ -66,7 +67,7 @@ def token_request(app_name: str, token: str, correlation_id: str) -> bytes:
     )
 
 
-def client_data(request_id: int | None, payload: bytes = b'[{"temperature":23}]') -> records.ClientData:
+def client_data(request_id: int | None) -> records.ClientData:
     return records.ClientData(
         correlation_id=f"cd-{request_id}",
         timestamp=1_700_000_000_000,
@@ -75,7 +76,7 @@ def client_data(request_id: int | None, payload: bytes = b'[{"temperature":23}]'
         endpoint_id=ENDPOINT.endpoint_id,
         resource_path="/json",
         request_id=request_id,
-        payload=payload,
+        payload=b'[{"temperature":23}]',
     )
 
 
@@ -98,7 +99,7 @@ def without_timestamp(data: records.ExtensionData) -> dict[str, object]:
     return fields
 
 
-async def next_extension_data(sub: nats.aio.subscription.Subscription) -> records.ExtensionData:
+async def next_extension_data(sub: Subscription) -> records.ExtensionData:
     msg = await sub.next_msg(timeout=REPLY_TIMEOUT)
     return records.decode(records.ExtensionData, msg.data)
 
@@ -254,8 +255,8 @@ def test_delayed_reply_does_not_hold_back_the_next_one(nats_url: str) -> None:
     assert first_reply[0].request_id == 2
 
 
-def test_unknown_names_are_reported_with_the_known_ones(nats_url: str) -> None:
-    kaa = SimulatedKaa(nats_url, echo_extensions=["dcx"])
+def test_unknown_names_are_reported_with_the_known_ones() -> None:
+    kaa = SimulatedKaa("nats://never-started.invalid:4222", echo_extensions=["dcx"])
     with pytest.raises(SimulatorError, match=r"'epmx' is not simulated.*\['dcx'\]"):
         kaa.received("epmx")
     with pytest.raises(UnknownEventError, match="connectivity.connected"):
