@@ -199,3 +199,22 @@ async def test_message_above_max_packet_size_closes_with_1009(
     assert closed.value.reason.code == 1009
     await handler.finished.wait()
     assert handler.received == b""
+
+
+async def test_client_that_never_upgrades_is_dropped_at_the_deadline(
+    nursery: trio.Nursery,
+) -> None:
+    handler = RecordingHandler()
+    _, port = await nursery.start(
+        lambda task_status: serve_websocket(
+            handler,
+            host=HOST,
+            port=0,
+            handshake_timeout=0.2,
+            handler_nursery=nursery,
+            task_status=task_status,
+        )
+    )
+    async with await trio.open_tcp_stream(HOST, port) as silent:
+        assert await silent.receive_some() == b""  # the server hung up on us
+    assert handler.peers == []
