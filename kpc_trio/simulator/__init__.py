@@ -1,6 +1,6 @@
 """The Kaa services on the other side of NATS, simulated for tests and `kpc-trio demo`."""
 
-from kpc_trio.simulator.demo import DEMO_ENDPOINTS, run_demo_side
+from kpc_trio.simulator.demo import DEMO_ENDPOINTS, run_demo_side, run_reboot_pushes
 from kpc_trio.simulator.events import EndpointEvent, UnknownEventError
 from kpc_trio.simulator.extension import ExtensionBehaviour, ReplyPayload
 from kpc_trio.simulator.kaa_side import SimulatedKaa, SimulatorError, open_simulated_kaa
@@ -20,4 +20,5 @@ __all__ = [
     "WaitTimeoutError",
     "open_simulated_kaa",
     "run_demo_side",
+    "run_reboot_pushes",
 ]

@@ -14,7 +14,7 @@ from typing import NoReturn
 import trio
 
 from kpc_trio.kaa import records
-from kpc_trio.simulator.kaa_side import open_simulated_kaa
+from kpc_trio.simulator.kaa_side import SimulatedKaa, open_simulated_kaa
 from kpc_trio.simulator.service import now_ms
 from kpc_trio.simulator.token_provider import EndpointRecord
 
@@ -27,7 +27,7 @@ DEMO_ENDPOINTS = (
         token_id="t1",
     ),
 )
-DEMO_EXTENSIONS = ("dcx", "epmx", "cmx", "cex")
+DEMO_EXTENSIONS = ("dcx", "epmx", "cmx", "cex", "tsx")
 
 
 def reboot_command(command_id: int, endpoint_id: str, app_version: str) -> records.ExtensionData:
@@ -46,6 +46,17 @@ def reboot_command(command_id: int, endpoint_id: str, app_version: str) -> recor
     )
 
 
+async def run_reboot_pushes(kaa: SimulatedKaa, push_interval: float) -> NoReturn:
+    """Task body: every `push_interval` seconds push a reboot command to each endpoint that is
+    online per the connected events, so a device that never subscribed still sees pushes."""
+    command_ids = itertools.count(1)
+    while True:
+        await trio.sleep(push_interval)
+        for endpoint_id, app_version in kaa.online_endpoints().items():
+            command = reboot_command(next(command_ids), endpoint_id, app_version)
+            await trio.to_thread.run_sync(kaa.push, "cex", command)
+
+
 async def run_demo_side(
     nats_url: str,
     *,
@@ -54,8 +65,7 @@ async def run_demo_side(
     kpc_instance: str = "kpc",
     token_provider: str = "cm",
 ) -> NoReturn:
-    """Task body: serve the simulated Kaa services until cancelled; every `push_interval`
-    seconds push a reboot command to each endpoint that is online per the connected events."""
+    """Task body: serve the simulated Kaa services with reboot pushes until cancelled."""
     async with open_simulated_kaa(
         nats_url,
         token_provider=token_provider,
@@ -63,9 +73,4 @@ async def run_demo_side(
         echo_extensions=DEMO_EXTENSIONS,
         kpc_instance=kpc_instance,
     ) as kaa:
-        command_ids = itertools.count(1)
-        while True:
-            await trio.sleep(push_interval)
-            for endpoint_id, app_version in kaa.online_endpoints().items():
-                command = reboot_command(next(command_ids), endpoint_id, app_version)
-                await trio.to_thread.run_sync(kaa.push, "cex", command)
+        await run_reboot_pushes(kaa, push_interval)
