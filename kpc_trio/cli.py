@@ -1,0 +1,94 @@
+"""The `kpc-trio` command: `run`, `check-config`, `demo`.
+
+Startup problems (bad configuration, unreadable TLS files, license) end the process with a one-line
+message naming the key or file and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from kpc_trio import __version__
+from kpc_trio.config import Config, ConfigError, load_config, render_effective_config
+from kpc_trio.logs import configure_logging, get_logger
+
+log = get_logger("kpc_trio")
+
+EXIT_STARTUP_ERROR = 2
+
+
+class StartupError(Exception):
+    """A problem the operator must fix before the service can start."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kpc-trio", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"kpc-trio {__version__}")
+    parser.add_argument("--config", help="YAML configuration file (default: $APP_CONFIG_PATH, "
+                        "then /srv/kpc/service-config.yml)")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("run", help="run the service (the default)")
+    commands.add_parser("check-config", help="print the effective configuration and exit")
+    demo = commands.add_parser("demo", help="run KPC with embedded NATS and a simulated Kaa side")
+    demo.add_argument("--push-interval", type=float, default=30.0,
+                      help="seconds between demo command pushes to connected endpoints")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = args.command or "run"
+    try:
+        config = load_config(_config_path(args, command))
+        if command == "check-config":
+            sys.stdout.write(render_effective_config(config))
+            return 0
+        configure_logging(config.logging.level, config.logging.format)
+        if command == "demo":
+            from kpc_trio.demo import run_demo  # the simulator is only imported when asked for
+
+            trio.run(run_demo, config, args.push_interval)
+        else:
+            trio.run(run_service, config)
+    except (ConfigError, StartupError) as exc:
+        sys.stderr.write(f"kpc-trio: {exc}\n")
+        return EXIT_STARTUP_ERROR
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _config_path(args: argparse.Namespace, command: str) -> str | None:
+    """The demo brings its own applications unless the user names a configuration."""
+    if command == "demo" and args.config is None and "APP_CONFIG_PATH" not in os.environ:
+        return str(importlib.resources.files("kpc_trio") / "demo.yml")
+    return args.config
+
+
+async def run_service(config: Config) -> None:
+    """Serve until SIGTERM/SIGINT; a second signal forces the exit."""
+    from kpc_trio.service import KpcService
+
+    service = KpcService(config)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def serve_then_stop_watching() -> None:
+                await service.serve()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(serve_then_stop_watching)
+            async for signum in signals:
+                if service.shutdown_started:
+                    log.warning("forced_exit", signal=signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    break
+                log.info("signal_received", signal=signal.Signals(signum).name, pid=os.getpid())
+                service.request_shutdown()

@@ -1,0 +1,108 @@
+"""Translation between 1/KP (MQTT topics and payloads) and 4/ESP (Avro records on NATS).
+
+Pure: builds `ClientData` messages for a parsed route and turns an `ExtensionData` into the topic
+and payload the client receives. No I/O and no routing state: sessions and the hub own that.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from http import HTTPStatus
+
+import attrs
+
+from kpc_trio.kaa import kp1, records, subjects
+from kpc_trio.kaa.kp1 import ApplicationRegistry, Route
+from kpc_trio.nats_gateway import OutboundMessage
+
+
+@attrs.frozen
+class ClientMessage:
+    """What KPC publishes to the client for one `ExtensionData`."""
+
+    topic: str
+    payload: bytes
+
+
+class UndeliverableError(Exception):
+    """An `ExtensionData` that cannot be turned into a 1/KP topic (missing names)."""
+
+
+def _reason_for(status_code: int) -> str:
+    try:
+        return HTTPStatus(status_code).phrase
+    except ValueError:
+        return "Error"
+
+
+class Relay:
+    def __init__(
+        self,
+        registry: ApplicationRegistry,
+        *,
+        replica_id: str,
+        message_timeout_ms: int = 0,
+        with_config_name: bool = True,
+    ) -> None:
+        self.registry = registry
+        self._reply_to = subjects.extension_data_replica(replica_id)
+        self._timeout = message_timeout_ms
+        self._with_config_name = with_config_name
+        # Correlation ids: unique per process start and cheap (no uuid per message).
+        self._id_prefix = f"{replica_id}-{os.urandom(4).hex()}-"
+        self._ids = itertools.count()
+        self._subjects: dict[str, str] = {}
+
+    def route(self, topic: str) -> Route:
+        """Parse a client topic; raises `kp1.Kp1Error` with the status to answer."""
+        return kp1.parse_topic(topic, self.registry)
+
+    def next_correlation_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids)}"
+
+    def client_data_message(
+        self, route: Route, endpoint_id: str | None, payload: bytes, correlation_id: str
+    ) -> OutboundMessage:
+        record = records.ClientData(
+            correlation_id=correlation_id,
+            timestamp=int(time.time() * 1000),
+            timeout=self._timeout,
+            app_version_name=route.app_version,
+            endpoint_id=endpoint_id,
+            resource_path=route.resource_path,
+            request_id=route.request_id,
+            payload=payload,
+        )
+        subject = self._subjects.get(route.extension)
+        if subject is None:
+            subject = self._subjects[route.extension] = subjects.client_data(route.extension)
+        return OutboundMessage(
+            subject,
+            records.encode_client_data(record, with_config_name=self._with_config_name),
+            self._reply_to,
+        )
+
+    @staticmethod
+    def client_message(
+        data: records.ExtensionData, token: str | None, fallback_app_version: str | None
+    ) -> ClientMessage:
+        """The `/status` or `/error` PUBLISH for an `ExtensionData` (spec 4.5)."""
+        app_version = data.app_version_name or fallback_app_version
+        if not app_version or not data.extension_instance_name:
+            raise UndeliverableError("ExtensionData without appVersionName or extensionInstanceName")
+        success = kp1.is_success(data.status_code)
+        topic = kp1.response_topic(
+            app_version, data.extension_instance_name, token, data.resource_path,
+            data.request_id, success=success,
+        )
+        if success:
+            return ClientMessage(topic, data.payload or b"")
+        reason = data.reason_phrase or _reason_for(data.status_code)
+        return ClientMessage(topic, kp1.error_payload(data.status_code, reason))
+
+
+def is_expired(data: records.ExtensionData, now_ms: int) -> bool:
+    """4/ESP: `timeout` ms after `timestamp` the message is void; 0 means it never expires."""
+    return data.timeout > 0 and data.timestamp + data.timeout < now_ms

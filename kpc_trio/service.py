@@ -1,0 +1,203 @@
+"""The KPC service: the nursery tree and the shutdown order (design.md, "Task tree").
+
+```
+KpcService.serve
+├─ NATS gateway (context)            outlives the sessions so their last messages flush
+└─ services nursery                  token responses, ExtensionData dispatch, HTTP
+   └─ sessions nursery               deadline = graceful-shutdown period once shutdown starts
+      └─ listeners nursery           cancelled first on shutdown
+```
+Shutdown: not ready -> listeners stop accepting -> sessions stop reading and finish in-flight
+relays (bounded by `service.graceful-shutdown`) -> disconnected events -> NATS drained.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import attrs
+import trio
+
+from kpc_trio.auth import EndpointTokenResolver
+from kpc_trio.config import Config
+from kpc_trio.connectivity import ConnectivityEvents
+from kpc_trio.embedded_nats import open_embedded_nats
+from kpc_trio.hub import Hub, UnawareRequestKey
+from kpc_trio.kaa import records, subjects
+from kpc_trio.kaa.kp1 import ApplicationRegistry
+from kpc_trio.logs import get_logger
+from kpc_trio.nats_gateway import InboundMessage, NatsGateway, open_nats_gateway
+from kpc_trio.net import listeners
+from kpc_trio.net import Peer
+from kpc_trio.relay import Relay, is_expired
+from kpc_trio.session import Session, SessionContext, SessionLimits
+
+log = get_logger(__name__)
+
+
+def registry_from_config(config: Config) -> ApplicationRegistry:
+    applications = {
+        app_name: {
+            version_name: version.allowed_extension_instances
+            for version_name, version in app.versions.items()
+        }
+        for app_name, app in config.kaa.applications.items()
+    }
+    endpoint_aware = {
+        name: bool(instance and instance.endpoint_aware)
+        for name, instance in config.kaa.extension_instances.items()
+    }
+    return ApplicationRegistry.from_mappings(applications, endpoint_aware)
+
+
+def nats_urls(config: Config) -> list[str]:
+    return [url.strip() for url in config.nats.urls.split(",") if url.strip()]
+
+
+@attrs.define
+class KpcService:
+    config: Config
+    hub: Hub[Session] = attrs.field(factory=Hub)
+    ports: dict[str, int] = attrs.field(factory=dict)
+    sessions: set[Session] = attrs.field(factory=set)
+    _shutdown_requested: trio.Event = attrs.field(factory=trio.Event)
+    _context: SessionContext | None = None
+
+    @property
+    def replica_id(self) -> str:
+        return self.config.service.instance.replica.id
+
+    @property
+    def shutdown_started(self) -> bool:
+        return self._shutdown_requested.is_set()
+
+    def request_shutdown(self) -> None:
+        if not self._shutdown_requested.is_set():
+            log.info("shutdown_requested", sessions=len(self.sessions))
+            self._shutdown_requested.set()
+
+    async def serve(self, *, task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            urls = nats_urls(self.config)
+            if not urls:
+                urls = [await stack.enter_async_context(open_embedded_nats())]
+                log.info("embedded_nats_started", url=urls[0])
+            gateway = await stack.enter_async_context(
+                open_nats_gateway(urls, name=f"{self.config.service.instance.name}-{self.replica_id}")
+            )
+            await self._serve_with(gateway, task_status)
+
+    async def _serve_with(self, gateway: NatsGateway, task_status: trio.TaskStatus) -> None:
+        config = self.config
+        kpc = config.kaa.kpc
+        mqtt = kpc.transports.mqtt
+        resolver = EndpointTokenResolver(
+            gateway,
+            provider=kpc.auth.token_provider,
+            replica_id=self.replica_id,
+            request_timeout=kpc.auth.request_timeout,
+            ttl=kpc.auth.token_cache.ttl,
+            negative_ttl=kpc.auth.token_cache.negative_ttl,
+            max_entries=kpc.auth.token_cache.max_entries,
+        )
+        self._context = SessionContext(
+            hub=self.hub,
+            gateway=gateway,
+            relay=Relay(
+                registry_from_config(config),
+                replica_id=self.replica_id,
+                message_timeout_ms=kpc.esp.message_timeout,
+                with_config_name=kpc.esp.with_config_name,
+            ),
+            resolver=resolver,
+            events=ConnectivityEvents(gateway, kpc_instance=config.service.instance.name,
+                                      replica_id=self.replica_id),
+            limits=SessionLimits(
+                max_packet_size=mqtt.max_packet_size,
+                connect_timeout=mqtt.connect_timeout,
+                max_outbox_bytes=mqtt.max_outbox_bytes,
+            ),
+        )
+        async with trio.open_nursery() as services:
+            services.start_soon(resolver.run_responses,
+                                await gateway.subscribe(resolver.reply_subject))
+            for subject in (subjects.extension_data_service(config.service.instance.name),
+                            subjects.extension_data_replica(self.replica_id)):
+                services.start_soon(self._dispatch_extension_data, await gateway.subscribe(subject))
+            async with trio.open_nursery() as sessions_nursery:
+                async with trio.open_nursery() as listeners_nursery:
+                    await self._start_listeners(listeners_nursery, sessions_nursery)
+                    log.info("kpc_started", replica_id=self.replica_id, **{
+                        f"{name}_port": port for name, port in self.ports.items()})
+                    task_status.started(dict(self.ports))
+                    await self._shutdown_requested.wait()
+                    listeners_nursery.cancel_scope.cancel()
+                for session in list(self.sessions):
+                    session.stop_reading()
+                sessions_nursery.cancel_scope.deadline = (
+                    trio.current_time() + config.service.graceful_shutdown
+                )
+            services.cancel_scope.cancel()
+        log.info("kpc_stopped", replica_id=self.replica_id)
+
+    async def _start_listeners(self, listeners_nursery: trio.Nursery,
+                               sessions_nursery: trio.Nursery) -> None:
+        mqtt = self.config.kaa.kpc.transports.mqtt
+        if mqtt.tcp.enabled:
+            _, self.ports["mqtt_tcp"] = await listeners_nursery.start(
+                lambda task_status: listeners.serve_tcp(
+                    self._handle_connection, host=mqtt.tcp.host, port=mqtt.tcp.port,
+                    handler_nursery=sessions_nursery, task_status=task_status,
+                )
+            )
+
+    async def _handle_connection(self, stream: trio.abc.Stream, peer: Peer) -> None:
+        assert self._context is not None
+        session = Session(stream, peer, self._context)
+        self.sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+
+    async def _dispatch_extension_data(
+        self, messages: trio.MemoryReceiveChannel[InboundMessage]
+    ) -> None:
+        """Route each `ExtensionData` to the session holding its endpoint (or pending request)."""
+        async for message in messages:
+            try:
+                data = records.decode(records.ExtensionData, message.payload)
+            except records.RecordDecodeError as exc:
+                log.warning("extension_data_undecodable", subject=message.subject, reason=str(exc))
+                continue
+            if is_expired(data, int(time.time() * 1000)):
+                log.info("extension_data_expired", correlation_id=data.correlation_id)
+                continue
+            session = self._session_for(data)
+            if session is None or not session.deliver_extension_data(data):
+                log.debug("extension_data_not_routed", endpoint_id=data.endpoint_id,
+                          correlation_id=data.correlation_id)
+
+    def _session_for(self, data: records.ExtensionData) -> Session | None:
+        if data.endpoint_id is not None:
+            return self.hub.session_for_endpoint(data.endpoint_id)
+        if data.request_id is None or not data.app_version_name \
+                or not data.extension_instance_name:
+            return None
+        return self.hub.take_unaware_reply(UnawareRequestKey(
+            data.app_version_name, data.extension_instance_name, data.request_id))
+
+
+@contextlib.asynccontextmanager
+async def open_kpc(config: Config) -> AsyncIterator[KpcService]:
+    """Run a KPC service for the duration of the block (tests, demo); shuts down gracefully."""
+    service = KpcService(config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(service.serve)
+        try:
+            yield service
+        finally:
+            service.request_shutdown()

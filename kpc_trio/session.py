@@ -1,0 +1,391 @@
+"""One MQTT client connection: the sans-IO core driven by a reader and a writer task.
+
+The reader decodes what the client sends, relays each PUBLISH as a `ClientData` and acknowledges
+QoS 1/2 messages only after NATS accepted them (one NATS hand-over and one acknowledgement write
+per read, no task per message). The writer drains the state machine's output buffer: responses
+and pushes from NATS are encoded straight into that buffer by `deliver()`, which never blocks; a
+client whose buffer outgrows `max_outbox_bytes` is dropped instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Protocol
+
+import attrs
+import trio
+
+from kpc_trio.auth import EndpointIdentity, EndpointTokenResolver, TokenRejected, TokenValidationError
+from kpc_trio.connectivity import ConnectivityEvents
+from kpc_trio.hub import Hub, UnawareRequestKey
+from kpc_trio.kaa import records
+from kpc_trio.kaa.kp1 import Kp1Error, Route
+from kpc_trio.logs import get_logger, set_context
+from kpc_trio.mqtt.connection import (
+    ConnectReceived,
+    ConnectionState,
+    DisconnectReceived,
+    MessageReceived,
+    ServerConnection,
+    Subscribed,
+    Unsubscribed,
+)
+from kpc_trio.mqtt.errors import ProtocolError
+from kpc_trio.mqtt.packets import Connect, ConnAckCode, QoS
+from kpc_trio.nats_gateway import NatsGateway, OutboundMessage
+from kpc_trio.net import Peer
+from kpc_trio.relay import Relay, UndeliverableError
+
+log = get_logger(__name__)
+
+RECEIVE_SIZE = 65536
+#: MQTT 3.1.1 section 3.1.2.10: the server disconnects after 1.5 keepalive periods of silence.
+KEEPALIVE_FACTOR = 1.5
+#: How long a closing session may take to flush its last bytes (CONNACK refusal, final acks).
+FINAL_FLUSH_TIMEOUT = 5.0
+#: Request QoS remembered per pending request id so the response goes out at the same QoS.
+MAX_REMEMBERED_REQUESTS = 1024
+
+
+@attrs.frozen
+class SessionLimits:
+    max_packet_size: int = 1_048_576
+    connect_timeout: float = 10.0
+    max_outbox_bytes: int = 1_048_576
+
+
+class ClientAuthenticator(Protocol):
+    async def authenticate(self, connect: Connect, peer: Peer) -> ConnAckCode:
+        """Decide the CONNACK return code for a CONNECT."""
+
+
+class AnonymousAuthenticator:
+    """Accepts every client: the documented default until a tenant enforces credentials."""
+
+    async def authenticate(self, connect: Connect, peer: Peer) -> ConnAckCode:
+        return ConnAckCode.ACCEPTED
+
+
+@attrs.frozen
+class SessionContext:
+    """Everything a session needs from the service, shared by all sessions."""
+
+    hub: Hub[Session]
+    gateway: NatsGateway
+    relay: Relay
+    resolver: EndpointTokenResolver
+    events: ConnectivityEvents
+    limits: SessionLimits = SessionLimits()
+    authenticator: ClientAuthenticator = AnonymousAuthenticator()
+
+
+@attrs.define
+class EndpointBinding:
+    """An endpoint identified on this session: how to address it in response topics."""
+
+    endpoint_id: str
+    token: str
+    app_version: str
+
+
+class Session:
+    def __init__(self, stream: trio.abc.Stream, peer: Peer, context: SessionContext) -> None:
+        self._stream = stream
+        self.peer = peer
+        self._ctx = context
+        self._conn = ServerConnection(max_packet_size=context.limits.max_packet_size)
+        self._endpoints: dict[str, EndpointBinding] = {}
+        self._request_qos: OrderedDict[tuple[str, str | None, int], QoS] = OrderedDict()
+        self._output_ready = trio.Event()
+        self._writer_done = trio.Event()
+        self._finishing = False
+        self._stopping = False
+        self._receive_scope: trio.CancelScope | None = None
+        self._cancel_scope: trio.CancelScope | None = None
+        self.close_reason = "unknown"
+
+    @property
+    def client_id(self) -> str | None:
+        return self._conn.client_id
+
+    # --- lifecycle --------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Serve the connection until it ends; always releases everything it held."""
+        set_context(peer=self.peer.address, transport=self.peer.transport)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._cancel_scope = nursery.cancel_scope
+                nursery.start_soon(self._write_loop)
+                await self._read_loop()
+                await self._flush_and_stop()
+        finally:
+            self._release()
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(self._stream)
+            log.info("client_disconnected", client_id=self.client_id, reason=self.close_reason)
+
+    def terminate(self, reason: str) -> None:
+        """Drop the connection now (takeover, slow consumer, revocation)."""
+        if self.close_reason == "unknown":
+            self.close_reason = reason
+        self._conn.close()
+        if self._cancel_scope is not None:
+            self._cancel_scope.cancel()
+
+    def stop_reading(self) -> None:
+        """Graceful shutdown: read nothing more, finish in-flight relays, then close."""
+        self._stopping = True
+        if self._receive_scope is not None:
+            self._receive_scope.cancel()
+
+    def _release(self) -> None:
+        hub = self._ctx.hub
+        if self.client_id is not None:
+            hub.release_client_id(self.client_id, self)
+        hub.forget_session(self)
+        gone = {
+            endpoint_id: binding.app_version
+            for endpoint_id, binding in self._endpoints.items()
+            if hub.unbind_endpoint(endpoint_id, self)
+        }
+        self._endpoints.clear()
+        self._ctx.events.disconnected(gone)
+
+    # --- reading ----------------------------------------------------------------------------
+    async def _receive(self) -> bytes:
+        """The next chunk from the client; b"" at end of stream or when told to stop reading."""
+        if self._stopping:
+            return b""
+        with trio.CancelScope() as self._receive_scope:
+            try:
+                return await self._stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.close_reason = "connection_lost"
+                return b""
+        self.close_reason = "shutdown"
+        return b""
+
+    async def _read_loop(self) -> None:
+        conn = self._conn
+        try:
+            with trio.move_on_after(self._ctx.limits.connect_timeout) as connect_deadline:
+                events: list = []
+                while not events:
+                    data = await self._receive()
+                    if not data:
+                        return
+                    events = conn.receive_data(data)
+            if connect_deadline.cancelled_caught:
+                self.close_reason = "connect_timeout"
+                log.info("connect_timeout", timeout=self._ctx.limits.connect_timeout)
+                return
+            await self._handle_events(events)
+            keepalive = conn.keepalive * KEEPALIVE_FACTOR if conn.keepalive else math.inf
+            while conn.state is ConnectionState.CONNECTED:
+                with trio.move_on_after(keepalive) as idle:
+                    data = await self._receive()
+                if idle.cancelled_caught:
+                    self.close_reason = "keepalive_timeout"
+                    return
+                if not data:
+                    if self.close_reason == "unknown":
+                        self.close_reason = "connection_closed"
+                    return
+                await self._handle_events(conn.receive_data(data))
+        except ProtocolError as exc:
+            self.close_reason = "protocol_error"
+            log.info("protocol_violation", client_id=self.client_id, reason=exc.reason)
+
+    async def _handle_events(self, events: list) -> None:
+        confirmed: list[OutboundMessage] = []
+        acknowledgements: list[int] = []
+        pending = list(events)
+        while pending:
+            event = pending.pop(0)
+            if isinstance(event, MessageReceived):
+                await self._on_message(event, confirmed, acknowledgements)
+            elif isinstance(event, ConnectReceived):
+                if await self._on_connect(event.connect):
+                    # Packets pipelined behind CONNECT were held until the CONNACK decision.
+                    pending.extend(self._conn.receive_data(b""))
+            elif isinstance(event, Subscribed):
+                log.debug("subscribed", filters=",".join(f for f, _ in event.subscriptions))
+            elif isinstance(event, Unsubscribed):
+                log.debug("unsubscribed", filters=",".join(event.topic_filters))
+            elif isinstance(event, DisconnectReceived):
+                self.close_reason = "client_disconnect"
+        if confirmed:
+            # Acknowledge only what NATS accepted: this await is the backpressure.
+            await self._ctx.gateway.publish_confirmed(confirmed)
+        for packet_id in acknowledgements:
+            self._conn.acknowledge(packet_id)
+        self._wake_writer()
+
+    async def _on_connect(self, connect: Connect) -> bool:
+        code = await self._ctx.authenticator.authenticate(connect, self.peer)
+        if code is not ConnAckCode.ACCEPTED:
+            self._conn.refuse_connect(code)
+            self.close_reason = f"refused_{code.name.lower()}"
+            log.info("connect_refused", client_id=connect.client_id, code=int(code))
+            return False
+        self._conn.accept_connect()
+        client_id = self._conn.client_id
+        assert client_id is not None
+        set_context(client_id=client_id)
+        previous = self._ctx.hub.claim_client_id(client_id, self)
+        if previous is not None:
+            log.info("client_takeover", client_id=client_id)
+            previous.terminate("takeover")
+        log.info("client_connected", client_id=client_id, keepalive=self._conn.keepalive,
+                 protocol_level=connect.protocol_level)
+        return True
+
+    async def _on_message(
+        self, event: MessageReceived, confirmed: list[OutboundMessage], acknowledgements: list[int]
+    ) -> None:
+        if event.packet_id is not None:
+            # Also for rejected messages: the PUBLISH itself was received and answered.
+            acknowledgements.append(event.packet_id)
+        try:
+            route = self._ctx.relay.route(event.topic)
+            endpoint_id = await self._identify(route) if route.token is not None else None
+        except Kp1Error as err:
+            self._answer_error(event, err.request_id, err.status_code, err.reason_phrase)
+            return
+        except TokenValidationError as err:
+            self._answer_error(event, route.request_id, err.status_code, err.reason_phrase)
+            return
+        correlation_id = self._ctx.relay.next_correlation_id()
+        message = self._ctx.relay.client_data_message(route, endpoint_id, event.payload,
+                                                      correlation_id)
+        if route.request_id is not None:
+            self._remember_request(route, endpoint_id, event.qos)
+        if event.qos is QoS.AT_MOST_ONCE and not confirmed:
+            if not self._ctx.gateway.publish_nowait(message):
+                log.warning("message_dropped", reason="nats_unavailable", topic=event.topic,
+                            correlation_id=correlation_id)
+        else:
+            confirmed.append(message)
+        if log.is_debug():
+            log.debug("client_data_relayed", topic=event.topic, endpoint_id=endpoint_id,
+                      correlation_id=correlation_id)
+
+    async def _identify(self, route: Route) -> str:
+        """Resolve the route's token to an endpoint id, binding the endpoint to this session."""
+        assert route.token is not None
+        app_name = self._ctx.relay.registry.app_name(route.app_version)
+        assert app_name is not None  # parse_topic rejects unknown appversions
+        identity = self._ctx.resolver.cached(app_name, route.token)
+        if identity is None:
+            identity = await self._ctx.resolver.resolve(app_name, route.token)
+        elif isinstance(identity, TokenRejected):
+            raise TokenValidationError(identity.status_code, identity.reason_phrase)
+        self._bind(identity, route)
+        return identity.endpoint_id
+
+    def _bind(self, identity: EndpointIdentity, route: Route) -> None:
+        assert route.token is not None
+        binding = self._endpoints.get(identity.endpoint_id)
+        if binding is not None and binding.token == route.token \
+                and binding.app_version == route.app_version:
+            return
+        self._endpoints[identity.endpoint_id] = EndpointBinding(
+            identity.endpoint_id, route.token, route.app_version
+        )
+        previous = self._ctx.hub.bind_endpoint(identity.endpoint_id, self)
+        if previous is not None:
+            previous.forget_endpoint(identity.endpoint_id)
+        if binding is None or binding.app_version != route.app_version:
+            self._ctx.events.connected({identity.endpoint_id: route.app_version})
+            log.info("endpoint_connected", endpoint_id=identity.endpoint_id,
+                     app_version=route.app_version)
+
+    def forget_endpoint(self, endpoint_id: str) -> None:
+        """The endpoint moved to another session: stop addressing it here, report nothing."""
+        self._endpoints.pop(endpoint_id, None)
+
+    def _remember_request(self, route: Route, endpoint_id: str | None, qos: QoS) -> None:
+        assert route.request_id is not None
+        if endpoint_id is None:
+            key = UnawareRequestKey(route.app_version, route.extension, route.request_id)
+            self._ctx.hub.expect_unaware_reply(key, self)
+        if qos is not QoS.AT_MOST_ONCE:
+            self._request_qos[(route.extension, endpoint_id, route.request_id)] = qos
+            while len(self._request_qos) > MAX_REMEMBERED_REQUESTS:
+                self._request_qos.popitem(last=False)
+
+    def _answer_error(
+        self, event: MessageReceived, request_id: int | None, status_code: int, reason: str
+    ) -> None:
+        """KPC's own 1/KP error: only when the request carries a request id (RFC 1, PR59)."""
+        log.info("request_rejected", topic=event.topic, status_code=status_code, reason=reason)
+        if request_id is None:
+            return
+        error = Kp1Error(status_code, reason, request_id)
+        self.deliver(error.error_topic(event.topic), error.payload(), min(event.qos, QoS.AT_LEAST_ONCE))
+
+    # --- delivering to the client -----------------------------------------------------------
+    def deliver_extension_data(self, data: records.ExtensionData) -> bool:
+        """Publish an extension's answer or push to this client; False if it cannot be."""
+        binding = self._endpoints.get(data.endpoint_id) if data.endpoint_id else None
+        if data.endpoint_id is not None and binding is None:
+            return False
+        try:
+            message = self._ctx.relay.client_message(
+                data, binding.token if binding else None,
+                binding.app_version if binding else None,
+            )
+        except UndeliverableError as exc:
+            log.warning("extension_data_undeliverable", reason=str(exc),
+                        correlation_id=data.correlation_id)
+            return False
+        qos = QoS.AT_MOST_ONCE
+        if data.request_id is not None:
+            key = (data.extension_instance_name or "", data.endpoint_id, data.request_id)
+            qos = self._request_qos.pop(key, QoS.AT_MOST_ONCE)
+        return self.deliver(message.topic, message.payload, qos)
+
+    def deliver(self, topic: str, payload: bytes, qos: QoS) -> bool:
+        """Queue a PUBLISH to the client without blocking (official clients never SUBSCRIBE)."""
+        if self._conn.state is not ConnectionState.CONNECTED:
+            return False
+        subscribed = self._conn.subscription_qos(topic)
+        if subscribed is not None and subscribed > qos:
+            qos = subscribed
+        self._conn.publish(topic, payload, qos)
+        if self._conn.pending_output > self._ctx.limits.max_outbox_bytes:
+            log.warning("slow_consumer", client_id=self.client_id,
+                        pending_bytes=self._conn.pending_output)
+            self.terminate("slow_consumer")
+            return False
+        self._wake_writer()
+        return True
+
+    # --- writing ----------------------------------------------------------------------------
+    def _wake_writer(self) -> None:
+        self._output_ready.set()
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                await self._output_ready.wait()
+                self._output_ready = trio.Event()
+                data = self._conn.data_to_send()
+                if data:
+                    await self._stream.send_all(data)
+                if self._finishing and not self._conn.pending_output:
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.terminate("connection_lost")
+        finally:
+            self._writer_done.set()
+
+    async def _flush_and_stop(self) -> None:
+        """Send what is still queued (a CONNACK refusal, last acknowledgements), then stop."""
+        self._finishing = True
+        self._wake_writer()
+        with trio.move_on_after(FINAL_FLUSH_TIMEOUT):
+            await self._writer_done.wait()
+        assert self._cancel_scope is not None
+        self._cancel_scope.cancel()

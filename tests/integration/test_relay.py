@@ -1,0 +1,141 @@
+"""End to end: real paho devices -> KPC -> real nats-server -> simulated Kaa services and back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+
+from kpc_trio.service import open_kpc
+from kpc_trio.simulator.kaa_side import open_simulated_kaa
+from tests.integration.kpc_harness import (
+    APP_VERSION, ENDPOINTS, call, make_config, open_device, push_data,
+)
+
+EP1, EP2 = ENDPOINTS[0], ENDPOINTS[1]
+
+
+@pytest.fixture
+async def kaa(nats_server):
+    async with open_simulated_kaa(nats_server.url, endpoints=ENDPOINTS,
+                                  echo_extensions=("dcx", "cex", "tsx")) as kaa:
+        yield kaa
+
+
+@pytest.fixture
+async def kpc(nats_server, tmp_path, kaa):
+    async with open_kpc(make_config(tmp_path, nats_server.url)) as service:
+        yield service
+
+
+@pytest.fixture
+def port(kpc) -> int:
+    return kpc.ports["mqtt_tcp"]
+
+
+async def test_dcx_round_trip_with_request_id(kaa, port):
+    topic = f"kp1/{APP_VERSION}/dcx/{EP1.token}/json/42"
+    payload = b'[{"temperature":23}]'
+    async with open_device(port) as device:
+        await call(device.publish, topic, payload, qos=1)
+        [client_data] = await kaa.await_received("dcx", 1)
+        assert client_data.app_version_name == APP_VERSION
+        assert client_data.endpoint_id == EP1.endpoint_id
+        assert client_data.resource_path == "/json"
+        assert client_data.request_id == 42
+        assert client_data.payload == payload
+        reply = await call(device.expect)
+    assert reply.topic == topic + "/status"
+    assert reply.payload == payload  # the echo extension answers with the request payload
+    assert reply.qos == 1  # response QoS follows the request's
+
+
+async def test_push_without_request_id_reaches_a_client_that_never_subscribed(kaa, port):
+    async with open_device(port) as device:
+        # Identify the endpoint on this connection (fire and forget, no request id).
+        await call(device.publish, f"kp1/{APP_VERSION}/dcx/{EP1.token}/json", b"{}", qos=1)
+        await kaa.await_received("dcx", 1)
+        command = b'[{"id":1,"payload":{}}]'
+        await call(kaa.push, "cex", push_data(EP1.endpoint_id, "/command/reboot", command))
+        message = await call(device.expect)
+    assert message.topic == f"kp1/{APP_VERSION}/cex/{EP1.token}/command/reboot/status"
+    assert message.payload == command
+    assert message.qos == 0
+
+
+async def test_unknown_appversion_gets_a_404_error(port):
+    async with open_device(port) as device:
+        await call(device.publish, f"kp1/no_such_v1/dcx/{EP1.token}/json/7", b"{}", qos=1)
+        message = await call(device.expect)
+    assert message.topic == f"kp1/no_such_v1/dcx/{EP1.token}/json/7/error"
+    body = json.loads(message.payload)
+    assert body["statusCode"] == 404 and body["reasonPhrase"]
+
+
+async def test_invalid_token_gets_the_providers_status(kaa, port):
+    async with open_device(port) as device:
+        await call(device.publish, f"kp1/{APP_VERSION}/dcx/not-a-token/json/8", b"{}", qos=1)
+        message = await call(device.expect)
+    assert message.topic == f"kp1/{APP_VERSION}/dcx/not-a-token/json/8/error"
+    assert json.loads(message.payload)["statusCode"] == 401  # what the provider answered
+    assert kaa.received("dcx") == []
+
+
+async def test_no_request_id_means_no_kpc_error(port):
+    async with open_device(port) as device:
+        await call(device.publish, f"kp1/no_such_v1/dcx/{EP1.token}/json", b"{}", qos=1)
+        await call(device.publish, f"kp1/{APP_VERSION}/dcx/not-a-token/json", b"{}", qos=1)
+        await call(device.expect_none, 1.0)
+
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+async def test_each_qos_is_relayed_exactly_once(kaa, port, qos):
+    async with open_device(port) as device:
+        for n in range(5):
+            await call(device.publish, f"kp1/{APP_VERSION}/dcx/{EP1.token}/json",
+                       f"m{n}".encode(), qos=qos)
+        received = await kaa.await_received("dcx", 5)
+        await trio.sleep(0.2)
+    assert [cd.payload for cd in kaa.received("dcx")] == [f"m{n}".encode() for n in range(5)]
+    assert len(received) == 5
+
+
+async def test_endpoint_unaware_request_gets_its_reply(kaa, port):
+    async with open_device(port) as device:
+        await call(device.publish, f"kp1/{APP_VERSION}/tsx/time/3", b"", qos=1)
+        [client_data] = await kaa.await_received("tsx", 1)
+        reply = await call(device.expect)
+    assert client_data.endpoint_id is None
+    assert client_data.resource_path == "/time"
+    assert reply.topic == f"kp1/{APP_VERSION}/tsx/time/3/status"
+
+
+async def test_malformed_bytes_close_only_the_offender(kaa, port):
+    async with open_device(port) as device:
+        offender = await trio.open_tcp_stream("127.0.0.1", port)
+        await offender.send_all(b"\x10\xff\xff\xff\xff\x7f garbage")
+        with trio.fail_after(10):
+            assert await offender.receive_some(1024) == b""  # KPC closed it
+        await offender.aclose()
+        await call(device.publish, f"kp1/{APP_VERSION}/dcx/{EP1.token}/json/1", b"ok", qos=1)
+        reply = await call(device.expect)
+    assert reply.topic.endswith("/json/1/status")
+
+
+async def test_clients_never_see_each_others_messages(kaa, port):
+    async with open_device(port) as first, open_device(port) as second:
+        await call(first.subscribe, "kp1/#", 1)
+        await call(second.subscribe, "kp1/#", 1)
+        await call(first.publish, f"kp1/{APP_VERSION}/dcx/{EP1.token}/json/1", b"one", qos=1)
+        await call(second.publish, f"kp1/{APP_VERSION}/dcx/{EP2.token}/json/2", b"two", qos=1)
+        await kaa.await_received("dcx", 2)
+        await call(kaa.push, "cex", push_data(EP2.endpoint_id, "/command/x", b"for-two"))
+        first_got = [await call(first.expect)]
+        second_got = [await call(second.expect), await call(second.expect)]
+        await call(first.expect_none, 0.5)
+    assert [m.topic for m in first_got] == [f"kp1/{APP_VERSION}/dcx/{EP1.token}/json/1/status"]
+    assert sorted(m.topic for m in second_got) == sorted([
+        f"kp1/{APP_VERSION}/dcx/{EP2.token}/json/2/status",
+        f"kp1/{APP_VERSION}/cex/{EP2.token}/command/x/status",
+    ])
