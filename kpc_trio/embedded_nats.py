@@ -8,10 +8,13 @@ directory. The server binds 127.0.0.1 only. With port 0 the server picks a rando
 
 from __future__ import annotations
 
+import ctypes
 import json
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import sysconfig
 import tempfile
 import time
@@ -30,6 +33,7 @@ log = get_logger(__name__)
 
 BINARY_NAME = "nats-server"
 HOST = "127.0.0.1"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class NatsServerNotFoundError(Exception):
@@ -96,8 +100,11 @@ class NatsServerProcess:
             args += ["--pass", self.password]
         log_path = workdir / "nats-server.log"
         with log_path.open("wb") as log_file:
+            # Own session: a Ctrl-C on the terminal must not kill NATS before KPC drained into
+            # it; the parent-death signal still stops it if KPC itself dies.
             self._process = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
+                args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=_terminate_with_parent,
             )
         try:
             self.port = self._await_listening(workdir, log_path)
@@ -163,6 +170,13 @@ async def open_embedded_nats() -> AsyncIterator[str]:
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(server.stop)
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM it when the parent dies."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _reported_port(ports_file: Path) -> int | None:

@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any
 
 import nats
+import nats.errors
 import trio
 from nats.aio.client import Client as NatsClient
 
@@ -140,7 +141,7 @@ class SimulatedKaa:
             for task in replies:
                 task.cancel()
             await asyncio.gather(*replies, return_exceptions=True)
-            await nc.drain()
+            await _drain_or_close(nc)
 
     async def _connect(self) -> NatsClient:
         # nats-py retries the first connect forever when reconnecting is allowed (it must be:
@@ -274,6 +275,14 @@ async def open_simulated_kaa(nats_url: str, **options: Any) -> AsyncIterator[Sim
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(kaa.close)
+
+
+async def _drain_or_close(nc: NatsClient) -> None:
+    """Drain when connected; while NATS is away (reconnecting) just close."""
+    try:
+        await nc.drain()
+    except nats.errors.Error:
+        await nc.close()
 
 
 def _forget_reply(replies: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
