@@ -18,6 +18,7 @@ import trio
 from kpc_trio import __version__
 from kpc_trio.config import Config, ConfigError, load_config, render_effective_config
 from kpc_trio.logs import configure_logging, get_logger
+from kpc_trio.net import TlsConfigError
 
 log = get_logger("kpc_trio")
 
@@ -57,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             trio.run(run_demo, config, args.push_interval)
         else:
             trio.run(run_service, config)
-    except (ConfigError, StartupError) as exc:
+    except (ConfigError, TlsConfigError, StartupError) as exc:
         sys.stderr.write(f"kpc-trio: {exc}\n")
         return EXIT_STARTUP_ERROR
     except KeyboardInterrupt:

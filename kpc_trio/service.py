@@ -14,6 +14,8 @@ relays (bounded by `service.graceful-shutdown`) -> disconnected events -> NATS d
 from __future__ import annotations
 
 import contextlib
+import functools
+import ssl
 import time
 from collections.abc import AsyncIterator
 
@@ -29,8 +31,7 @@ from kpc_trio.kaa import records, subjects
 from kpc_trio.kaa.kp1 import ApplicationRegistry
 from kpc_trio.logs import get_logger
 from kpc_trio.nats_gateway import InboundMessage, NatsGateway, open_nats_gateway
-from kpc_trio.net import listeners
-from kpc_trio.net import Peer
+from kpc_trio.net import Peer, build_server_ssl_context, serve_tcp, serve_tls, serve_websocket
 from kpc_trio.relay import Relay, is_expired
 from kpc_trio.session import Session, SessionContext, SessionLimits
 
@@ -145,14 +146,36 @@ class KpcService:
 
     async def _start_listeners(self, listeners_nursery: trio.Nursery,
                                sessions_nursery: trio.Nursery) -> None:
+        """Start every enabled MQTT listener; each reports its bound port (0 = pick one)."""
         mqtt = self.config.kaa.kpc.transports.mqtt
+        handler = self._handle_connection
+        starters = {}
         if mqtt.tcp.enabled:
-            _, self.ports["mqtt_tcp"] = await listeners_nursery.start(
-                lambda task_status: listeners.serve_tcp(
-                    self._handle_connection, host=mqtt.tcp.host, port=mqtt.tcp.port,
-                    handler_nursery=sessions_nursery, task_status=task_status,
-                )
-            )
+            starters["mqtt_tcp"] = functools.partial(
+                serve_tcp, handler, host=mqtt.tcp.host, port=mqtt.tcp.port,
+                handler_nursery=sessions_nursery)
+        if mqtt.tls.enabled:
+            starters["mqtt_tls"] = functools.partial(
+                serve_tls, handler, host=mqtt.tls.host, port=mqtt.tls.port,
+                ssl_context=self._tls_context(), handshake_timeout=mqtt.tls.handshake_timeout,
+                handler_nursery=sessions_nursery)
+        if mqtt.websocket.enabled:
+            starters["mqtt_websocket"] = functools.partial(
+                serve_websocket, handler, host=mqtt.websocket.host,
+                port=mqtt.websocket.port, path=mqtt.websocket.path,
+                max_packet_size=mqtt.max_packet_size, handler_nursery=sessions_nursery)
+        for name, serve in starters.items():
+            _, self.ports[name] = await listeners_nursery.start(serve)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        tls = self.config.kaa.kpc.transports.mqtt.tls
+        client_auth = tls.client_auth
+        if client_auth == "request" and not tls.ca_file:
+            # Nothing to verify client certificates against: serve TLS without asking for them.
+            log.warning("tls_client_certificates_not_requested",
+                        reason="kaa.kpc.transports.mqtt.tls.ca-file is empty")
+            client_auth = "none"
+        return build_server_ssl_context(tls.cert_file, tls.key_file, tls.ca_file, client_auth)
 
     async def _handle_connection(self, stream: trio.abc.Stream, peer: Peer) -> None:
         assert self._context is not None
