@@ -78,7 +78,7 @@ def connects(draw: st.DrawFn) -> Connect:
 
 
 @st.composite
-def publishes(draw: st.DrawFn) -> Publish:
+def publishes(draw: st.DrawFn, ids: st.SearchStrategy[int] = packet_ids) -> Publish:
     qos = draw(qos_levels)
     return Publish(
         topic=draw(mqtt_text),
@@ -86,7 +86,7 @@ def publishes(draw: st.DrawFn) -> Publish:
         qos=qos,
         retain=draw(st.booleans()),
         dup=draw(st.booleans()) if qos else False,
-        packet_id=draw(packet_ids) if qos else None,
+        packet_id=draw(ids) if qos else None,
     )
 
 
@@ -94,30 +94,37 @@ connacks = st.sampled_from(ConnAckCode).flatmap(
     lambda code: st.builds(ConnAck, st.just(code), st.booleans() if code == 0 else st.just(False))
 )
 
-packets: st.SearchStrategy[Packet] = st.one_of(
-    connects(),
-    connacks,
-    publishes(),
-    st.builds(PubAck, packet_ids),
-    st.builds(PubRec, packet_ids),
-    st.builds(PubRel, packet_ids),
-    st.builds(PubComp, packet_ids),
-    st.builds(
-        Subscribe,
-        packet_ids,
-        st.lists(st.tuples(mqtt_text, qos_levels), min_size=1, max_size=4).map(tuple),
-    ),
-    st.builds(
-        SubAck,
-        packet_ids,
-        st.lists(st.sampled_from((0, 1, 2, SUBACK_FAILURE)), min_size=1, max_size=4).map(tuple),
-    ),
-    st.builds(Unsubscribe, packet_ids, st.lists(mqtt_text, min_size=1, max_size=4).map(tuple)),
-    st.builds(UnsubAck, packet_ids),
-    st.just(PingReq()),
-    st.just(PingResp()),
-    st.just(Disconnect()),
-)
+
+
+def mqtt_packets(ids: st.SearchStrategy[int] = packet_ids) -> st.SearchStrategy[Packet]:
+    """Any valid packet of the 14 types; a narrow `ids` makes packet id reuse likely."""
+    return st.one_of(
+        connects(),
+        connacks,
+        publishes(ids),
+        st.builds(PubAck, ids),
+        st.builds(PubRec, ids),
+        st.builds(PubRel, ids),
+        st.builds(PubComp, ids),
+        st.builds(
+            Subscribe,
+            ids,
+            st.lists(st.tuples(mqtt_text, qos_levels), min_size=1, max_size=4).map(tuple),
+        ),
+        st.builds(
+            SubAck,
+            ids,
+            st.lists(st.sampled_from((0, 1, 2, SUBACK_FAILURE)), min_size=1, max_size=4).map(tuple),
+        ),
+        st.builds(Unsubscribe, ids, st.lists(mqtt_text, min_size=1, max_size=4).map(tuple)),
+        st.builds(UnsubAck, ids),
+        st.just(PingReq()),
+        st.just(PingResp()),
+        st.just(Disconnect()),
+    )
+
+
+packets = mqtt_packets()
 
 
 # ---- round trips ----------------------------------------------------------------------------------

@@ -1,0 +1,164 @@
+"""Hostile input never breaks the MQTT core: only `ProtocolError` may escape, and the server's
+output stays well-formed MQTT whatever the client sends."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kpc_trio.mqtt.codec import Decoder, encode
+from kpc_trio.mqtt.connection import (
+    ConnectionState,
+    ConnectReceived,
+    DisconnectReceived,
+    MessageReceived,
+    ServerConnection,
+)
+from kpc_trio.mqtt.errors import ProtocolError
+from kpc_trio.mqtt.packets import (
+    ConnAck,
+    ConnAckCode,
+    Connect,
+    Packet,
+    PingResp,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    QoS,
+    SubAck,
+    UnsubAck,
+)
+from tests.unit.test_codec import connects, mqtt_packets, packets
+
+SERVER_PACKETS = (ConnAck, Publish, PubAck, PubRec, PubComp, SubAck, UnsubAck, PingResp)
+
+
+def decode_chunks(chunks: list[bytes], max_packet_size: int = 4096) -> list[Packet]:
+    decoder = Decoder(max_packet_size)
+    decoded = []
+    for chunk in chunks:
+        decoder.feed(chunk)
+        while (packet := decoder.next_packet()) is not None:
+            decoded.append(packet)
+    return decoded
+
+
+@given(st.lists(st.binary(max_size=64), max_size=8))
+def test_arbitrary_bytes_only_raise_protocol_error(chunks: list[bytes]) -> None:
+    try:
+        decoded = decode_chunks(chunks)
+    except ProtocolError as error:
+        assert error.reason
+        return
+    # Whatever was accepted is a valid packet: it survives an encode/decode round trip.
+    for packet in decoded:
+        assert decode_chunks([encode(packet)]) == [packet]
+
+
+@given(st.lists(packets, min_size=1, max_size=4), st.data())
+def test_corrupted_valid_streams_only_raise_protocol_error(sent: list[Packet], data: st.DataObject) -> None:
+    stream = bytearray(b"".join(encode(packet) for packet in sent))
+    for _ in range(data.draw(st.integers(1, 3))):
+        stream[data.draw(st.integers(0, len(stream) - 1))] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(stream)))
+    try:
+        decode_chunks([bytes(stream[:cut]), bytes(stream[cut:])])
+    except ProtocolError as error:
+        assert error.reason
+
+
+# ---- the connection driven by a random client and a random application ------------------------
+
+_client_packets = mqtt_packets(ids=st.integers(1, 4))  # few ids: retransmissions and reuse happen
+_client_input = st.one_of(
+    _client_packets.map(encode),
+    _client_packets.map(encode),
+    st.binary(min_size=1, max_size=16),
+)
+
+
+class _Checker:
+    """Drives a `ServerConnection` like the session does and checks invariants after each step."""
+
+    def __init__(self) -> None:
+        self.conn = ServerConnection(max_packet_size=4096)
+        self.unacknowledged: list[int] = []
+        self.connack_seen = False
+        self.server_decoder = Decoder(max_packet_size=1 << 20)
+
+    def check_output(self) -> None:
+        self.server_decoder.feed(self.conn.data_to_send())
+        while (packet := self.server_decoder.next_packet()) is not None:
+            assert isinstance(packet, SERVER_PACKETS), packet
+            assert isinstance(packet, ConnAck) != self.connack_seen, "exactly one CONNACK, first"
+            self.connack_seen = True
+        assert self.server_decoder.buffered == 0, "output ends on a packet boundary"
+        assert self.conn.inflight_in == len(self.unacknowledged)
+
+    def handle(self, events: list, data: st.DataObject) -> None:
+        for event in events:
+            assert self.conn.state is not ConnectionState.CLOSED or isinstance(
+                event, (DisconnectReceived, MessageReceived)
+            )
+            if isinstance(event, ConnectReceived):
+                assert self.conn.client_id
+                if data.draw(st.booleans(), label="accept"):
+                    self.conn.accept_connect()
+                    self.handle(self.conn.receive_data(b""), data)
+                else:
+                    self.conn.refuse_connect(ConnAckCode.NOT_AUTHORIZED)
+            elif isinstance(event, MessageReceived) and event.packet_id is not None:
+                assert event.packet_id not in self.unacknowledged
+                self.unacknowledged.append(event.packet_id)
+
+    def application_step(self, data: st.DataObject) -> None:
+        if self.unacknowledged and data.draw(st.booleans(), label="acknowledge"):
+            packet_id = data.draw(st.sampled_from(self.unacknowledged), label="packet id")
+            self.unacknowledged.remove(packet_id)
+            self.conn.acknowledge(packet_id)
+        if self.conn.state is ConnectionState.CONNECTED and data.draw(st.booleans(), label="publish"):
+            qos = data.draw(st.sampled_from(QoS), label="qos")
+            packet_id = self.conn.publish("kp1/app/ext/tok/status", b"{}", qos)
+            assert (packet_id is None) == (qos is QoS.AT_MOST_ONCE)
+
+
+@settings(max_examples=300)
+@given(st.data(), st.booleans(), st.lists(_client_input, max_size=12))
+def test_connection_survives_random_clients(
+    data: st.DataObject, start_with_connect: bool, inputs: list[bytes]
+) -> None:
+    checker = _Checker()
+    if start_with_connect:
+        inputs.insert(0, encode(data.draw(connects(), label="connect")))
+    for chunk in inputs:
+        try:
+            events = checker.conn.receive_data(chunk)
+        except ProtocolError as error:
+            assert error.reason
+            assert checker.conn.state is ConnectionState.CLOSED
+            assert (error.connack is not None) == (
+                checker.conn.pending_output > 0 and not checker.connack_seen
+            )
+            checker.check_output()
+            assert checker.conn.receive_data(chunk) == []
+            return
+        checker.handle(events, data)
+        checker.application_step(data)
+        checker.check_output()
+
+
+@pytest.mark.parametrize("accept", [True, False])
+def test_connect_pipelined_with_garbage(accept: bool) -> None:
+    """The held bytes after a CONNECT are only judged once the application accepted it."""
+    conn = ServerConnection()
+    connect = Connect("MQTT", 4, "c", True, 10)
+    assert conn.receive_data(encode(connect) + b"\x00\x00") == [ConnectReceived(connect)]
+    if accept:
+        conn.accept_connect()
+        with pytest.raises(ProtocolError, match="reserved"):
+            conn.receive_data(b"")
+    else:
+        conn.refuse_connect(ConnAckCode.BAD_USERNAME_OR_PASSWORD)
+        assert conn.receive_data(b"") == []
