@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
@@ -421,6 +422,8 @@ class NatsGateway:
     _on_connection_change: Callable[[bool], None] | None
     _outbox_send: trio.MemorySendChannel[_Item]
     _outbox_receive: trio.MemoryReceiveChannel[_Item]
+    #: Called after each published batch with (messages, seconds until NATS confirmed it).
+    _on_batch: Callable[[int, float], None] | None = None
     published_messages: int = 0
     publish_batches: int = 0
     last_batch_size: int = 0
@@ -535,9 +538,12 @@ class NatsGateway:
         try:
             while batch := await self._next_batch():
                 self._in_flight = batch
+                started = time.perf_counter()
                 delivery = await self._in_loop(self._link.deliver(batch))
                 self._in_flight = ()
                 self._settle(batch, delivery)
+                if self._on_batch is not None:
+                    self._on_batch(self.last_batch_size, time.perf_counter() - started)
         finally:
             self._publisher_done.set()
 
@@ -625,6 +631,7 @@ async def open_nats_gateway(
     name: str = "kpc",
     queue_capacity: int = 10_000,
     on_connection_change: Callable[[bool], None] | None = None,
+    on_batch: Callable[[int, float], None] | None = None,
     reconnect_wait: float = 2.0,
 ) -> AsyncIterator[NatsGateway]:
     """Connect to NATS (`urls` may carry credentials: nats://user:pass@host:4222) and yield the
@@ -641,7 +648,7 @@ async def open_nats_gateway(
         _call_soon(token, gateway._set_connected, connected)
 
     link = _NatsLink(tuple(urls), name, reconnect_wait, report_connection)
-    gateway = NatsGateway(link, token, on_connection_change, outbox_send, outbox_receive)
+    gateway = NatsGateway(link, token, on_connection_change, outbox_send, outbox_receive, on_batch)
     thread = await gateway._start_loop_thread()
     try:
         async with trio.open_nursery() as nursery:
