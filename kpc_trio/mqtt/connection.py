@@ -142,7 +142,8 @@ class ServerConnection:
 
         Decoding pauses after a CONNECT (the rest is held) until the application accepts it; then
         call `receive_data(b"")` to get the events of the held bytes. Raises `ProtocolError` (and
-        the connection is CLOSED) when the client breaks MQTT.
+        the connection is CLOSED) when the client breaks MQTT; the events of packets before the
+        offending one in `data` are then discarded.
         """
         if self.state is ConnectionState.CLOSED:
             return []
@@ -158,6 +159,11 @@ class ServerConnection:
                 else:
                     events.append(self._handle_first_packet(packet))
         except ProtocolError as error:
+            # The events of this call go down with the connection. Their messages were never
+            # acknowledged, so the client sends them again when it reconnects.
+            for event in events:
+                if isinstance(event, MessageReceived) and event.packet_id is not None:
+                    del self._unacknowledged[event.packet_id]
             raise self._fail(error) from None
         return events
 

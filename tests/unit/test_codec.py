@@ -78,10 +78,14 @@ def connects(draw: st.DrawFn) -> Connect:
 
 
 @st.composite
-def publishes(draw: st.DrawFn, ids: st.SearchStrategy[int] = packet_ids) -> Publish:
+def publishes(
+    draw: st.DrawFn,
+    ids: st.SearchStrategy[int] = packet_ids,
+    topics: st.SearchStrategy[str] = mqtt_text,
+) -> Publish:
     qos = draw(qos_levels)
     return Publish(
-        topic=draw(mqtt_text),
+        topic=draw(topics),
         payload=draw(st.binary(max_size=300)),
         qos=qos,
         retain=draw(st.booleans()),

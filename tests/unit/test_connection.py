@@ -313,6 +313,14 @@ def test_several_packets_in_one_read() -> None:
     assert conn.inflight_in == 3
 
 
+def test_messages_before_a_violation_in_the_same_read_are_discarded() -> None:
+    conn = connected()
+    with pytest.raises(ProtocolError):
+        conn.receive_data(encode(Publish("t", b"x", QoS.AT_LEAST_ONCE, packet_id=1)) + b"\x00\x00")
+    assert conn.inflight_in == 0  # no event was delivered, so nothing awaits acknowledgement
+    assert conn.data_to_send() == b""
+
+
 # ---- other client packets ------------------------------------------------------------------------
 
 def test_pingreq_gets_pingresp() -> None:
