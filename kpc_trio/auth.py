@@ -10,13 +10,13 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Callable
 
 import attrs
 import trio
 
 from kpc_trio.kaa import records, subjects
 from kpc_trio.logs import get_logger
+from kpc_trio.metrics import Metrics
 from kpc_trio.nats_gateway import InboundMessage, NatsGateway, OutboundMessage
 from kpc_trio.token_cache import TtlCache
 
@@ -54,14 +54,6 @@ class _PendingValidation:
 CacheKey = tuple[str, str]  # (application name, token)
 
 
-@attrs.define
-class TokenResolverStats:
-    cache_hits: int = 0
-    cache_misses: int = 0
-    requests: int = 0
-    timeouts: int = 0
-
-
 class EndpointTokenResolver:
     def __init__(
         self,
@@ -73,7 +65,7 @@ class EndpointTokenResolver:
         ttl: float,
         negative_ttl: float,
         max_entries: int,
-        observe_latency: Callable[[float], None] = lambda seconds: None,
+        metrics: Metrics,
     ) -> None:
         self._gateway = gateway
         self._request_subject = subjects.token_request(provider)
@@ -86,8 +78,7 @@ class EndpointTokenResolver:
         self._by_correlation: dict[str, _PendingValidation] = {}
         self._ids = itertools.count()
         self._id_prefix = f"{replica_id}-tok-{os.urandom(4).hex()}"
-        self._observe_latency = observe_latency
-        self.stats = TokenResolverStats()
+        self._metrics = metrics
 
     @property
     def reply_subject(self) -> str:
@@ -97,14 +88,14 @@ class EndpointTokenResolver:
         """The cached answer for this token, if any: the fast path that never awaits."""
         result = self._cache.get((app_name, token), trio.current_time())
         if result is not None:
-            self.stats.cache_hits += 1
+            self._metrics.token_cache_hits.inc()
         return result
 
     async def resolve(self, app_name: str, token: str) -> EndpointIdentity:
         """Validate `token` of application `app_name`; raise TokenValidationError on rejection."""
         result = self.cached(app_name, token)
         if result is None:
-            self.stats.cache_misses += 1
+            self._metrics.token_cache_misses.inc()
             result = await self._validate(app_name, token)
         if isinstance(result, TokenRejected):
             raise TokenValidationError(result.status_code, result.reason_phrase)
@@ -140,7 +131,6 @@ class EndpointTokenResolver:
             app_name=app_name,
             token=token,
         )
-        self.stats.requests += 1
         sent = self._gateway.publish_nowait(
             OutboundMessage(self._request_subject, records.encode(request), self._reply_subject)
         )
@@ -148,9 +138,8 @@ class EndpointTokenResolver:
             return TokenRejected(503, "Endpoint token provider unavailable")
         with trio.move_on_after(self._timeout):
             await pending.done.wait()
-        self._observe_latency(time.perf_counter() - started)
+        self._metrics.token_validation_latency.observe(time.perf_counter() - started)
         if pending.result is None:
-            self.stats.timeouts += 1
             log.warning("token_validation_timeout", app_name=app_name,
                         correlation_id=pending.correlation_id)
             return TokenRejected(504, "Endpoint token validation timed out")

@@ -17,6 +17,10 @@ import trio
 
 from kpc_trio import __version__
 from kpc_trio.config import Config, ConfigError, load_config, render_effective_config
+from kpc_trio.embedded_nats import NatsServerNotFoundError, NatsServerStartError
+from kpc_trio.license import (
+    DEFAULT_PATH, PASSWORD_ENV, PATH_ENV, LicenseError, LicenseInfo, load_license,
+)
 from kpc_trio.logs import configure_logging, get_logger
 from kpc_trio.net import TlsConfigError
 
@@ -25,8 +29,23 @@ log = get_logger("kpc_trio")
 EXIT_STARTUP_ERROR = 2
 
 
-class StartupError(Exception):
-    """A problem the operator must fix before the service can start."""
+#: Problems the operator must fix before the service can start: reported in one line, exit 2.
+STARTUP_ERRORS: tuple[type[Exception], ...] = (
+    ConfigError, TlsConfigError, LicenseError, NatsServerNotFoundError, NatsServerStartError,
+    OSError,  # e.g. a listener port already in use
+)
+
+
+def _startup_problem(exc: BaseException) -> Exception | None:
+    """The startup error inside `exc` (trio nurseries wrap errors in groups), if it is one."""
+    if isinstance(exc, STARTUP_ERRORS):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _startup_problem(inner)
+            if found is not None:
+                return found
+    return None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,11 +77,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             trio.run(run_demo, config, args.push_interval)
         else:
             trio.run(run_service, config)
-    except (ConfigError, TlsConfigError, StartupError) as exc:
-        sys.stderr.write(f"kpc-trio: {exc}\n")
-        return EXIT_STARTUP_ERROR
     except KeyboardInterrupt:
         return 130
+    except BaseException as exc:
+        problem = _startup_problem(exc)
+        if problem is None:
+            raise
+        sys.stderr.write(f"kpc-trio: cannot start: {problem}\n")
+        return EXIT_STARTUP_ERROR
     return 0
 
 
@@ -73,11 +95,27 @@ def _config_path(args: argparse.Namespace, command: str) -> str | None:
     return args.config
 
 
+def check_license(config: Config) -> LicenseInfo | None:
+    """Validate the license certificate (KAA_LICENSE_CERT_PATH); raises LicenseError."""
+    info = load_license(os.environ.get(PATH_ENV), os.environ.get(PASSWORD_ENV),
+                        required=config.license.required)
+    if info is None:
+        log.warning("license_missing", path=os.environ.get(PATH_ENV, DEFAULT_PATH),
+                    hint="running without a license certificate")
+    else:
+        log.info("license_loaded", subject=info.subject, not_after=info.not_after.isoformat(),
+                 days_left=int(info.seconds_until_expiry() // 86400))
+    return info
+
+
 async def run_service(config: Config) -> None:
     """Serve until SIGTERM/SIGINT; a second signal forces the exit."""
     from kpc_trio.service import KpcService
 
     service = KpcService(config)
+    license_info = check_license(config)
+    if license_info is not None:
+        service.metrics.track_license(license_info)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
 

@@ -70,16 +70,10 @@ class Metrics:
             "kpc_packets_sent", "MQTT packets sent.", ["packet_type"], registry=r
         )
         self.received_bytes: Final = Counter(
-            "kpc_received_bytes",
-            "Bytes of MQTT packets received (fixed header included).",
-            ["packet_type"],
-            registry=r,
+            "kpc_received_bytes", "Bytes received from MQTT clients.", ["transport"], registry=r
         )
         self.sent_bytes: Final = Counter(
-            "kpc_sent_bytes",
-            "Bytes of MQTT packets sent (fixed header included).",
-            ["packet_type"],
-            registry=r,
+            "kpc_sent_bytes", "Bytes sent to MQTT clients.", ["transport"], registry=r
         )
 
         # 1/KP <-> 4/ESP relay

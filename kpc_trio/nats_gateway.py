@@ -248,7 +248,10 @@ class _NatsLink:
         if self._up.is_set():
             self._up.clear()
             self._down.set()
-            log.warning("nats_disconnected")
+            if self.client.is_closed:  # our own drain/close: expected, not an outage
+                log.info("nats_disconnected", reason="closed")
+            else:
+                log.warning("nats_disconnected")
             self.report_connection(False)
 
     async def _on_reconnected(self) -> None:

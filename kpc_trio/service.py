@@ -26,16 +26,22 @@ from kpc_trio.auth import EndpointTokenResolver
 from kpc_trio.config import Config
 from kpc_trio.connectivity import ConnectivityEvents
 from kpc_trio.embedded_nats import open_embedded_nats
+from kpc_trio.health import Health
+from kpc_trio.httpd import management_routes, rest_routes, serve_http
 from kpc_trio.hub import Hub, UnawareRequestKey
 from kpc_trio.kaa import records, subjects
 from kpc_trio.kaa.kp1 import ApplicationRegistry
 from kpc_trio.logs import get_logger
+from kpc_trio.metrics import Metrics
 from kpc_trio.nats_gateway import InboundMessage, NatsGateway, open_nats_gateway
 from kpc_trio.net import Peer, build_server_ssl_context, serve_tcp, serve_tls, serve_websocket
 from kpc_trio.relay import Relay, is_expired
 from kpc_trio.session import Session, SessionContext, SessionLimits
 
 log = get_logger(__name__)
+
+#: Seconds the listeners wait for the first NATS connection before opening regardless.
+NATS_STARTUP_WAIT = 10.0
 
 
 def registry_from_config(config: Config) -> ApplicationRegistry:
@@ -63,7 +69,10 @@ class KpcService:
     hub: Hub[Session] = attrs.field(factory=Hub)
     ports: dict[str, int] = attrs.field(factory=dict)
     sessions: set[Session] = attrs.field(factory=set)
+    metrics: Metrics = attrs.field(factory=Metrics)
+    health: Health = attrs.field(factory=Health)
     _shutdown_requested: trio.Event = attrs.field(factory=trio.Event)
+    _nats_up: trio.Event = attrs.field(factory=trio.Event)
     _context: SessionContext | None = None
 
     @property
@@ -77,19 +86,62 @@ class KpcService:
     def request_shutdown(self) -> None:
         if not self._shutdown_requested.is_set():
             log.info("shutdown_requested", sessions=len(self.sessions))
+            self.health.shutting_down = True
             self._shutdown_requested.set()
 
     async def serve(self, *, task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED
                     ) -> None:
-        async with contextlib.AsyncExitStack() as stack:
-            urls = nats_urls(self.config)
-            if not urls:
-                urls = [await stack.enter_async_context(open_embedded_nats())]
-                log.info("embedded_nats_started", url=urls[0])
-            gateway = await stack.enter_async_context(
-                open_nats_gateway(urls, name=f"{self.config.service.instance.name}-{self.replica_id}")
-            )
-            await self._serve_with(gateway, task_status)
+        self.metrics.endpoints_online.set_function(lambda: self.hub.endpoint_count)
+        async with trio.open_nursery() as http_nursery:
+            # Metrics, health and REST live until the very end: readiness reports the shutdown.
+            await self._start_http(http_nursery)
+            async with contextlib.AsyncExitStack() as stack:
+                urls = nats_urls(self.config)
+                if not urls:
+                    urls = [await stack.enter_async_context(open_embedded_nats())]
+                    log.info("embedded_nats_started", url=urls[0])
+                gateway = await stack.enter_async_context(open_nats_gateway(
+                    urls,
+                    name=f"{self.config.service.instance.name}-{self.replica_id}",
+                    on_connection_change=self._nats_connection_changed,
+                    on_batch=self._observe_batch,
+                ))
+                await self._await_first_nats_connection()
+                await self._serve_with(gateway, task_status)
+            http_nursery.cancel_scope.cancel()
+
+    async def _await_first_nats_connection(self) -> None:
+        """Devices connecting before NATS would only get 503s: give NATS a head start.
+
+        After `NATS_STARTUP_WAIT` the listeners open anyway (not ready) and the gateway keeps
+        reconnecting in the background.
+        """
+        with trio.move_on_after(NATS_STARTUP_WAIT):
+            await self._nats_up.wait()
+        if not self._nats_up.is_set():
+            log.warning("nats_unreachable_at_startup", waited_seconds=NATS_STARTUP_WAIT)
+
+    def _nats_connection_changed(self, connected: bool) -> None:
+        if connected:
+            self._nats_up.set()
+        self.health.nats_connected = connected
+        self.metrics.nats_connected.set(1 if connected else 0)
+
+    def _observe_batch(self, messages: int, seconds: float) -> None:
+        self.metrics.nats_publish_batch_size.observe(messages)
+        self.metrics.nats_publish_latency.observe(seconds)
+
+    async def _start_http(self, nursery: trio.Nursery) -> None:
+        tls = self.config.kaa.kpc.transports.mqtt.tls
+        apps = {
+            "management": (management_routes(self.metrics, self.health),
+                           self.config.management.port),
+            "rest": (rest_routes(tls_cert_file=tls.cert_file if tls.enabled else None),
+                     self.config.server.port),
+        }
+        for name, (routes, port) in apps.items():
+            self.ports[name] = await nursery.start(
+                functools.partial(serve_http, routes, host=None, port=port))
 
     async def _serve_with(self, gateway: NatsGateway, task_status: trio.TaskStatus) -> None:
         config = self.config
@@ -103,6 +155,7 @@ class KpcService:
             ttl=kpc.auth.token_cache.ttl,
             negative_ttl=kpc.auth.token_cache.negative_ttl,
             max_entries=kpc.auth.token_cache.max_entries,
+            metrics=self.metrics,
         )
         self._context = SessionContext(
             hub=self.hub,
@@ -116,6 +169,7 @@ class KpcService:
             resolver=resolver,
             events=ConnectivityEvents(gateway, kpc_instance=config.service.instance.name,
                                       replica_id=self.replica_id),
+            metrics=self.metrics,
             limits=SessionLimits(
                 max_packet_size=mqtt.max_packet_size,
                 connect_timeout=mqtt.connect_timeout,
@@ -181,9 +235,12 @@ class KpcService:
         assert self._context is not None
         session = Session(stream, peer, self._context)
         self.sessions.add(session)
+        open_connections = self.metrics.connections_open.labels(peer.transport)
+        open_connections.inc()
         try:
             await session.run()
         finally:
+            open_connections.dec()
             self.sessions.discard(session)
 
     async def _dispatch_extension_data(
@@ -194,13 +251,20 @@ class KpcService:
             try:
                 data = records.decode(records.ExtensionData, message.payload)
             except records.RecordDecodeError as exc:
+                self.metrics.messages_dropped.labels("undecodable").inc()
                 log.warning("extension_data_undecodable", subject=message.subject, reason=str(exc))
                 continue
             if is_expired(data, int(time.time() * 1000)):
+                self.metrics.messages_dropped.labels("expired").inc()
                 log.info("extension_data_expired", correlation_id=data.correlation_id)
                 continue
             session = self._session_for(data)
-            if session is None or not session.deliver_extension_data(data):
+            if session is not None and session.deliver_extension_data(data):
+                self.metrics.extension_data_delivered.labels(
+                    data.extension_instance_name or "").inc()
+            else:
+                # Normal with several replicas: the endpoint is held by another one.
+                self.metrics.messages_dropped.labels("not_routed").inc()
                 log.debug("extension_data_not_routed", endpoint_id=data.endpoint_id,
                           correlation_id=data.correlation_id)
 

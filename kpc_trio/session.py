@@ -22,6 +22,7 @@ from kpc_trio.hub import Hub, UnawareRequestKey
 from kpc_trio.kaa import records
 from kpc_trio.kaa.kp1 import Kp1Error, Route
 from kpc_trio.logs import get_logger, set_context
+from kpc_trio.metrics import Metrics
 from kpc_trio.mqtt.connection import (
     ConnectReceived,
     ConnectionState,
@@ -76,6 +77,7 @@ class SessionContext:
     relay: Relay
     resolver: EndpointTokenResolver
     events: ConnectivityEvents
+    metrics: Metrics
     limits: SessionLimits = SessionLimits()
     authenticator: ClientAuthenticator = AnonymousAuthenticator()
 
@@ -104,6 +106,11 @@ class Session:
         self._receive_scope: trio.CancelScope | None = None
         self._cancel_scope: trio.CancelScope | None = None
         self.close_reason = "unknown"
+        metrics = context.metrics
+        self._bytes_in = metrics.received_bytes.labels(peer.transport)
+        self._bytes_out = metrics.sent_bytes.labels(peer.transport)
+        self._publishes_in = metrics.packets_received.labels("PUBLISH")
+        self._publishes_out = metrics.packets_sent.labels("PUBLISH")
 
     @property
     def client_id(self) -> str | None:
@@ -159,7 +166,9 @@ class Session:
             return b""
         with trio.CancelScope() as self._receive_scope:
             try:
-                return await self._stream.receive_some(RECEIVE_SIZE)
+                data = await self._stream.receive_some(RECEIVE_SIZE)
+                self._bytes_in.inc(len(data))
+                return data
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.close_reason = "connection_lost"
                 return b""
@@ -178,6 +187,7 @@ class Session:
                     events = conn.receive_data(data)
             if connect_deadline.cancelled_caught:
                 self.close_reason = "connect_timeout"
+                self._count_refusal("connect_timeout")
                 log.info("connect_timeout", timeout=self._ctx.limits.connect_timeout)
                 return
             await self._handle_events(events)
@@ -195,15 +205,19 @@ class Session:
                 await self._handle_events(conn.receive_data(data))
         except ProtocolError as exc:
             self.close_reason = "protocol_error"
+            if self.client_id is None:
+                self._count_refusal("protocol_error")
             log.info("protocol_violation", client_id=self.client_id, reason=exc.reason)
 
     async def _handle_events(self, events: list) -> None:
         confirmed: list[OutboundMessage] = []
         acknowledgements: list[int] = []
+        relayed = 0
         pending = list(events)
         while pending:
             event = pending.pop(0)
             if isinstance(event, MessageReceived):
+                relayed += 1
                 await self._on_message(event, confirmed, acknowledgements)
             elif isinstance(event, ConnectReceived):
                 if await self._on_connect(event.connect):
@@ -215,6 +229,8 @@ class Session:
                 log.debug("unsubscribed", filters=",".join(event.topic_filters))
             elif isinstance(event, DisconnectReceived):
                 self.close_reason = "client_disconnect"
+        if relayed:
+            self._publishes_in.inc(relayed)
         if confirmed:
             # Acknowledge only what NATS accepted: this await is the backpressure.
             await self._ctx.gateway.publish_confirmed(confirmed)
@@ -227,9 +243,11 @@ class Session:
         if code is not ConnAckCode.ACCEPTED:
             self._conn.refuse_connect(code)
             self.close_reason = f"refused_{code.name.lower()}"
+            self._count_refusal(code.name.lower())
             log.info("connect_refused", client_id=connect.client_id, code=int(code))
             return False
         self._conn.accept_connect()
+        self._ctx.metrics.connects.labels(self.peer.transport).inc()
         client_id = self._conn.client_id
         assert client_id is not None
         set_context(client_id=client_id)
@@ -240,6 +258,9 @@ class Session:
         log.info("client_connected", client_id=client_id, keepalive=self._conn.keepalive,
                  protocol_level=connect.protocol_level)
         return True
+
+    def _count_refusal(self, reason: str) -> None:
+        self._ctx.metrics.connect_refusals.labels(self.peer.transport, reason).inc()
 
     async def _on_message(
         self, event: MessageReceived, confirmed: list[OutboundMessage], acknowledgements: list[int]
@@ -263,10 +284,12 @@ class Session:
             self._remember_request(route, endpoint_id, event.qos)
         if event.qos is QoS.AT_MOST_ONCE and not confirmed:
             if not self._ctx.gateway.publish_nowait(message):
+                self._ctx.metrics.messages_dropped.labels("nats_unavailable").inc()
                 log.warning("message_dropped", reason="nats_unavailable", topic=event.topic,
                             correlation_id=correlation_id)
         else:
             confirmed.append(message)
+        self._ctx.metrics.client_data_relayed.labels(route.extension).inc()
         if log.is_debug():
             log.debug("client_data_relayed", topic=event.topic, endpoint_id=endpoint_id,
                       correlation_id=correlation_id)
@@ -357,8 +380,10 @@ class Session:
         if self._conn.pending_output > self._ctx.limits.max_outbox_bytes:
             log.warning("slow_consumer", client_id=self.client_id,
                         pending_bytes=self._conn.pending_output)
+            self._ctx.metrics.messages_dropped.labels("slow_consumer").inc()
             self.terminate("slow_consumer")
             return False
+        self._publishes_out.inc()
         self._wake_writer()
         return True
 
@@ -374,6 +399,7 @@ class Session:
                 data = self._conn.data_to_send()
                 if data:
                     await self._stream.send_all(data)
+                    self._bytes_out.inc(len(data))
                 if self._finishing and not self._conn.pending_output:
                     return
         except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -49,7 +49,7 @@ def test_updates_show_up_in_render() -> None:
     metrics = Metrics()
     metrics.connections_open.labels(transport="tcp").inc()
     metrics.connect_refusals.labels(transport="tls", reason="NOT_AUTHORIZED").inc(2)
-    metrics.received_bytes.labels(packet_type="PUBLISH").inc(120)
+    metrics.received_bytes.labels(transport="tcp").inc(120)
     metrics.nats_publish_batch_size.observe(7)
 
     rendered = samples(metrics)
@@ -58,7 +58,7 @@ def test_updates_show_up_in_render() -> None:
     assert rendered[
         ("kpc_connect_refusals_total", (("reason", "NOT_AUTHORIZED"), ("transport", "tls")))
     ] == 2
-    assert rendered[("kpc_received_bytes_total", (("packet_type", "PUBLISH"),))] == 120
+    assert rendered[("kpc_received_bytes_total", (("transport", "tcp"),))] == 120
     assert rendered[("kpc_nats_publish_batch_size_bucket", (("le", "10.0"),))] == 1
     assert rendered[("kpc_nats_publish_batch_size_bucket", (("le", "5.0"),))] == 0
 
