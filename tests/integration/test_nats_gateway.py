@@ -196,6 +196,9 @@ async def test_queue_group_delivers_each_message_to_one_member(
         for n in range(20):
             await trio.to_thread.run_sync(peer.publish, subject, b"%d" % n)
         all_payloads = [(await everything.receive()).payload for _ in range(20)]
+        # Each subscription crosses into trio on its own: wait until the members have 20 too.
+        await eventually(
+            lambda: sum(c.statistics().current_buffer_used for c in members) >= 20)
         member_payloads = [m.payload for channel in members for m in _drain_ready(channel)]
     assert all_payloads == [b"%d" % n for n in range(20)]
     assert sorted(member_payloads, key=int) == all_payloads
