@@ -149,7 +149,11 @@ def _encode_connack(packet: ConnAck) -> bytes:
 
 
 def _encode_publish(packet: Publish) -> bytes:
-    first_byte = 0x30 | (packet.qos << 1) | (0x08 if packet.dup else 0) | (1 if packet.retain else 0)
+    first_byte = 0x30 | packet.qos << 1
+    if packet.dup:
+        first_byte |= 0x08
+    if packet.retain:
+        first_byte |= 0x01
     if packet.qos:
         packet_id = _packet_id(packet.packet_id)
     elif packet.packet_id is None:
@@ -167,7 +171,9 @@ def _acknowledgement_encoder(first_byte: int) -> Callable[[Any], bytes]:
 
 
 def _encode_subscribe(packet: Subscribe) -> bytes:
-    body = b"".join(_string(topic_filter) + bytes((qos,)) for topic_filter, qos in packet.subscriptions)
+    body = b"".join(
+        _string(topic_filter) + bytes((qos,)) for topic_filter, qos in packet.subscriptions
+    )
     return _frame(0x82, _packet_id(packet.packet_id) + body)
 
 
@@ -288,7 +294,8 @@ def _decode_connect(body: bytes) -> Connect:
     if has_will:
         will_topic = reader.string("will topic")
         will_message = reader.binary("will message")
-        will = Will(will_topic, will_message, _QOS_BY_VALUE[will_qos], bool(flags & _WILL_RETAIN_FLAG))
+        will_retain = bool(flags & _WILL_RETAIN_FLAG)
+        will = Will(will_topic, will_message, _QOS_BY_VALUE[will_qos], will_retain)
     username = reader.string("user name") if flags & _USERNAME_FLAG else None
     password = reader.binary("password") if flags & _PASSWORD_FLAG else None
     reader.expect_end()
@@ -310,7 +317,7 @@ def _decode_connack(body: bytes) -> ConnAck:
     return_code = reader.byte("return code")
     reader.expect_end()
     if acknowledge_flags & 0xFE:
-        raise ProtocolError(f"CONNACK reserved acknowledge flag bits are set: {acknowledge_flags:#04x}")
+        raise ProtocolError(f"CONNACK reserved acknowledge flag bits set: {acknowledge_flags:#04x}")
     if return_code > max(ConnAckCode):
         raise ProtocolError(f"CONNACK return code {return_code} is not defined")
     if acknowledge_flags and return_code:
@@ -326,7 +333,9 @@ def _decode_subscribe(body: bytes) -> Subscribe:
         topic_filter = reader.string("topic filter")
         requested = reader.byte("requested QoS")
         if requested > 2:
-            raise ProtocolError(f"SUBSCRIBE requests QoS byte {requested:#04x} for {topic_filter!r}")
+            raise ProtocolError(
+                f"SUBSCRIBE requests QoS byte {requested:#04x} for {topic_filter!r}"
+            )
         subscriptions.append((topic_filter, _QOS_BY_VALUE[requested]))
     if not subscriptions:
         raise ProtocolError("SUBSCRIBE carries no topic filter")
@@ -456,11 +465,12 @@ class Decoder:
             return self._decode_publish(first_byte, body_start, body_end)
         acknowledgement = _ACKNOWLEDGEMENTS.get(packet_type)
         if acknowledgement is not None:
+            name = acknowledgement.__name__
             if length != 2:
-                raise ProtocolError(f"{acknowledgement.__name__} body must be 2 bytes, got {length}")
+                raise ProtocolError(f"{name} body must be 2 bytes, got {length}")
             packet_id = buffer[body_start] << 8 | buffer[body_start + 1]
             if packet_id == 0:
-                raise ProtocolError(f"{acknowledgement.__name__} has packet id 0, which MQTT forbids")
+                raise ProtocolError(f"{name} has packet id 0, which MQTT forbids")
             return acknowledgement(packet_id)
         empty = _EMPTY_PACKETS.get(packet_type)
         if empty is not None:

@@ -53,6 +53,10 @@ class ConnectionState(enum.Enum):
     CLOSED = "closed"
 
 
+# While CONNECTING the application is still deciding: bytes are held, not decoded.
+_DECODING_STATES = frozenset((ConnectionState.AWAIT_CONNECT, ConnectionState.CONNECTED))
+
+
 @attrs.frozen
 class ConnectReceived:
     """The client asks to connect; answer with `accept_connect()` or `refuse_connect()`."""
@@ -150,7 +154,7 @@ class ServerConnection:
         self._decoder.feed(data)
         events: list[Event] = []
         try:
-            while self.state is ConnectionState.AWAIT_CONNECT or self.state is ConnectionState.CONNECTED:
+            while self.state in _DECODING_STATES:
                 packet = self._decoder.next_packet()
                 if packet is None:
                     break
@@ -295,7 +299,7 @@ class ServerConnection:
         self.state = ConnectionState.CLOSED
 
     def acknowledge(self, packet_id: int) -> None:
-        """The application relayed inbound message `packet_id`: queue PUBACK (QoS 1) or PUBREC (QoS 2).
+        """Inbound message `packet_id` was relayed: queue PUBACK (QoS 1) or PUBREC (QoS 2).
 
         After CLOSED nothing is sent, so a late acknowledgement is dropped silently.
         """
@@ -303,7 +307,9 @@ class ServerConnection:
         if self.state is ConnectionState.CLOSED:
             return
         if qos is None:
-            raise LocalProtocolError(f"acknowledge({packet_id}): no inbound QoS 1/2 message has this id")
+            raise LocalProtocolError(
+                f"acknowledge({packet_id}): no inbound QoS 1/2 message has this id"
+            )
         if qos is QoS.AT_LEAST_ONCE:
             self._send_packet(PubAck(packet_id))
         else:
@@ -338,7 +344,9 @@ class ServerConnection:
     def subscription_qos(self, topic: str) -> QoS | None:
         """The highest QoS granted among the subscriptions matching `topic`; None if none match."""
         granted = [
-            qos for topic_filter, qos in self._subscriptions.items() if topic_matches(topic_filter, topic)
+            qos
+            for topic_filter, qos in self._subscriptions.items()
+            if topic_matches(topic_filter, topic)
         ]
         return max(granted, default=None)
 

@@ -49,7 +49,7 @@ def decode_error(data: bytes) -> ProtocolError:
     return info.value
 
 
-# ---- strategies (also used by test_mqtt_fuzz) ------------------------------------------------------
+# ---- strategies (also used by test_mqtt_fuzz) --------------------------------------------------
 
 mqtt_text = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12
@@ -63,8 +63,10 @@ def connects(draw: st.DrawFn) -> Connect:
     level = draw(st.sampled_from(sorted(PROTOCOL_NAMES)))
     username = draw(st.none() | mqtt_text)
     # MQTT 3.1.1 forbids a password without a user name; 3.1 does not.
-    password = draw(st.none() | st.binary(max_size=8)) if username is not None or level == 3 else None
-    will = draw(st.none() | st.builds(Will, mqtt_text, st.binary(max_size=8), qos_levels, st.booleans()))
+    password_allowed = username is not None or level == 3
+    password = draw(st.none() | st.binary(max_size=8)) if password_allowed else None
+    wills = st.builds(Will, mqtt_text, st.binary(max_size=8), qos_levels, st.booleans())
+    will = draw(st.none() | wills)
     return Connect(
         protocol_name=PROTOCOL_NAMES[level],
         protocol_level=level,
@@ -99,7 +101,6 @@ connacks = st.sampled_from(ConnAckCode).flatmap(
 )
 
 
-
 def mqtt_packets(ids: st.SearchStrategy[int] = packet_ids) -> st.SearchStrategy[Packet]:
     """Any valid packet of the 14 types; a narrow `ids` makes packet id reuse likely."""
     return st.one_of(
@@ -131,7 +132,7 @@ def mqtt_packets(ids: st.SearchStrategy[int] = packet_ids) -> st.SearchStrategy[
 packets = mqtt_packets()
 
 
-# ---- round trips ----------------------------------------------------------------------------------
+# ---- round trips --------------------------------------------------------------------------------
 
 @given(st.lists(packets, min_size=1, max_size=8), st.lists(st.integers(0, 5000), max_size=10))
 def test_round_trip_at_arbitrary_split_points(sent: list[Packet], cuts: list[int]) -> None:
@@ -235,7 +236,10 @@ def test_paho_publish_and_subscribe() -> None:
         (PingResp(), "d0 00"),
         (Disconnect(), "e0 00"),
         (Publish("a/b", b"hi"), "30 07 00 03 61 2f 62 68 69"),
-        (Publish("a", b"", QoS.EXACTLY_ONCE, retain=True, dup=True, packet_id=10), "3d 05 00 01 61 00 0a"),
+        (
+            Publish("a", b"", QoS.EXACTLY_ONCE, retain=True, dup=True, packet_id=10),
+            "3d 05 00 01 61 00 0a",
+        ),
         (Unsubscribe(4, ("a/#",)), "a2 07 00 04 00 03 61 2f 23"),
     ],
 )
@@ -263,7 +267,7 @@ def test_remaining_length_encoding(body_size: int, header: str) -> None:
     assert decode_all(data, max_packet_size=body_size) == [packet]
 
 
-# ---- decoding errors ------------------------------------------------------------------------------
+# ---- decoding errors ----------------------------------------------------------------------------
 
 def _connect_bytes(flags: int, payload: bytes, name: bytes = b"MQTT", level: int = 4) -> bytes:
     body = len(name).to_bytes(2, "big") + name + bytes((level, flags)) + b"\x00\x3c" + payload
@@ -385,7 +389,7 @@ def test_incomplete_length_waits_for_more_bytes() -> None:
     assert decoder.next_packet() == Publish("t", b"x" * 125)
 
 
-# ---- encoding errors ------------------------------------------------------------------------------
+# ---- encoding errors ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize(
     "packet",

@@ -115,7 +115,9 @@ def test_accept_twice_is_a_local_error() -> None:
         conn.accept_connect()
 
 
-@pytest.mark.parametrize("first", [PingReq(), Publish("a", b"x"), Subscribe(1, (("a", QoS.AT_MOST_ONCE),))])
+@pytest.mark.parametrize(
+    "first", [PingReq(), Publish("a", b"x"), Subscribe(1, (("a", QoS.AT_MOST_ONCE),))]
+)
 def test_first_packet_must_be_connect(first: Packet) -> None:
     conn = ServerConnection()
     with pytest.raises(ProtocolError, match="first packet must be CONNECT") as info:
@@ -309,7 +311,9 @@ def test_several_packets_in_one_read() -> None:
     events = conn.receive_data(
         wire(*(Publish("t", bytes((i,)), QoS.AT_LEAST_ONCE, packet_id=i + 1) for i in range(3)))
     )
-    assert [event.payload for event in events] == [b"\x00", b"\x01", b"\x02"]  # type: ignore[union-attr]
+    assert events == [
+        MessageReceived("t", bytes((i,)), QoS.AT_LEAST_ONCE, i + 1, retain=False) for i in range(3)
+    ]
     assert conn.inflight_in == 3
 
 

@@ -62,7 +62,9 @@ def test_arbitrary_bytes_only_raise_protocol_error(chunks: list[bytes]) -> None:
 
 
 @given(st.lists(packets, min_size=1, max_size=4), st.data())
-def test_corrupted_valid_streams_only_raise_protocol_error(sent: list[Packet], data: st.DataObject) -> None:
+def test_corrupted_valid_streams_only_raise_protocol_error(
+    sent: list[Packet], data: st.DataObject
+) -> None:
     stream = bytearray(b"".join(encode(packet) for packet in sent))
     for _ in range(data.draw(st.integers(1, 3))):
         stream[data.draw(st.integers(0, len(stream) - 1))] = data.draw(st.integers(0, 255))
@@ -134,7 +136,8 @@ class _Checker:
             packet_id = data.draw(st.sampled_from(self.unacknowledged), label="packet id")
             self.unacknowledged.remove(packet_id)
             self.conn.acknowledge(packet_id)
-        if self.conn.state is ConnectionState.CONNECTED and data.draw(st.booleans(), label="publish"):
+        connected = self.conn.state is ConnectionState.CONNECTED
+        if connected and data.draw(st.booleans(), label="publish"):
             qos = data.draw(st.sampled_from(QoS), label="qos")
             packet_id = self.conn.publish("kp1/app/ext/tok/status", b"{}", qos)
             assert (packet_id is None) == (qos is QoS.AT_MOST_ONCE)
@@ -148,7 +151,8 @@ def test_connection_survives_random_clients(
     checker = _Checker()
     if start_with_connect:
         # Mostly acceptable CONNECTs, so that the session flows after it get exercised.
-        connect = data.draw(connects().filter(lambda c: c.client_id or c.clean_session), label="connect")
+        acceptable = connects().filter(lambda connect: connect.client_id or connect.clean_session)
+        connect = data.draw(acceptable, label="connect")
         inputs.insert(0, encode(connect))
     for chunk in inputs:
         try:

@@ -82,7 +82,7 @@ def test_a_topic_matches_itself_as_filter(levels: list[str]) -> None:
 
 @given(_levels, st.integers(0, 3))
 def test_wildcard_generalisation_matches(levels: list[str], position: int) -> None:
-    """Replacing a level by '+' or the tail by '#' still matches (unless the topic starts with $)."""
+    """Replacing a level by '+' or the tail by '#' still matches (except on a leading $ level)."""
     topic = "/".join(levels)
     position = min(position, len(levels) - 1)
     plus = "/".join(levels[:position] + ["+"] + levels[position + 1:])
