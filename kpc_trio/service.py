@@ -174,6 +174,7 @@ class KpcService:
                 max_packet_size=mqtt.max_packet_size,
                 connect_timeout=mqtt.connect_timeout,
                 max_outbox_bytes=mqtt.max_outbox_bytes,
+                max_inflight=mqtt.max_inflight,
             ),
         )
         async with trio.open_nursery() as services:
@@ -182,6 +183,8 @@ class KpcService:
             for subject in (subjects.extension_data_service(config.service.instance.name),
                             subjects.extension_data_replica(self.replica_id)):
                 services.start_soon(self._dispatch_extension_data, await gateway.subscribe(subject))
+            services.start_soon(self._follow_roaming, await gateway.subscribe(
+                subjects.connected_event(config.service.instance.name)))
             async with trio.open_nursery() as sessions_nursery:
                 async with trio.open_nursery() as listeners_nursery:
                     await self._start_listeners(listeners_nursery, sessions_nursery)
@@ -233,6 +236,13 @@ class KpcService:
 
     async def _handle_connection(self, stream: trio.abc.Stream, peer: Peer) -> None:
         assert self._context is not None
+        limit = self.config.kaa.kpc.transports.mqtt.max_connections
+        if limit and len(self.sessions) >= limit:
+            # Refused before reading anything: under a connection storm this is the cheapest.
+            self.metrics.connect_refusals.labels(peer.transport, "max_connections").inc()
+            log.warning("connection_refused", reason="max_connections", peer=peer.address,
+                        limit=limit)
+            return
         session = Session(stream, peer, self._context)
         self.sessions.add(session)
         open_connections = self.metrics.connections_open.labels(peer.transport)
@@ -267,6 +277,25 @@ class KpcService:
                 self.metrics.messages_dropped.labels("not_routed").inc()
                 log.debug("extension_data_not_routed", endpoint_id=data.endpoint_id,
                           correlation_id=data.correlation_id)
+
+    async def _follow_roaming(self, events: trio.MemoryReceiveChannel[InboundMessage]) -> None:
+        """Another replica's `ConnectedEvent` means the endpoint roamed there: stop routing it
+        here, silently (it is online, only elsewhere)."""
+        async for message in events:
+            try:
+                event = records.decode(records.ConnectedEvent, message.payload)
+            except records.RecordDecodeError as exc:
+                log.warning("connected_event_undecodable", reason=str(exc))
+                continue
+            if event.originator_replica_id == self.replica_id:
+                continue
+            for endpoint_id in event.endpoints:
+                session = self.hub.session_for_endpoint(endpoint_id)
+                if session is not None:
+                    session.forget_endpoint(endpoint_id)
+                    self.hub.unbind_endpoint(endpoint_id, session)
+                    log.info("endpoint_roamed", endpoint_id=endpoint_id,
+                             to_replica=event.originator_replica_id)
 
     def _session_for(self, data: records.ExtensionData) -> Session | None:
         if data.endpoint_id is not None:

@@ -54,6 +54,8 @@ class SessionLimits:
     max_packet_size: int = 1_048_576
     connect_timeout: float = 10.0
     max_outbox_bytes: int = 1_048_576
+    #: QoS 1/2 messages relayed but not yet confirmed by NATS before a connection stops reading.
+    max_inflight: int = 100
 
 
 class ClientAuthenticator(Protocol):
@@ -219,6 +221,8 @@ class Session:
             if isinstance(event, MessageReceived):
                 relayed += 1
                 await self._on_message(event, confirmed, acknowledgements)
+                if len(confirmed) >= self._ctx.limits.max_inflight:
+                    await self._confirm(confirmed, acknowledgements)
             elif isinstance(event, ConnectReceived):
                 if await self._on_connect(event.connect):
                     # Packets pipelined behind CONNECT were held until the CONNACK decision.
@@ -231,11 +235,16 @@ class Session:
                 self.close_reason = "client_disconnect"
         if relayed:
             self._publishes_in.inc(relayed)
+        await self._confirm(confirmed, acknowledgements)
+
+    async def _confirm(self, confirmed: list[OutboundMessage], acknowledgements: list[int]) -> None:
+        """Hand the batch to NATS, then acknowledge: only what NATS accepted is acknowledged."""
         if confirmed:
-            # Acknowledge only what NATS accepted: this await is the backpressure.
-            await self._ctx.gateway.publish_confirmed(confirmed)
+            await self._ctx.gateway.publish_confirmed(confirmed)  # the backpressure point
+            confirmed.clear()
         for packet_id in acknowledgements:
             self._conn.acknowledge(packet_id)
+        acknowledgements.clear()
         self._wake_writer()
 
     async def _on_connect(self, connect: Connect) -> bool:
@@ -327,6 +336,17 @@ class Session:
     def forget_endpoint(self, endpoint_id: str) -> None:
         """The endpoint moved to another session: stop addressing it here, report nothing."""
         self._endpoints.pop(endpoint_id, None)
+
+    def end_endpoint(self, endpoint_id: str, reason: str) -> bool:
+        """End one endpoint's session (its token was revoked); the connection stays up."""
+        binding = self._endpoints.pop(endpoint_id, None)
+        if binding is None:
+            return False
+        if self._ctx.hub.unbind_endpoint(endpoint_id, self):
+            self._ctx.events.disconnected({endpoint_id: binding.app_version})
+        log.info("endpoint_disconnected", endpoint_id=endpoint_id, reason=reason,
+                 client_id=self.client_id)
+        return True
 
     def _remember_request(self, route: Route, endpoint_id: str | None, qos: QoS) -> None:
         assert route.request_id is not None
