@@ -17,6 +17,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,6 +34,7 @@ log = get_logger(__name__)
 
 BINARY_NAME = "nats-server"
 HOST = "127.0.0.1"
+LOG_NAME = "nats-server.log"
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -88,6 +90,14 @@ class NatsServerProcess:
         return self._process is not None and self._process.poll() is None
 
     def start(self) -> None:
+        """Launch and wait until the server accepts connections (blocks up to startup_timeout)."""
+        self.launch()
+        self.await_ready()
+
+    def launch(self) -> None:
+        """Spawn the process without waiting for it. Spawned from the main thread, it also gets
+        SIGTERM if this process dies (Linux ties that signal to the spawning *thread*, so from a
+        worker thread it would fire when that thread exits: trio's idle worker threads do)."""
         if self.running:
             return
         binary = find_nats_server()
@@ -98,16 +108,21 @@ class NatsServerProcess:
             args += ["--user", self.user]
         if self.password is not None:
             args += ["--pass", self.password]
-        log_path = workdir / "nats-server.log"
-        with log_path.open("wb") as log_file:
-            # Own session: a Ctrl-C on the terminal must not kill NATS before KPC drained into
-            # it; the parent-death signal still stops it if KPC itself dies.
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        with (workdir / LOG_NAME).open("wb") as log_file:
+            # Own session: a Ctrl-C on the terminal must not kill NATS before KPC drained into it.
             self._process = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_terminate_with_parent,
+                start_new_session=True,
+                preexec_fn=_terminate_with_parent if in_main_thread else None,
             )
+
+    def await_ready(self) -> None:
+        """Block until the launched server accepts connections; stops it on failure."""
+        assert self._process is not None and self._workdir is not None, "launch() first"
+        workdir = Path(self._workdir.name)
         try:
-            self.port = self._await_listening(workdir, log_path)
+            self.port = self._await_listening(workdir, workdir / LOG_NAME)
         except BaseException:
             self.stop()
             raise
@@ -164,7 +179,8 @@ class NatsServerProcess:
 async def open_embedded_nats() -> AsyncIterator[str]:
     """Run a local nats-server for the duration of the block; yields its URL."""
     server = NatsServerProcess()
-    await trio.to_thread.run_sync(server.start)
+    server.launch()  # from the trio (main) thread: see launch()
+    await trio.to_thread.run_sync(server.await_ready)
     try:
         yield server.url
     finally:
