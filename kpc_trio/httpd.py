@@ -78,11 +78,15 @@ async def serve_http(
     *,
     host: str | None,
     port: int,
+    fallback: Handler | None = None,
     limits: HttpLimits = HttpLimits(),
     handler_nursery: trio.Nursery | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
-    """Serve `routes` (exact path -> handler) on `host:port` until cancelled.
+    """Serve `routes` (exact path -> GET/HEAD handler) on `host:port` until cancelled.
+
+    Requests for other paths go to `fallback` (any method; it answers 404/405 itself), or get
+    a 404 without one.
 
     Reports the bound port through `task_status` (useful with `port=0`). `host=None` binds all
     interfaces; with `port=0` pass a literal address, since each resolved address would get its
@@ -93,7 +97,7 @@ async def serve_http(
     log.info("http_listening", host=host or "*", port=bound_port, paths=",".join(routes))
     task_status.started(bound_port)
     await trio.serve_listeners(
-        partial(_serve_connection, routes=routes, limits=limits),
+        partial(_serve_connection, routes=routes, fallback=fallback, limits=limits),
         listeners,
         handler_nursery=handler_nursery,
     )
@@ -101,9 +105,10 @@ async def serve_http(
 
 
 async def _serve_connection(
-    stream: trio.SocketStream, *, routes: Mapping[str, Handler], limits: HttpLimits
+    stream: trio.SocketStream, *, routes: Mapping[str, Handler], fallback: Handler | None,
+    limits: HttpLimits,
 ) -> None:
-    connection = _HttpConnection(stream, routes, limits)
+    connection = _HttpConnection(stream, routes, fallback, limits)
     try:
         await connection.run()
     except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -122,6 +127,7 @@ class _HttpConnection:
 
     stream: trio.SocketStream
     routes: Mapping[str, Handler]
+    fallback: Handler | None
     limits: HttpLimits
     h11_conn: h11.Connection = attrs.field(init=False)
 
@@ -183,8 +189,10 @@ class _HttpConnection:
     async def _respond(self, request: Request) -> Response:
         handler = self.routes.get(request.path)
         if handler is None:
-            return json_response(404, {"error": f"no resource at {request.path}"})
-        if request.method not in _ALLOWED_METHODS:
+            if self.fallback is None:
+                return json_response(404, {"error": f"no resource at {request.path}"})
+            handler = self.fallback
+        elif request.method not in _ALLOWED_METHODS:
             status, headers, body = json_response(
                 405, {"error": f"method {request.method} not allowed"}
             )
