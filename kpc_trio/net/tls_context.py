@@ -36,7 +36,10 @@ def build_server_ssl_context(
     ca_file: str | Path | None,
     client_auth: ClientAuth | str,
 ) -> ssl.SSLContext:
-    """TLS 1.2/1.3 server context; `ca_file` (PEM bundle) is required unless client_auth is none."""
+    """TLS 1.2/1.3 server context; `ca_file` (PEM bundle) is required unless client_auth is none.
+
+    An empty `ca_file` means none, as in the configuration (where "" is the unset default).
+    """
     try:
         auth = ClientAuth(client_auth)
     except ValueError:
@@ -54,7 +57,7 @@ def build_server_ssl_context(
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(certfile=str(cert_file), keyfile=str(key_file))
-    if ca_file is not None:
+    if ca_file:
         _load_certificates(ca_file, "CA file")
         context.load_verify_locations(cafile=str(ca_file))
     elif auth is not ClientAuth.NONE:
