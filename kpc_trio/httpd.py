@@ -73,12 +73,22 @@ def json_response(status: int, document: Mapping[str, Any]) -> Response:
     return status, [("content-type", "application/json")], json.dumps(document).encode()
 
 
+def error_document(status: int, reason: str) -> Response:
+    """The default error body: `{"error": reason}`."""
+    return json_response(status, {"error": reason})
+
+
+#: Renders the server's own error answers (400, 404, 408, 413, 500) for an app.
+ErrorRenderer: TypeAlias = Callable[[int, str], Response]
+
+
 async def serve_http(
     routes: Mapping[str, Handler],
     *,
     host: str | None,
     port: int,
     fallback: Handler | None = None,
+    error_response: ErrorRenderer = error_document,
     limits: HttpLimits = HttpLimits(),
     handler_nursery: trio.Nursery | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
@@ -97,7 +107,8 @@ async def serve_http(
     log.info("http_listening", host=host or "*", port=bound_port, paths=",".join(routes))
     task_status.started(bound_port)
     await trio.serve_listeners(
-        partial(_serve_connection, routes=routes, fallback=fallback, limits=limits),
+        partial(_serve_connection, routes=routes, fallback=fallback,
+                error_response=error_response, limits=limits),
         listeners,
         handler_nursery=handler_nursery,
     )
@@ -106,9 +117,9 @@ async def serve_http(
 
 async def _serve_connection(
     stream: trio.SocketStream, *, routes: Mapping[str, Handler], fallback: Handler | None,
-    limits: HttpLimits,
+    error_response: ErrorRenderer, limits: HttpLimits,
 ) -> None:
-    connection = _HttpConnection(stream, routes, fallback, limits)
+    connection = _HttpConnection(stream, routes, fallback, error_response, limits)
     try:
         await connection.run()
     except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -128,6 +139,7 @@ class _HttpConnection:
     stream: trio.SocketStream
     routes: Mapping[str, Handler]
     fallback: Handler | None
+    error_response: ErrorRenderer
     limits: HttpLimits
     h11_conn: h11.Connection = attrs.field(init=False)
 
@@ -190,18 +202,18 @@ class _HttpConnection:
         handler = self.routes.get(request.path)
         if handler is None:
             if self.fallback is None:
-                return json_response(404, {"error": f"no resource at {request.path}"})
+                return self.error_response(404, f"no resource at {request.path}")
             handler = self.fallback
         elif request.method not in _ALLOWED_METHODS:
-            status, headers, body = json_response(
-                405, {"error": f"method {request.method} not allowed"}
+            status, headers, body = self.error_response(
+                405, f"method {request.method} not allowed"
             )
             return status, [*headers, ("allow", ", ".join(_ALLOWED_METHODS))], body
         try:
             return await handler(request)
         except Exception as exc:  # noqa: BLE001 - the client gets a 500, never a traceback
             log.error("http_handler_failed", path=request.path, error=repr(exc))
-            return json_response(500, {"error": "internal server error"})
+            return self.error_response(500, "internal server error")
 
     async def _send(
         self, response: Response, *, with_body: bool = True, close: bool = False
@@ -212,7 +224,7 @@ class _HttpConnection:
             all_headers.append(("connection", "close"))
         events: list[h11.Event] = [
             h11.Response(
-                status_code=status, headers=all_headers, reason=http.HTTPStatus(status).phrase
+                status_code=status, headers=all_headers, reason=_reason_phrase(status)
             )
         ]
         if with_body:  # HEAD gets GET's headers, never its body
@@ -230,7 +242,7 @@ class _HttpConnection:
         if self.h11_conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return  # a response already started; the only thing left is to close
         try:
-            await self._send(json_response(status, {"error": reason}), close=True)
+            await self._send(self.error_response(status, reason), close=True)
         except trio.TooSlowError:
             return
         await self._linger()
@@ -240,6 +252,14 @@ class _HttpConnection:
             await self.stream.send_eof()
             while await self.stream.receive_some(_RECEIVE_SIZE):
                 pass
+
+
+def _reason_phrase(status: int) -> str:
+    """Extensions may answer with any status code; unknown ones get an empty phrase."""
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def _declared_length(request: h11.Request) -> int:

@@ -93,6 +93,13 @@ class Metrics:
             "kpc_messages_dropped", "Messages dropped by reason.", ["reason"], registry=r
         )
 
+        self.http_requests: Final = Counter(
+            "kpc_http_requests",
+            "1/KP requests over the HTTP transport by response status code.",
+            ["status"],
+            registry=r,
+        )
+
         # NATS
         self.nats_connected: Final = Gauge(
             "kpc_nats_connected", "1 while connected to NATS, else 0.", registry=r

@@ -30,7 +30,7 @@ class UndeliverableError(Exception):
     """An `ExtensionData` that cannot be turned into a 1/KP topic (missing names)."""
 
 
-def _reason_for(status_code: int) -> str:
+def reason_for(status_code: int) -> str:
     try:
         return HTTPStatus(status_code).phrase
     except ValueError:
@@ -99,7 +99,7 @@ class Relay:
         )
         if success:
             return ClientMessage(topic, data.payload or b"")
-        reason = data.reason_phrase or _reason_for(data.status_code)
+        reason = data.reason_phrase or reason_for(data.status_code)
         return ClientMessage(topic, kp1.error_payload(data.status_code, reason))
 
 

@@ -27,7 +27,8 @@ from kpc_trio.config import Config
 from kpc_trio.connectivity import ConnectivityEvents
 from kpc_trio.embedded_nats import open_embedded_nats
 from kpc_trio.health import Health
-from kpc_trio.httpd import management_routes, rest_routes, serve_http
+from kpc_trio.http_transport import HttpTransport, ReplyWaiters, kp1_error_response
+from kpc_trio.httpd import HttpLimits, management_routes, rest_routes, serve_http
 from kpc_trio.hub import Hub, UnawareRequestKey
 from kpc_trio.kaa import records, subjects
 from kpc_trio.kaa.kp1 import ApplicationRegistry
@@ -73,6 +74,7 @@ class KpcService:
     health: Health = attrs.field(factory=Health)
     _shutdown_requested: trio.Event = attrs.field(factory=trio.Event)
     _nats_up: trio.Event = attrs.field(factory=trio.Event)
+    _http_waiters: ReplyWaiters = attrs.field(factory=ReplyWaiters)
     _context: SessionContext | None = None
 
     @property
@@ -188,6 +190,7 @@ class KpcService:
             async with trio.open_nursery() as sessions_nursery:
                 async with trio.open_nursery() as listeners_nursery:
                     await self._start_listeners(listeners_nursery, sessions_nursery)
+                    await self._start_http_transport(listeners_nursery, sessions_nursery)
                     log.info("kpc_started", replica_id=self.replica_id, **{
                         f"{name}_port": port for name, port in self.ports.items()})
                     task_status.started(dict(self.ports))
@@ -223,6 +226,23 @@ class KpcService:
                 max_packet_size=mqtt.max_packet_size, handler_nursery=sessions_nursery)
         for name, serve in starters.items():
             _, self.ports[name] = await listeners_nursery.start(serve)
+
+    async def _start_http_transport(self, listeners_nursery: trio.Nursery,
+                                    requests_nursery: trio.Nursery) -> None:
+        http = self.config.kaa.kpc.transports.http
+        if not http.enabled:
+            return
+        assert self._context is not None
+        transport = HttpTransport(
+            relay=self._context.relay, resolver=self._context.resolver,
+            gateway=self._context.gateway, waiters=self._http_waiters, metrics=self.metrics,
+            request_timeout=http.request_timeout,
+        )
+        self.ports["http"] = await listeners_nursery.start(functools.partial(
+            serve_http, {}, host=http.host, port=http.port, fallback=transport.handle,
+            error_response=kp1_error_response, handler_nursery=requests_nursery,
+            limits=HttpLimits(max_body_bytes=http.max_body_size),
+        ))
 
     def _tls_context(self) -> ssl.SSLContext:
         tls = self.config.kaa.kpc.transports.mqtt.tls
@@ -267,6 +287,10 @@ class KpcService:
             if is_expired(data, int(time.time() * 1000)):
                 self.metrics.messages_dropped.labels("expired").inc()
                 log.info("extension_data_expired", correlation_id=data.correlation_id)
+                continue
+            if self._http_waiters.deliver(data):
+                self.metrics.extension_data_delivered.labels(
+                    data.extension_instance_name or "").inc()
                 continue
             session = self._session_for(data)
             if session is not None and session.deliver_extension_data(data):
