@@ -1,0 +1,170 @@
+"""The benchmark cases: each one drives one server once and returns named figures.
+
+A case function takes the `Bench` (servers, counters, sizes) and one server and returns
+{metric: value}; `run.py` repeats it and `report.py` summarises.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import statistics
+import time
+from collections.abc import Callable
+
+import attrs
+
+from benchmarks.counters import Counter
+from benchmarks.loadgen import IngestSpec, RoundTripSpec, hold_idle, ingest, round_trip
+from benchmarks.servers import ServerProcess, rss_kib
+from benchmarks.transports import Transport
+from kpc_trio.mqtt.packets import QoS
+
+KPC = "kpc_trio"
+START_TIMEOUT = 60.0
+STALL = 5.0  # seconds without a counted message that end an ingest run
+IDLE_SETTLE = 1.0
+IDLE_WORKERS = 4
+IDLE_BATCH = 200
+
+
+class CaseError(Exception):
+    """A load generator process failed; the message says which and how."""
+
+
+@attrs.frozen
+class Sizes:
+    connections: int = 10
+    qos1_messages: int = 10_000  # per connection
+    qos0_messages: int = 20_000  # per connection
+    window: int = 64
+    rate: float = 1000.0
+    requests: int = 5_000
+    idle_connections: int = 10_000
+
+
+QUICK = Sizes(qos1_messages=300, qos0_messages=300, requests=200, idle_connections=50)
+
+
+@attrs.define
+class Bench:
+    sizes: Sizes
+    counters: dict[str, Counter]  # server name -> its ingest counter
+
+
+Figures = dict[str, float]
+Case = Callable[[Bench, ServerProcess], Figures]
+
+
+def _ingest_rate(bench: Bench, server: ServerProcess, qos: QoS, messages: int,
+                 transport: Transport = Transport.TCP) -> float:
+    port = server.port if transport is Transport.TCP else server.extra_ports[transport.value]
+    connections = bench.sizes.connections
+    spec = IngestSpec(port=port, transport=transport, qos=qos, messages=messages,
+                      window=bench.sizes.window)
+    context = multiprocessing.get_context("fork")
+    start = context.Barrier(connections + 1, timeout=START_TIMEOUT)
+    workers = [context.Process(target=ingest, args=(spec, device, start), daemon=True)
+               for device in range(connections)]
+    counter = bench.counters[server.name]
+    baseline = counter.count
+    for worker in workers:
+        worker.start()
+    start.wait()
+    started = time.monotonic()
+    expected = connections * messages
+    counted = counter.wait_for(baseline + expected, STALL, timeout=START_TIMEOUT * 5) - baseline
+    for worker in workers:
+        worker.join(STALL)
+    failed = [w.exitcode for w in workers if w.exitcode != 0]
+    if failed:
+        raise CaseError(f"{len(failed)} ingest generator(s) failed on {server.name} "
+                        f"({transport.value}, QoS {int(qos)}), exit codes {failed}")
+    if counted <= 0:
+        raise CaseError(f"{server.name} relayed nothing ({transport.value}, QoS {int(qos)})")
+    return counted / (counter.last_arrival - started)
+
+
+def qos1_ingest(bench: Bench, server: ServerProcess) -> Figures:
+    return {"msg/s": _ingest_rate(bench, server, QoS.AT_LEAST_ONCE, bench.sizes.qos1_messages)}
+
+
+def qos0_ingest(bench: Bench, server: ServerProcess) -> Figures:
+    return {"msg/s": _ingest_rate(bench, server, QoS.AT_MOST_ONCE, bench.sizes.qos0_messages)}
+
+
+def round_trip_latency(bench: Bench, server: ServerProcess) -> Figures:
+    sizes = bench.sizes
+    spec = RoundTripSpec(port=server.port, devices=sizes.connections, rate=sizes.rate,
+                         requests=sizes.requests, loopback_subscription=server.name != KPC,
+                         timeout=10.0)
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    worker = context.Process(target=round_trip, args=(spec, results), daemon=True)
+    worker.start()
+    outcome = results.get(timeout=spec.requests / spec.rate + START_TIMEOUT)
+    worker.join(STALL)
+    if isinstance(outcome, str):
+        raise CaseError(f"round trip on {server.name}: {outcome}")
+    if len(outcome) < spec.requests:
+        raise CaseError(f"round trip on {server.name}: {spec.requests - len(outcome)} of "
+                        f"{spec.requests} requests unanswered")
+    cuts = statistics.quantiles(outcome, n=100)
+    return {"p50 ms": cuts[49] * 1000, "p99 ms": cuts[98] * 1000}
+
+
+def idle_memory(bench: Bench, server: ServerProcess) -> Figures:
+    total = bench.sizes.idle_connections
+    before = rss_kib(server.pid)
+    context = multiprocessing.get_context("fork")
+    opened = context.Queue()
+    release = context.Event()
+    share = -(-total // IDLE_WORKERS)
+    workers = [
+        context.Process(target=hold_idle, daemon=True,
+                        args=(server.port, first, min(share, total - first), IDLE_BATCH, opened,
+                              release))
+        for first in range(0, total, share)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        reports = [opened.get(timeout=START_TIMEOUT * 2) for _ in workers]
+        problems = [r for r in reports if isinstance(r, str)]
+        if problems:
+            raise CaseError(f"idle connections to {server.name}: {problems[0]}")
+        time.sleep(IDLE_SETTLE)
+        after = rss_kib(server.pid)
+    finally:
+        release.set()
+        for worker in workers:
+            worker.join(STALL)
+    time.sleep(IDLE_SETTLE)  # let the server close them before the next run
+    return {"KiB/conn": (after - before) / total, "total MiB": after / 1024}
+
+
+def secure_transports(bench: Bench, server: ServerProcess) -> Figures:
+    """QoS 1 ingest through the TLS and WebSocket listeners, next to plain TCP."""
+    messages = bench.sizes.qos1_messages
+    rates = {transport: _ingest_rate(bench, server, QoS.AT_LEAST_ONCE, messages, transport)
+             for transport in Transport}
+    tcp = rates[Transport.TCP]
+    return {"tls msg/s": rates[Transport.TLS], "ws msg/s": rates[Transport.WEBSOCKET],
+            "tls/tcp": rates[Transport.TLS] / tcp, "ws/tcp": rates[Transport.WEBSOCKET] / tcp}
+
+
+@attrs.frozen
+class CaseInfo:
+    run: Case
+    title: str
+    peers: bool  # whether mosquitto and amqtt run it too
+    needs_echo: bool = False  # kpc_trio needs the echo extension running
+
+
+CASES: dict[str, CaseInfo] = {
+    "qos1": CaseInfo(qos1_ingest, "QoS 1 ingest, 10 connections, 64 B", peers=True),
+    "qos0": CaseInfo(qos0_ingest, "QoS 0 ingest, 10 connections, 64 B", peers=True),
+    "roundtrip": CaseInfo(round_trip_latency, "round trip at 1k req/s, 10 devices", peers=True,
+                          needs_echo=True),
+    "rss": CaseInfo(idle_memory, "RSS of idle connections", peers=True),
+    "tls_ws": CaseInfo(secure_transports, "QoS 1 ingest over TLS / WebSocket", peers=False),
+}

@@ -1,0 +1,151 @@
+"""Independent message counters, each in its own process so counting never slows the server.
+
+kpc_trio is counted where its work ends: `ClientData` arriving on NATS (nats-py subscriber).
+The plain brokers are counted by an MQTT client subscribed to `#`; every relayed PUBLISH of a
+case has the same size, so that counter counts bytes and divides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import multiprocessing.sharedctypes
+import multiprocessing.synchronize
+import socket
+import time
+
+import attrs
+
+from benchmarks.loadgen import CONNACK_SIZE
+from benchmarks.transports import HOST, RECEIVE_SIZE
+from benchmarks.workload import connect_packet, subscribe_packet
+
+PUBLISH_INTERVAL = 0.02  # how often the child copies its count into shared memory
+READY_TIMEOUT = 15.0
+SUBACK_SIZE = 5
+
+
+class CounterError(Exception):
+    """The counter process could not subscribe."""
+
+
+@attrs.define
+class Counter:
+    """Parent-side handle: the count so far and when the last counted message arrived."""
+
+    process: multiprocessing.Process
+    count_value: multiprocessing.sharedctypes.Synchronized[int]
+    last_value: multiprocessing.sharedctypes.Synchronized[float]
+    ready: multiprocessing.synchronize.Event
+
+    @property
+    def count(self) -> int:
+        return self.count_value.value
+
+    @property
+    def last_arrival(self) -> float:
+        """`time.monotonic()` of the last counted message (0 before the first)."""
+        return self.last_value.value
+
+    def wait_for(self, expected: int, stall: float, timeout: float) -> int:
+        """Block until `expected` messages were counted, nothing arrived for `stall` s, or
+        `timeout`; returns the count (a QoS 0 broker may drop some)."""
+        deadline = time.monotonic() + timeout
+        seen, progress_at = -1, time.monotonic()
+        while self.count < expected and time.monotonic() < deadline:
+            if self.count != seen:
+                seen, progress_at = self.count, time.monotonic()
+            elif time.monotonic() - progress_at > stall:
+                break
+            time.sleep(PUBLISH_INTERVAL)
+        time.sleep(2 * PUBLISH_INTERVAL)  # let the child publish its final figures
+        return self.count
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.join(5)
+
+
+def start_nats_counter(url: str, subject: str) -> Counter:
+    return _start(_count_nats, url, subject)
+
+
+def start_mqtt_counter(port: int, message_size: int) -> Counter:
+    return _start(_count_mqtt, port, message_size)
+
+
+def _start(target: object, *args: object) -> Counter:
+    context = multiprocessing.get_context("fork")
+    count = context.Value("q", 0)
+    last = context.Value("d", 0.0)
+    ready = context.Event()
+    process = context.Process(target=target, args=(*args, count, last, ready), daemon=True)
+    process.start()
+    if not ready.wait(READY_TIMEOUT):
+        process.terminate()
+        raise CounterError(f"counter {getattr(target, '__name__', target)} did not subscribe")
+    return Counter(process, count, last, ready)
+
+
+def _count_nats(url: str, subject: str, count: multiprocessing.sharedctypes.Synchronized[int],
+                last: multiprocessing.sharedctypes.Synchronized[float],
+                ready: multiprocessing.synchronize.Event) -> None:
+    import nats  # imported in the child only: nats-py must not start anything in the parent
+
+    async def main() -> None:
+        seen = [0, 0.0]
+
+        async def on_message(_msg: object) -> None:
+            seen[0] += 1
+            seen[1] = time.monotonic()
+
+        client = await nats.connect(url)
+        await client.subscribe(subject, cb=on_message, pending_msgs_limit=-1,
+                               pending_bytes_limit=-1)
+        await client.flush()
+        ready.set()
+        while True:
+            await asyncio.sleep(PUBLISH_INTERVAL)
+            _publish(count, last, seen)
+
+    asyncio.run(main())
+
+
+def _count_mqtt(port: int, message_size: int,
+                count: multiprocessing.sharedctypes.Synchronized[int],
+                last: multiprocessing.sharedctypes.Synchronized[float],
+                ready: multiprocessing.synchronize.Event) -> None:
+    sock = socket.create_connection((HOST, port))
+    sock.sendall(connect_packet("bench-counter") + subscribe_packet("#"))
+    handshake = b""
+    while len(handshake) < CONNACK_SIZE + SUBACK_SIZE:
+        handshake += sock.recv(RECEIVE_SIZE)
+    ready.set()
+    seen = [len(handshake) - CONNACK_SIZE - SUBACK_SIZE, 0.0]
+    received = seen[0]
+    published_at = 0.0
+    # The timeout makes the last figures visible even when the stream goes quiet.
+    sock.settimeout(PUBLISH_INTERVAL)
+    while True:
+        try:
+            data = sock.recv(RECEIVE_SIZE)
+        except TimeoutError:
+            data = None
+        if data == b"":
+            return
+        now = time.monotonic()
+        if data:
+            received += len(data)
+            seen = [received // message_size, now]
+        if now - published_at >= PUBLISH_INTERVAL:
+            _publish(count, last, seen)
+            published_at = now
+
+
+def _publish(count: multiprocessing.sharedctypes.Synchronized[int],
+             last: multiprocessing.sharedctypes.Synchronized[float],
+             seen: list[float]) -> None:
+    if count.value == 0 and seen[0] == 0:
+        return
+    count.value = int(seen[0])
+    last.value = seen[1]

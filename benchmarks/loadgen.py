@@ -1,0 +1,218 @@
+"""Load generator processes: raw MQTT bytes over blocking sockets, so the generator stays cheap.
+
+Each function here is a `multiprocessing` target. Ingest runs one process per connection; the
+round trip runs every device in one process so all latencies share one clock and one scheduler;
+idle connections are opened in batches and held until the parent lets go.
+"""
+
+from __future__ import annotations
+
+import multiprocessing.synchronize
+import selectors
+import socket
+import time
+from collections.abc import Callable
+from multiprocessing.queues import Queue
+
+import attrs
+
+from benchmarks.transports import HOST, Stream, Transport, open_stream
+from benchmarks.workload import PublishRing, connect_packet, data_topic, subscribe_packet
+from kpc_trio.mqtt.codec import Decoder, encode
+from kpc_trio.mqtt.packets import ConnAck, PubAck, Publish, QoS, SubAck
+
+CONNACK_SIZE = 4
+PUBACK_SIZE = 4
+DISCONNECT = b"\xe0\x00"
+QOS0_CHUNK = 256  # packets per write when streaming QoS 0
+MAX_PACKET = 1 << 20
+
+
+class LoadError(Exception):
+    """The server refused or dropped a benchmark connection."""
+
+
+@attrs.frozen
+class IngestSpec:
+    port: int
+    transport: Transport
+    qos: QoS
+    messages: int  # per connection
+    window: int  # in-flight QoS 1 messages per connection
+
+
+def _await_bytes(receive: Callable[[], bytes], count: int) -> bytes:
+    buffer = b""
+    while len(buffer) < count:
+        data = receive()
+        if not data:
+            raise LoadError(f"connection closed after {len(buffer)} of {count} expected bytes")
+        buffer += data
+    return buffer
+
+
+def ingest(spec: IngestSpec, device: int, start: multiprocessing.synchronize.Barrier) -> None:
+    """CONNECT, wait at the barrier, then send `spec.messages` PUBLISHes as fast as allowed."""
+    stream = open_stream(spec.transport, spec.port)
+    stream.send(connect_packet(f"bench-ingest-{device}"))
+    connack = _await_bytes(stream.receive, CONNACK_SIZE)
+    if connack[3] != 0:
+        raise LoadError(f"CONNACK return code {connack[3]} for device {device}")
+    start.wait()
+    if spec.qos is QoS.AT_MOST_ONCE:
+        _stream_qos0(stream.send, device, spec.messages)
+    else:
+        _pipeline_qos1(stream, device, spec.messages, spec.window)
+    stream.send(DISCONNECT)
+    while stream.receive():  # the server closes after DISCONNECT; wait so nothing is cut short
+        pass
+    stream.close()
+
+
+def _stream_qos0(send: Callable[[bytes], None], device: int, messages: int) -> None:
+    chunk = PublishRing.for_device(device, QoS.AT_MOST_ONCE, 1).chunk(0, QOS0_CHUNK)
+    full, rest = divmod(messages, QOS0_CHUNK)
+    for _ in range(full):
+        send(chunk)
+    if rest:
+        send(chunk[: rest * (len(chunk) // QOS0_CHUNK)])
+
+
+def _pipeline_qos1(stream: Stream, device: int, messages: int, window: int) -> None:
+    # A ring 4x the window: an id comes round again only long after its PUBACK.
+    ring = PublishRing.for_device(device, QoS.AT_LEAST_ONCE, 4 * window)
+    sent = acked = in_flight = spare = 0
+    while acked < messages:
+        refill = min(window - in_flight, messages - sent)
+        if refill > 0:
+            stream.send(ring.chunk(sent, refill))
+            sent += refill
+            in_flight += refill
+        data = stream.receive()
+        if not data:
+            raise LoadError(f"device {device}: connection closed after {acked} PUBACKs")
+        # Only PUBACKs come back on an ingest connection: count them by size.
+        acks, spare = divmod(spare + len(data), PUBACK_SIZE)
+        acked += acks
+        in_flight -= acks
+
+
+@attrs.frozen
+class RoundTripSpec:
+    port: int
+    devices: int
+    rate: float  # requests per second, all devices together
+    requests: int
+    # A plain broker has no extension: the device subscribes to its own topic and the "reply"
+    # is its request coming back (one broker hop instead of KPC's two and the echo extension).
+    loopback_subscription: bool
+    timeout: float
+
+
+def round_trip(spec: RoundTripSpec, results: Queue[list[float] | str]) -> None:
+    """Paced requests with request ids; puts the latencies (seconds) of answered requests."""
+    try:
+        results.put(_round_trip(spec))
+    except Exception as exc:  # reported to the parent as text: a benchmark must not hang on it
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def _round_trip(spec: RoundTripSpec) -> list[float]:
+    socks = [_connect_device(spec.port, f"bench-rt-{d}") for d in range(spec.devices)]
+    decoders = [Decoder(MAX_PACKET) for _ in socks]
+    if spec.loopback_subscription:
+        for device, sock in enumerate(socks):
+            sock.sendall(subscribe_packet(f"{data_topic(device)}/#"))
+            _read_until(sock, decoders[device], SubAck)
+    selector = selectors.DefaultSelector()
+    for device, sock in enumerate(socks):
+        selector.register(sock, selectors.EVENT_READ, device)
+    sent_at: dict[int, float] = {}
+    latencies: list[float] = []
+    interval = 1.0 / spec.rate
+    started = time.perf_counter()
+    deadline = started + spec.requests * interval + spec.timeout
+    next_due = started
+    request = 0
+    while len(latencies) < spec.requests and time.perf_counter() < deadline:
+        now = time.perf_counter()
+        if request < spec.requests and now >= next_due:
+            device = request % spec.devices
+            socks[device].sendall(encode(Publish(
+                f"{data_topic(device)}/{request}", b'{"n": %d}' % request,
+                qos=QoS.AT_LEAST_ONCE, packet_id=request % 65535 + 1)))
+            sent_at[request] = time.perf_counter()
+            request += 1
+            next_due += interval
+            continue
+        wait = max(0.0, next_due - now) if request < spec.requests else 0.05
+        for key, _ in selector.select(wait):
+            device = key.data
+            data = socks[device].recv(1 << 16)
+            if not data:
+                raise LoadError(f"round-trip device {device} was disconnected")
+            decoders[device].feed(data)
+            while (packet := decoders[device].next_packet()) is not None:
+                if isinstance(packet, Publish):
+                    latencies.append(time.perf_counter() - sent_at[_request_id(packet.topic)])
+                    if packet.qos is not QoS.AT_MOST_ONCE:
+                        socks[device].sendall(encode(PubAck(packet.packet_id)))  # type: ignore[arg-type]
+    for sock in socks:
+        sock.close()
+    return latencies
+
+
+def _request_id(topic: str) -> int:
+    # kpc answers on `.../json/<id>/status`; the loopback peers echo `.../json/<id>`.
+    levels = topic.split("/")
+    if levels[-1] in ("status", "error"):
+        if levels[-1] == "error":
+            raise LoadError(f"KPC answered a request with an error on {topic}")
+        return int(levels[-2])
+    return int(levels[-1])
+
+
+def _connect_device(port: int, client_id: str) -> socket.socket:
+    sock = socket.create_connection((HOST, port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(connect_packet(client_id))
+    connack = _read_until(sock, Decoder(MAX_PACKET), ConnAck)
+    if connack.return_code != 0:
+        raise LoadError(f"CONNACK return code {connack.return_code} for {client_id}")
+    return sock
+
+
+def _read_until(sock: socket.socket, decoder: Decoder, packet_type: type) -> object:
+    while True:
+        packet = decoder.next_packet()
+        if isinstance(packet, packet_type):
+            return packet
+        if packet is None:
+            data = sock.recv(1 << 16)
+            if not data:
+                raise LoadError(f"closed while waiting for {packet_type.__name__}")
+            decoder.feed(data)
+
+
+def hold_idle(port: int, first: int, count: int, batch: int, opened: Queue[int | str],
+              release: multiprocessing.synchronize.Event) -> None:
+    """Open `count` connections (CONNECT + CONNACK), report, and keep them until `release`."""
+    socks: list[socket.socket] = []
+    try:
+        for batch_start in range(0, count, batch):
+            fresh = [socket.create_connection((HOST, port))
+                     for _ in range(min(batch, count - batch_start))]
+            for offset, sock in enumerate(fresh):
+                sock.sendall(connect_packet(f"bench-idle-{first + batch_start + offset}"))
+            for sock in fresh:
+                connack = _await_bytes(sock.recv, CONNACK_SIZE)
+                if connack[3] != 0:
+                    raise LoadError(f"CONNACK return code {connack[3]} for an idle connection")
+            socks += fresh
+    except Exception as exc:
+        opened.put(f"{type(exc).__name__} after {len(socks)} connections: {exc}")
+        return
+    opened.put(len(socks))
+    release.wait()
+    for sock in socks:
+        sock.close()
