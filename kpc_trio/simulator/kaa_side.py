@@ -1,4 +1,5 @@
-"""`SimulatedKaa`: the Kaa services behind NATS (token provider, extensions, event listener).
+"""`SimulatedKaa`: the Kaa services behind NATS (token and client credentials providers,
+extensions, event listener) and the revocation events CM/CCM broadcast.
 
 They are small nats-py programs on their own asyncio loop in one background thread, so trio tests
 and the `kpc-trio demo` command can run them next to KPC. Methods are called from other threads;
@@ -23,6 +24,13 @@ from nats.aio.client import Client as NatsClient
 
 from kpc_trio.kaa import records, subjects
 from kpc_trio.logs import get_logger
+from kpc_trio.simulator import credentials
+from kpc_trio.simulator.credentials import (
+    BasicCredentials,
+    CertificateCredentials,
+    CredentialsProvider,
+    CredentialsRequest,
+)
 from kpc_trio.simulator.events import EndpointEvent, EventListener
 from kpc_trio.simulator.extension import EchoExtension, ExtensionBehaviour
 from kpc_trio.simulator.service import SimulatedService
@@ -51,6 +59,10 @@ class SimulatedKaa:
         invalid_token_status: int = 401,
         echo_extensions: Iterable[str] = ("dcx",),
         kpc_instance: str = "kpc",
+        client_provider: str = "ccm",
+        basic_credentials: Iterable[BasicCredentials] = (),
+        certificate_credentials: Iterable[CertificateCredentials] = (),
+        unknown_credentials_status: int = 401,
     ) -> None:
         self.nats_url = nats_url
         self.kpc_instance = kpc_instance
@@ -60,9 +72,13 @@ class SimulatedKaa:
         self._extensions = {
             name: EchoExtension(name, kpc_instance=kpc_instance) for name in echo_extensions
         }
+        self._credentials = CredentialsProvider(
+            client_provider, basic_credentials, certificate_credentials,
+            unknown_status=unknown_credentials_status,
+        )
         self._events = EventListener(kpc_instance)
         self._services: list[SimulatedService] = [
-            self._provider, *self._extensions.values(), self._events
+            self._provider, self._credentials, *self._extensions.values(), self._events
         ]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._nc: NatsClient | None = None
@@ -239,6 +255,60 @@ class SimulatedKaa:
     def set_token_delay(self, seconds: float) -> None:
         """Answer token requests after `seconds` from now on (for validation timeout tests)."""
         self._provider.delay = seconds
+
+    # ---- client credentials provider (22/CAP and 16/ECAP) ------------------------------------
+
+    @property
+    def credentials_requests(self) -> list[CredentialsRequest]:
+        """What the client credentials provider was asked so far, in arrival order."""
+        return self._credentials.requests.snapshot()
+
+    def wait_credentials_requests(
+        self, count: int, timeout: float = 5.0
+    ) -> list[CredentialsRequest]:
+        return self._credentials.requests.wait_for(count, timeout)
+
+    def set_credentials_delay(self, seconds: float) -> None:
+        """Answer client authentication requests after `seconds` from now on."""
+        self._credentials.delay = seconds
+
+    def set_credentials_status(self, status: int | None) -> None:
+        """Answer every client authentication request with `status` (None: per the table)."""
+        self._credentials.status = status
+
+    # ---- revocation events (as CM and CCM broadcast them) -------------------------------------
+
+    def revoke_tokens(
+        self, app_name: str, endpoint_id: str, token_ids: Iterable[str], *, originator: str = "cm"
+    ) -> None:
+        """Publish a 16/ECAP EndpointTokenRevokedEvent; returns once NATS has it."""
+        self._broadcast(credentials.token_revoked(app_name, endpoint_id, token_ids,
+                                                  originator=originator))
+
+    def revoke_basic_credentials(
+        self, tenant_id: str, credentials_id: str, *, originator: str = "ccm"
+    ) -> None:
+        """Publish a 22/CAP ClientCredentialsRevokedEvent for basic credentials."""
+        self._broadcast(credentials.basic_credentials_revoked(tenant_id, credentials_id,
+                                                              originator=originator))
+
+    def revoke_certificate_credentials(
+        self, tenant_id: str, credentials_id: str, *, originator: str = "ccm"
+    ) -> None:
+        """Publish a 22/CAP ClientCredentialsRevokedEvent for a client certificate."""
+        self._broadcast(credentials.certificate_credentials_revoked(tenant_id, credentials_id,
+                                                                    originator=originator))
+
+    def revoke_client_credential(self, credential_id: str, *, originator: str = "cm") -> None:
+        """Publish a 16/ECAP ClientCredentialRevokedEvent (Kaa 1.0/1.1)."""
+        self._broadcast(credentials.client_credential_revoked(credential_id,
+                                                              originator=originator))
+
+    def _broadcast(self, event: tuple[str, records.Record]) -> None:
+        subject, record = event
+        self._call(self._publish(subject, records.encode(record)))
+        log.info("sim_revocation_published", subject=subject,
+                 correlation_id=record.correlation_id)
 
     # ---- endpoint events ---------------------------------------------------------------------
 
