@@ -48,7 +48,9 @@ def tls_peer(certificate: ClientCertificate) -> Peer:
     return Peer("tls", "127.0.0.1:50001", certificate)
 
 
-def certificate_credentials(certificate: ClientCertificate, **fields: Any) -> CertificateCredentials:
+def certificate_credentials(
+    certificate: ClientCertificate, **fields: Any
+) -> CertificateCredentials:
     return CertificateCredentials(issuer=certificate.issuer,
                                   serial_number=certificate.serial_number, **fields)
 
@@ -71,7 +73,8 @@ async def open_authenticator(
     )
     async with trio.open_nursery() as nursery:
         for replies in authenticator.replies:
-            nursery.start_soon(replies.run_responses, await gateway.subscribe(replies.reply_subject))
+            channel = await gateway.subscribe(replies.reply_subject)
+            nursery.start_soon(replies.run_responses, channel)
         yield authenticator
         nursery.cancel_scope.cancel()
 
