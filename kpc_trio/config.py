@@ -13,6 +13,7 @@ one-line help text that `config_reference()` renders into docs/configuration.md.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -23,6 +24,8 @@ from typing import Any, Protocol
 
 import attrs
 import yaml
+
+from kpc_trio.presence import DisconnectPolicy
 
 DEFAULT_CONFIG_PATH = "/srv/kpc/service-config.yml"
 CONFIG_PATH_ENV = "APP_CONFIG_PATH"
@@ -194,6 +197,26 @@ class Choice:
 
 
 @attrs.frozen
+class Inherited:
+    """An application-version override of an application setting: null (or absent) inherits."""
+
+    inner: ValueType
+
+    @property
+    def label(self) -> str:
+        return f"{self.inner.label} or null"
+
+    def parse(self, raw: object) -> Any:
+        return None if raw is None else self.inner.parse(raw)
+
+    def expected(self) -> str:
+        return f"{self.inner.expected()}, or null to inherit the application's value"
+
+    def show(self, value: Any) -> str:
+        return "null" if value is None else self.inner.show(value)
+
+
+@attrs.frozen
 class TextList:
     label: str = "list of strings"
 
@@ -219,7 +242,7 @@ class Setting:
 
     value_type: ValueType
     help: str
-    default_doc: str | None = None  # for defaults computed at load time
+    default_doc: str | None = None  # for defaults that are not a literal value
 
 
 @attrs.frozen
@@ -240,6 +263,12 @@ class NamedEntries:
 
 def setting(default: Any, value_type: ValueType, help: str) -> Any:
     return attrs.field(default=default, metadata={_META: Setting(value_type, help)})
+
+
+def inherited(value_type: ValueType, help: str) -> Any:
+    """An optional override; None means the application-level value applies."""
+    return attrs.field(default=None, metadata={_META: Setting(
+        Inherited(value_type), help, default_doc="inherited from the application")})
 
 
 def section(node: type) -> Any:
@@ -421,6 +450,10 @@ class EspSettings:
 class TrafficReportSettings:
     enabled: bool = setting(True, Boolean(), "Publish per-endpoint traffic reports (9/ELCE).")
     period: float = setting(60.0, Duration(positive=True), "Interval between traffic reports.")
+    default_tenant_id: str = setting(
+        "kaa", Text(r"\S+", "a non-empty tenant id without spaces", label="tenant id"),
+        "Tenant id reported for sessions without an authenticated tenant (anonymous clients); "
+        "`kaa` is Kaa's system tenant.")
 
 
 @attrs.frozen
@@ -432,17 +465,74 @@ class KpcSettings:
 
 
 @attrs.frozen
+class IdleDisconnectSettings:
+    enabled: bool = setting(False, Boolean(),
+                            "Disconnect an endpoint that sent nothing for `duration` (for gateways "
+                            "such as LoRaWAN whose connection outlives their devices).")
+    duration: float = setting(300.0, Duration(positive=True),
+                              "Time without messages after which an endpoint is disconnected.")
+
+
+@attrs.frozen
+class DisconnectSettings:
+    on_client_disconnect: bool = setting(True, Boolean(),
+                                         "An endpoint is disconnected when its client's "
+                                         "connection ends (false needs idle.enabled).")
+    idle: IdleDisconnectSettings = section(IdleDisconnectSettings)
+
+
+@attrs.frozen
+class IdleDisconnectOverride:
+    enabled: bool | None = inherited(Boolean(), "Overrides the application's idle.enabled.")
+    duration: float | None = inherited(Duration(positive=True),
+                                       "Overrides the application's idle.duration.")
+
+
+@attrs.frozen
+class DisconnectOverride:
+    on_client_disconnect: bool | None = inherited(
+        Boolean(), "Overrides the application's on-client-disconnect.")
+    idle: IdleDisconnectOverride = section(IdleDisconnectOverride)
+
+
+@attrs.frozen
 class ApplicationVersion:
     allowed_extension_instances: tuple[str, ...] = setting(
         (), TextList(), "Extension instances that clients of this application version may address."
     )
+    disconnect: DisconnectOverride = section(DisconnectOverride)
 
 
 @attrs.frozen
 class Application:
+    disconnect: DisconnectSettings = section(DisconnectSettings)
     versions: Mapping[str, ApplicationVersion] = named_entries(
         ApplicationVersion, "<appversion>",
         "Application versions (the `<appversion>` topic level of 1/KP) of this application.",
+    )
+
+    def effective_disconnect(self, version_name: str) -> DisconnectSettings:
+        """The application's disconnection settings with the version's overrides applied."""
+        base = self.disconnect
+        override = self.versions[version_name].disconnect
+        return DisconnectSettings(
+            on_client_disconnect=_first_set(override.on_client_disconnect,
+                                            base.on_client_disconnect),
+            idle=IdleDisconnectSettings(
+                enabled=_first_set(override.idle.enabled, base.idle.enabled),
+                duration=_first_set(override.idle.duration, base.idle.duration),
+            ),
+        )
+
+
+def _first_set(override: Any, inherited_value: Any) -> Any:
+    return inherited_value if override is None else override
+
+
+def _policy(settings: DisconnectSettings) -> DisconnectPolicy:
+    return DisconnectPolicy(
+        on_client_disconnect=settings.on_client_disconnect,
+        idle_timeout=settings.idle.duration if settings.idle.enabled else None,
     )
 
 
@@ -473,6 +563,23 @@ class Config:
     license: LicenseSettings = section(LicenseSettings)
     kaa: KaaSettings = section(KaaSettings)
     source: str = DEFAULTS_SOURCE  # the file that was loaded, or "defaults"; not a YAML key
+
+    def disconnect_policy(self, app_version: str) -> DisconnectPolicy:
+        """When endpoints of `app_version` go offline (spec 3.3); unknown versions get the
+        default (follow the client's connection, no idle disconnection)."""
+        return self._disconnect_policies.get(app_version, _DEFAULT_DISCONNECT_POLICY)
+
+    @functools.cached_property
+    def _disconnect_policies(self) -> Mapping[str, DisconnectPolicy]:
+        # Resolved once per Config: sessions ask on every endpoint identification.
+        return {
+            version_name: _policy(application.effective_disconnect(version_name))
+            for application in self.kaa.applications.values()
+            for version_name in application.versions
+        }
+
+
+_DEFAULT_DISCONNECT_POLICY = DisconnectPolicy()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -628,6 +735,42 @@ def _check_consistency(config: Config) -> None:
                     f"kaa.applications.{applications_of[version_name]}; an application version "
                     f"belongs to exactly one application (from {where})", key_path=path)
             applications_of[version_name] = app_name
+    _check_disconnect_settings(config)
+
+
+def _check_disconnect_settings(config: Config) -> None:
+    """Every application version needs a way to go offline: its client's disconnection or the
+    idle timeout; otherwise its endpoints would stay connected forever.
+
+    The application's own settings must pass alone (versions without overrides use them as is).
+    """
+    for app_name, application in config.kaa.applications.items():
+        app_path = f"kaa.applications.{app_name}.disconnect"
+        client_key, idle_key = f"{app_path}.on-client-disconnect", f"{app_path}.idle.enabled"
+        _check_goes_offline(application.disconnect, f"application {app_name!r}",
+                            client_key, idle_key, client_key, config.source)
+        for version_name, version in application.versions.items():
+            version_path = f"kaa.applications.{app_name}.versions.{version_name}.disconnect"
+            override = version.disconnect
+            version_client_key = (client_key if override.on_client_disconnect is None
+                                  else f"{version_path}.on-client-disconnect")
+            version_idle_key = (idle_key if override.idle.enabled is None
+                                else f"{version_path}.idle.enabled")
+            # blame the key this version sets (with both inherited, the check above failed)
+            blamed = version_client_key if version_client_key != client_key else version_idle_key
+            _check_goes_offline(application.effective_disconnect(version_name),
+                                f"application version {version_name!r}", version_client_key,
+                                version_idle_key, blamed, config.source)
+
+
+def _check_goes_offline(settings: DisconnectSettings, scope: str, client_key: str, idle_key: str,
+                        blamed: str, where: str) -> None:
+    if settings.on_client_disconnect or settings.idle.enabled:
+        return
+    raise ConfigError(
+        f"{blamed}: {client_key} is false and {idle_key} is false, so endpoints of {scope} would "
+        f"never be disconnected; enable idle disconnection or set on-client-disconnect to true "
+        f"(from {where})", key_path=blamed)
 
 
 def load_config(path: str | None = None, env: Mapping[str, str] | None = None) -> Config:

@@ -17,6 +17,7 @@ from kpc_trio.config import (
     load_config,
     render_effective_config,
 )
+from kpc_trio.presence import DisconnectPolicy
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 REGENERATE = (
@@ -382,6 +383,172 @@ def test_application_version_under_two_applications(tmp_path: Path) -> None:
     assert "already listed under kaa.applications.first" in str(error)
 
 
+# ---------------------------------------------------------------------------------- disconnection
+
+
+FOLLOW_CLIENT = DisconnectPolicy(on_client_disconnect=True, idle_timeout=None)
+
+
+def test_disconnect_defaults_follow_the_client(tmp_path: Path) -> None:
+    config = load_yaml(tmp_path, "kaa.applications.app.versions.v1: {}")
+    disconnect = config.kaa.applications["app"].disconnect
+    assert (disconnect.on_client_disconnect, disconnect.idle.enabled,
+            disconnect.idle.duration) == (True, False, 300.0)
+    assert config.disconnect_policy("v1") == FOLLOW_CLIENT
+
+
+def test_unknown_app_version_gets_the_default_policy(tmp_path: Path) -> None:
+    config = load_yaml(tmp_path, """
+        kaa.applications.app:
+          disconnect: {idle: {enabled: true}}
+          versions: {v1: {}}
+    """)
+    assert config.disconnect_policy("v1") == DisconnectPolicy(True, 300.0)
+    assert config.disconnect_policy("elsewhere") == FOLLOW_CLIENT
+
+
+def test_idle_duration_counts_only_when_enabled(tmp_path: Path) -> None:
+    config = load_yaml(tmp_path, """
+        kaa.applications.app:
+          disconnect.idle: {enabled: false, duration: 10s}
+          versions: {v1: {}}
+    """)
+    assert config.disconnect_policy("v1") == FOLLOW_CLIENT
+
+
+def test_app_versions_inherit_and_override_each_key(tmp_path: Path) -> None:
+    config = load_yaml(tmp_path, """
+        kaa.applications.app:
+          disconnect:
+            on-client-disconnect: false
+            idle: {enabled: true, duration: 5m}
+          versions:
+            inherits: {}
+            all-null:
+              disconnect: {on-client-disconnect: null, idle: {enabled: null, duration: null}}
+            shorter:
+              disconnect.idle.duration: 30s
+            follows-client:
+              disconnect: {on-client-disconnect: true, idle.enabled: false}
+            both:
+              disconnect.on-client-disconnect: true
+    """)
+    policy = config.disconnect_policy
+    assert policy("inherits") == DisconnectPolicy(on_client_disconnect=False, idle_timeout=300.0)
+    assert policy("all-null") == policy("inherits")
+    assert policy("shorter") == DisconnectPolicy(on_client_disconnect=False, idle_timeout=30.0)
+    assert policy("follows-client") == FOLLOW_CLIENT
+    assert policy("both") == DisconnectPolicy(on_client_disconnect=True, idle_timeout=300.0)
+    override = config.kaa.applications["app"].versions["inherits"].disconnect
+    assert (override.on_client_disconnect, override.idle.enabled, override.idle.duration) == (
+        None, None, None)
+
+
+def test_each_app_version_resolves_against_its_own_application(tmp_path: Path) -> None:
+    config = load_yaml(tmp_path, """
+        kaa.applications:
+          lorawan: {disconnect.idle.enabled: true, versions: {lora_v1: {}}}
+          plain: {versions: {plain_v1: {}}}
+    """)
+    assert config.disconnect_policy("lora_v1") == DisconnectPolicy(True, 300.0)
+    assert config.disconnect_policy("plain_v1") == FOLLOW_CLIENT
+
+
+def test_documented_disconnection_example_loads(tmp_path: Path) -> None:
+    config = load_yaml(tmp_path, """
+        kaa:
+          applications:
+            lorawan:
+              disconnect:
+                idle: {enabled: true, duration: 30m}
+              versions:
+                lorawan_v1: {}
+                lorawan_v2:
+                  disconnect: {on-client-disconnect: false}
+    """)
+    assert config.disconnect_policy("lorawan_v1") == DisconnectPolicy(True, 1800.0)
+    assert config.disconnect_policy("lorawan_v2") == DisconnectPolicy(False, 1800.0)
+    assert "lorawan_v2:\n          disconnect: {on-client-disconnect: false}" in DOC.read_text()
+
+
+@pytest.mark.parametrize(("text", "blamed", "named"), [
+    ("""
+        kaa.applications.app:
+          disconnect.on-client-disconnect: false
+     """,
+     "kaa.applications.app.disconnect.on-client-disconnect",
+     "kaa.applications.app.disconnect.idle.enabled is false, so endpoints of application 'app'"),
+    ("""
+        kaa.applications.app:
+          versions.v1.disconnect.on-client-disconnect: false
+     """,
+     "kaa.applications.app.versions.v1.disconnect.on-client-disconnect",
+     "kaa.applications.app.disconnect.idle.enabled is false, so endpoints of application "
+     "version 'v1'"),
+    ("""
+        kaa.applications.app:
+          disconnect: {on-client-disconnect: false, idle.enabled: true}
+          versions:
+            v1: {}
+            v2: {disconnect.idle.enabled: false}
+     """,
+     "kaa.applications.app.versions.v2.disconnect.idle.enabled",
+     "kaa.applications.app.disconnect.on-client-disconnect is false and "
+     "kaa.applications.app.versions.v2.disconnect.idle.enabled is false"),
+    ("""
+        kaa.applications.app:
+          disconnect.idle.enabled: true
+          versions.v1.disconnect: {on-client-disconnect: false, idle.enabled: false}
+     """,
+     "kaa.applications.app.versions.v1.disconnect.on-client-disconnect",
+     "kaa.applications.app.versions.v1.disconnect.idle.enabled is false"),
+])
+def test_an_endpoint_must_be_able_to_go_offline(tmp_path: Path, text: str, blamed: str,
+                                                named: str) -> None:
+    error = config_error(tmp_path, text)
+    assert error.key_path == blamed
+    assert str(error).startswith(f"{blamed}: ")
+    assert named in str(error)
+    assert "enable idle disconnection or set on-client-disconnect to true" in str(error)
+    assert str(tmp_path / "service-config.yml") in str(error)
+
+
+@pytest.mark.parametrize(("text", "key_path", "problem"), [
+    ("kaa.applications.app.disconnect.idle.duration: 0",
+     "kaa.applications.app.disconnect.idle.duration", "expected a duration > 0"),
+    ("kaa.applications.app.versions.v1.disconnect.idle.duration: 0",
+     "kaa.applications.app.versions.v1.disconnect.idle.duration",
+     "expected a duration > 0 (seconds, or a number with unit ms/s/m/h such as 10s), or null "
+     "to inherit the application's value, got 0"),
+    ("kaa.applications.app.versions.v1.disconnect.on-client-disconnect: perhaps",
+     "kaa.applications.app.versions.v1.disconnect.on-client-disconnect", "expected a boolean"),
+    ("kaa.applications.app.versions.v1.disconnect.idle-enabled: true",
+     "kaa.applications.app.versions.v1.disconnect.idle-enabled", "unknown key"),
+])
+def test_disconnect_value_errors_name_the_key(tmp_path: Path, text: str, key_path: str,
+                                              problem: str) -> None:
+    error = config_error(tmp_path, text)
+    assert str(error).startswith(f"{key_path}: {problem}")
+    assert error.key_path == key_path
+
+
+def test_disconnect_settings_take_no_env_overrides() -> None:
+    config = load_config(env={"KAA_APPLICATIONS_APP_DISCONNECT_IDLE_ENABLED": "true"})
+    assert config.kaa.applications == {}
+
+
+# ---------------------------------------------------------------------------------- traffic report
+
+
+def test_traffic_report_default_tenant(tmp_path: Path) -> None:
+    assert load_config(env={}).kaa.kpc.traffic_report.default_tenant_id == "kaa"
+    config = load_config(env={"KAA_KPC_TRAFFIC_REPORT_DEFAULT_TENANT_ID": "acme"})
+    assert config.kaa.kpc.traffic_report.default_tenant_id == "acme"
+    error = config_error(tmp_path, "kaa.kpc.traffic-report.default-tenant-id: ''")
+    assert error.key_path == "kaa.kpc.traffic-report.default-tenant-id"
+    assert "expected a non-empty tenant id without spaces" in str(error)
+
+
 # ---------------------------------------------------------------------------------- ARCH example
 
 
@@ -426,6 +593,20 @@ def test_effective_config_loads_back_to_the_same_config(tmp_path: Path) -> None:
     assert rendered.startswith(f"# kpc-trio effective configuration (source: {config.source})")
     again = load_config(write(tmp_path, rendered, "effective.yml"), env={})
     assert attrs.evolve(again, source=config.source) == config
+
+
+def test_effective_config_keeps_inherited_disconnect_keys(tmp_path: Path) -> None:
+    config = load_yaml(tmp_path, """
+        kaa.applications.app:
+          disconnect: {on-client-disconnect: false, idle: {enabled: true, duration: 90s}}
+          versions:
+            v1: {disconnect.idle.duration: 10s}
+            v2: {}
+    """)
+    again = load_config(write(tmp_path, render_effective_config(config), "effective.yml"), env={})
+    assert attrs.evolve(again, source=config.source) == config
+    assert again.disconnect_policy("v1") == DisconnectPolicy(False, 10.0)
+    assert again.disconnect_policy("v2") == DisconnectPolicy(False, 90.0)
 
 
 def test_effective_config_masks_nats_credentials() -> None:
