@@ -19,7 +19,7 @@ configuration (`kaa.kpc.auth.protocol`). Decisions where the spec leaves room:
 from __future__ import annotations
 
 import time
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import attrs
 
@@ -107,7 +107,7 @@ class _ProviderAnswer:
 class _ProviderProtocol(Protocol):
     """How one protocol (CAP or ECAP) asks its provider about credentials."""
 
-    replies: tuple[CorrelatedRequests, ...]  # type: ignore[type-arg]
+    replies: tuple[CorrelatedRequests[Any], ...]
 
     async def check_password(self, username: str, password: str | None) -> _ProviderAnswer: ...
 
@@ -118,7 +118,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _timeout_ms(requests: CorrelatedRequests) -> int:  # type: ignore[type-arg]
+def _timeout_ms(requests: CorrelatedRequests[Any]) -> int:
     return int(requests.timeout * 1000)
 
 
@@ -259,31 +259,17 @@ class NatsClientAuthenticator:
         )
 
     @property
-    def replies(self) -> tuple[CorrelatedRequests, ...]:  # type: ignore[type-arg]
+    def replies(self) -> tuple[CorrelatedRequests[Any], ...]:
         """The reply subjects to subscribe to and their `run_responses` task bodies."""
         return self._protocol.replies
 
     async def authenticate(self, connect: Connect, peer: Peer) -> AuthOutcome:
         """Ask the provider about the peer's certificate or else the CONNECT's credentials."""
-        kind: AuthKind
-        if peer.certificate is not None:
-            kind = "certificate"
-        elif connect.username is not None:
-            kind = "basic"
-        elif self._anonymous_allowed:
-            return ANONYMOUS
-        else:
-            log.info("client_auth_refused", client_id=connect.client_id, kind="anonymous",
-                     reason="no credentials and anonymous clients are not allowed")
-            return AuthOutcome(ConnAckCode.NOT_AUTHORIZED)
+        if peer.certificate is None and connect.username is None:
+            return self._without_credentials(connect)
+        kind: AuthKind = "basic" if peer.certificate is None else "certificate"
         try:
-            if peer.certificate is not None:
-                answer = await self._protocol.check_certificate(peer.certificate)
-            else:
-                assert connect.username is not None
-                answer = await self._protocol.check_password(
-                    connect.username, _password_text(connect.password)
-                )
+            answer = await self._ask_provider(connect, peer.certificate)
         except CredentialsFormatError as exc:
             log.info("client_auth_refused", client_id=connect.client_id, kind=kind,
                      reason=str(exc))
@@ -301,6 +287,23 @@ class NatsClientAuthenticator:
                  tenant_id=answer.tenant_id, credentials_id=answer.credentials_id,
                  provider_client_id=answer.client_id)
         return AuthOutcome(code, answer.tenant_id, answer.credentials_id, answer.client_id, kind)
+
+    def _without_credentials(self, connect: Connect) -> AuthOutcome:
+        if self._anonymous_allowed:
+            return ANONYMOUS
+        log.info("client_auth_refused", client_id=connect.client_id, kind="anonymous",
+                 reason="no credentials and anonymous clients are not allowed")
+        return AuthOutcome(ConnAckCode.NOT_AUTHORIZED)
+
+    async def _ask_provider(
+        self, connect: Connect, certificate: ClientCertificate | None
+    ) -> _ProviderAnswer:
+        if certificate is not None:
+            return await self._protocol.check_certificate(certificate)
+        assert connect.username is not None  # authenticate() handles clients without credentials
+        return await self._protocol.check_password(
+            connect.username, _password_text(connect.password)
+        )
 
 
 def _password_text(password: bytes | None) -> str | None:
