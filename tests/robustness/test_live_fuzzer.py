@@ -9,10 +9,9 @@ second CONNECT, truncation), then seeded random mutations of valid sessions.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import attrs
-import pytest
 import trio
 
 from kpc_trio.mqtt.codec import encode
@@ -199,7 +198,8 @@ async def well_behaved_round_trips(port: int, done: list[int]) -> None:
             done.append(n)
 
 
-async def run_alongside_well_behaved_device(port: int, fuzz: Callable) -> None:  # type: ignore[type-arg]
+async def run_alongside_well_behaved_device(port: int,
+                                            fuzz: Callable[[], Awaitable[None]]) -> None:
     done: list[int] = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(well_behaved_round_trips, port, done)

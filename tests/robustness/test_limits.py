@@ -1,0 +1,83 @@
+"""Issue 6 item 4: the connection limit and the per-connection in-flight limit.
+
+Expected behaviour:
+- `max-connections`: a connection beyond the limit is closed, at most after a CONNACK 3 (server
+  unavailable), and counted in `kpc_connect_refusals_total{reason="max_connections"}`; the
+  connections already open are untouched, and a freed slot can be taken again.
+- `max-inflight`: backpressure, not a disconnect: KPC holds at most that many unacknowledged
+  QoS 1/2 PUBLISHes of one connection, so no NATS hand-over carries more of them; the client's
+  further PUBLISHes wait in the socket and are all relayed and acknowledged in the end.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from kpc_trio.mqtt.packets import ConnAck, ConnAckCode, PubAck, Publish, QoS
+from tests.integration.kpc_harness import APP_VERSION
+from tests.robustness.conftest import (
+    LIMITS,
+    assert_nothing_left,
+    eventually,
+    sample,
+    task_count,
+)
+from tests.robustness.raw_client import SERVER_DEADLINE, RawClient
+
+MAX_CONNECTIONS = 3
+MAX_INFLIGHT = 5  # a bucket bound of kpc_nats_publish_batch_size
+BURST = 40
+ACCEPTED = ConnAck(ConnAckCode.ACCEPTED)
+
+
+@pytest.fixture
+def limits() -> dict[str, str]:
+    return {
+        **LIMITS,
+        "KAA_KPC_TRANSPORTS_MQTT_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+        "KAA_KPC_TRANSPORTS_MQTT_MAX_INFLIGHT": str(MAX_INFLIGHT),
+    }
+
+
+async def test_connection_beyond_max_connections_is_refused_and_counted(kpc, port):
+    baseline = task_count()
+    admitted = [await RawClient.open(port) for _ in range(MAX_CONNECTIONS)]
+    for n, client in enumerate(admitted):
+        assert await client.handshake(f"admitted-{n}") == ACCEPTED
+    extra = await RawClient.open(port)
+    assert await extra.handshake("one-too-many") in (
+        None, ConnAck(ConnAckCode.SERVER_UNAVAILABLE))
+    assert await extra.packets_until_closed() == []
+    await extra.aclose()
+    assert sample(kpc, "kpc_connect_refusals_total", transport="tcp",
+                  reason="max_connections") == 1
+    assert sample(kpc, "kpc_connections_open", transport="tcp") == MAX_CONNECTIONS
+    # A freed slot is available again.
+    await admitted.pop().aclose()
+    await eventually(lambda: len(kpc.sessions) == MAX_CONNECTIONS - 1, "a slot freed")
+    late = await RawClient.open(port)
+    assert await late.handshake("late") == ACCEPTED
+    for client in [*admitted, late]:
+        await client.aclose()
+    await assert_nothing_left(kpc, baseline)
+
+
+async def test_max_inflight_bounds_the_unacknowledged_messages_of_a_connection(kpc, kaa, port):
+    baseline = task_count()
+    client = await RawClient.open(port)
+    assert await client.handshake("bursty") == ACCEPTED
+    # Endpoint-unaware topic: no token validation or connectivity event shares the batches.
+    topic = f"kp1/{APP_VERSION}/tsx/burst"
+    await client.send(*(Publish(topic, b"%d" % n, QoS.AT_LEAST_ONCE, packet_id=n)
+                        for n in range(1, BURST + 1)))  # one write, far over the limit
+    with trio.fail_after(SERVER_DEADLINE):
+        acknowledged = {(await client.next_packet()) for _ in range(BURST)}
+    assert acknowledged == {PubAck(n) for n in range(1, BURST + 1)}
+    assert len(await kaa.await_received("tsx", BURST)) == BURST
+    batches = sample(kpc, "kpc_nats_publish_batch_size_count")
+    small_batches = sample(kpc, "kpc_nats_publish_batch_size_bucket", le=f"{MAX_INFLIGHT:.1f}")
+    assert batches >= BURST // MAX_INFLIGHT
+    assert small_batches == batches  # no hand-over carried more than max-inflight messages
+    await client.aclose()
+    await assert_nothing_left(kpc, baseline)
