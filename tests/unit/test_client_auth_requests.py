@@ -1,4 +1,5 @@
-"""CorrelatedRequests (the request/reply matching client auth is built on) with a fake NATS port
+"""CorrelatedRequests (the request/reply matching client auth is built on) and the authenticator's
+wiring, with a fake NATS port
 and trio's autojump clock: no I/O, timeouts take no real time."""
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import pytest
 import trio
 import trio.testing
 
+from kpc_trio.client_auth import NatsClientAuthenticator
+from kpc_trio.config import AuthSettings
 from kpc_trio.kaa import records
 from kpc_trio.nats_gateway import InboundMessage, OutboundMessage
 from kpc_trio.nats_requests import (
@@ -134,3 +137,24 @@ async def test_reusing_a_waiting_correlation_id_is_refused(
         with pytest.raises(ValueError, match="already waiting"):
             await requests.request(REQUEST_SUBJECT, basic_request(correlation_id))
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(("protocol", "expected"), [
+    ("cap", ["kaa.v1.replica.r7.cap.basic-response",
+             "kaa.v1.replica.r7.cap.certificate-response"]),
+    ("ecap", ["kaa.v1.replica.r7.ecap.client-username-password-response",
+              "kaa.v1.replica.r7.ecap.client-certificate-response"]),
+])
+def test_authenticator_from_config_listens_on_the_replicas_reply_subjects(
+    protocol: str, expected: list[str]
+) -> None:
+    settings = attrs.evolve(AuthSettings(), protocol=protocol, request_timeout=2.5)
+    authenticator = NatsClientAuthenticator.from_config(FakePort(), settings, replica_id="r7")
+    assert [r.reply_subject for r in authenticator.replies] == expected
+    assert {r.timeout for r in authenticator.replies} == {2.5}
+
+
+def test_unknown_protocol_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="'mqtt5' is not one of"):
+        NatsClientAuthenticator(FakePort(), protocol="mqtt5", provider="ccm", replica_id="r1",
+                                request_timeout=1.0, anonymous_allowed=True)
