@@ -1,6 +1,5 @@
 """CorrelatedRequests (the request/reply matching client auth is built on) and the authenticator's
-wiring, with a fake NATS port
-and trio's autojump clock: no I/O, timeouts take no real time."""
+wiring, with a fake NATS port and trio's autojump clock: no I/O, timeouts take no real time."""
 
 from __future__ import annotations
 
