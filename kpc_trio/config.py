@@ -756,7 +756,7 @@ def _check_disconnect_settings(config: Config) -> None:
                                   else f"{version_path}.on-client-disconnect")
             version_idle_key = (idle_key if override.idle.enabled is None
                                 else f"{version_path}.idle.enabled")
-            # blame the key this version sets (with both inherited, the check above failed)
+            # blame a key this version sets: with both inherited, the application check raised
             blamed = version_client_key if version_client_key != client_key else version_idle_key
             _check_goes_offline(application.effective_disconnect(version_name),
                                 f"application version {version_name!r}", version_client_key,
