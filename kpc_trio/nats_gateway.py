@@ -34,6 +34,9 @@ from kpc_trio.logs import get_logger
 
 log = get_logger(__name__)
 
+#: Header nats-server sets on status messages (no responders, etc.).
+STATUS_HEADER = "Status"
+
 T = TypeVar("T")
 
 BATCH_MAX_MESSAGES = 1000
@@ -153,6 +156,10 @@ class _InboundSink:
     _abandoned: bool = False
 
     async def on_message(self, msg: Msg) -> None:
+        if msg.headers and STATUS_HEADER in msg.headers:
+            # A server status (e.g. 503 "no responders" sent to a reply subject when nobody
+            # listened to the request): not a message of any Kaa protocol.
+            return
         self._arrived.append(InboundMessage(msg.subject, msg.reply, msg.data))
         if not self._scheduled:
             self._scheduled = True

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -43,6 +44,8 @@ log = get_logger(__name__)
 
 #: Seconds the listeners wait for the first NATS connection before opening regardless.
 NATS_STARTUP_WAIT = 10.0
+#: Seconds the NATS gateway may always take to flush the last events during shutdown.
+NATS_DRAIN_MINIMUM = 0.5
 
 
 def registry_from_config(config: Config) -> ApplicationRegistry:
@@ -75,6 +78,7 @@ class KpcService:
     _shutdown_requested: trio.Event = attrs.field(factory=trio.Event)
     _nats_up: trio.Event = attrs.field(factory=trio.Event)
     _http_waiters: ReplyWaiters = attrs.field(factory=ReplyWaiters)
+    _grace_deadline: float = -math.inf
     _context: SessionContext | None = None
 
     @property
@@ -97,19 +101,26 @@ class KpcService:
         async with trio.open_nursery() as http_nursery:
             # Metrics, health and REST live until the very end: readiness reports the shutdown.
             await self._start_http(http_nursery)
-            async with contextlib.AsyncExitStack() as stack:
-                urls = nats_urls(self.config)
-                if not urls:
-                    urls = [await stack.enter_async_context(open_embedded_nats())]
-                    log.info("embedded_nats_started", url=urls[0])
-                gateway = await stack.enter_async_context(open_nats_gateway(
-                    urls,
-                    name=f"{self.config.service.instance.name}-{self.replica_id}",
-                    on_connection_change=self._nats_connection_changed,
-                    on_batch=self._observe_batch,
-                ))
-                await self._await_first_nats_connection()
-                await self._serve_with(gateway, task_status)
+            # The gateway drains on exit; bounded, since NATS may be the very thing that is gone.
+            with trio.CancelScope() as drain_scope:
+                async with contextlib.AsyncExitStack() as stack:
+                    urls = nats_urls(self.config)
+                    if not urls:
+                        urls = [await stack.enter_async_context(open_embedded_nats())]
+                        log.info("embedded_nats_started", url=urls[0])
+                    gateway = await stack.enter_async_context(open_nats_gateway(
+                        urls,
+                        name=f"{self.config.service.instance.name}-{self.replica_id}",
+                        on_connection_change=self._nats_connection_changed,
+                        on_batch=self._observe_batch,
+                    ))
+                    await self._await_first_nats_connection()
+                    await self._serve_with(gateway, task_status)
+                    # What is left of the graceful period, but a moment at least for the events.
+                    drain_scope.deadline = max(self._grace_deadline,
+                                               trio.current_time() + NATS_DRAIN_MINIMUM)
+            if drain_scope.cancelled_caught:
+                log.warning("nats_drain_incomplete", reason="graceful shutdown period over")
             http_nursery.cancel_scope.cancel()
 
     async def _await_first_nats_connection(self) -> None:
@@ -198,9 +209,8 @@ class KpcService:
                     listeners_nursery.cancel_scope.cancel()
                 for session in list(self.sessions):
                     session.stop_reading()
-                sessions_nursery.cancel_scope.deadline = (
-                    trio.current_time() + config.service.graceful_shutdown
-                )
+                self._grace_deadline = trio.current_time() + config.service.graceful_shutdown
+                sessions_nursery.cancel_scope.deadline = self._grace_deadline
             services.cancel_scope.cancel()
         log.info("kpc_stopped", replica_id=self.replica_id)
 

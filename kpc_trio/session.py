@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -113,6 +113,7 @@ class Session:
         self._bytes_out = metrics.sent_bytes.labels(peer.transport)
         self._publishes_in = metrics.packets_received.labels("PUBLISH")
         self._publishes_out = metrics.packets_sent.labels("PUBLISH")
+        self._relayed: dict[str, Any] = {}  # extension -> its relayed-ClientData counter
 
     @property
     def client_id(self) -> str | None:
@@ -298,7 +299,11 @@ class Session:
                             correlation_id=correlation_id)
         else:
             confirmed.append(message)
-        self._ctx.metrics.client_data_relayed.labels(route.extension).inc()
+        counter = self._relayed.get(route.extension)
+        if counter is None:
+            counter = self._relayed[route.extension] = (
+                self._ctx.metrics.client_data_relayed.labels(route.extension))
+        counter.inc()
         if log.is_debug():
             log.debug("client_data_relayed", topic=event.topic, endpoint_id=endpoint_id,
                       correlation_id=correlation_id)

@@ -148,9 +148,6 @@ def test_not_ready_during_shutdown_and_the_graceful_period_ends_it(tmp_path, nat
     assert kpc.named("forced_exit") == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "service.py: draining the NATS gateway after the sessions has no deadline, so with NATS "
-    "down the confirmed publishes it holds wait for NATS forever and SIGTERM never exits"))
 def test_graceful_period_bounds_a_shutdown_while_nats_is_down(tmp_path, nats, kaa):
     with start_kpc(tmp_path, nats.url, 2) as kpc:
         [device] = connected_devices(kpc.ports["mqtt_tcp"], 1)

@@ -192,3 +192,18 @@ def test_extension_data_with_null_payload() -> None:
         status_code=200,
     )
     assert decode(ExtensionData, encode(ed)) == ed
+
+
+@given(record_strategy(ClientData))
+def test_hand_written_client_data_writer_matches_fastavro(cd: ClientData) -> None:
+    # encode() goes through fastavro's generic writer; encode_client_data() is the hot path.
+    assert records.encode_client_data(cd) == records.encode(cd)
+    if cd.config_name is None:
+        legacy = records.encode_client_data(cd, with_config_name=False)
+        assert legacy == records.encode(cd)[:-1]  # the same bytes without the null configName
+
+
+@pytest.mark.parametrize("request_id", [2**31, -(2**31) - 1])
+def test_client_data_writer_rejects_request_ids_beyond_avro_int(request_id: int) -> None:
+    with pytest.raises(records.RecordEncodeError, match="requestId"):
+        records.encode_client_data(s1_client_data(request_id=request_id))
