@@ -19,6 +19,7 @@ import trustme
 from cryptography import x509
 
 from kpc_trio.service import KpcService, open_kpc
+from kpc_trio.simulator.credentials import CertificateCredentials
 from kpc_trio.simulator.kaa_side import SimulatedKaa, open_simulated_kaa
 from tests.clients.paho_device import PahoDevice
 from tests.integration.kpc_harness import APP_VERSION, ENDPOINTS, call, make_config, open_device
@@ -46,15 +47,31 @@ def tls_files(ca: trustme.CA, tmp_path: Path) -> dict[str, str]:
     return {name: str(path) for name, path in files.items()}
 
 
+@pytest.fixture(scope="module")
+def device_certs(ca: trustme.CA) -> tuple[trustme.LeafCert, trustme.LeafCert]:
+    """Two client certificates signed by `ca` and known to the credentials provider."""
+    return (ca.issue_cert("device-1.example", common_name="device-1"),
+            ca.issue_cert("device-2.example", common_name="device-2"))
+
+
+def credentials_of(certificate: trustme.LeafCert, credentials_id: str) -> CertificateCredentials:
+    issued = x509.load_pem_x509_certificate(certificate.cert_chain_pems[0].bytes())
+    return CertificateCredentials(issuer=issued.issuer.rfc4514_string(),
+                                  serial_number=str(issued.serial_number),
+                                  credentials_id=credentials_id)
+
+
 @pytest.fixture
-async def kaa(nats_server) -> AsyncIterator[SimulatedKaa]:
-    async with open_simulated_kaa(nats_server.url, endpoints=ENDPOINTS,
-                                  echo_extensions=("dcx",)) as kaa:
+async def kaa(nats_server, device_certs) -> AsyncIterator[SimulatedKaa]:
+    known = [credentials_of(cert, f"credentials-{n}") for n, cert in enumerate(device_certs, 1)]
+    async with open_simulated_kaa(nats_server.url, endpoints=ENDPOINTS, echo_extensions=("dcx",),
+                                  certificate_credentials=known) as kaa:
         yield kaa
 
 
 @contextlib.asynccontextmanager
-async def open_kpc_with(nats_url: str, tmp_path: Path, **settings: str) -> AsyncIterator[KpcService]:
+async def open_kpc_with(nats_url: str, tmp_path: Path,
+                        **settings: str) -> AsyncIterator[KpcService]:
     """KPC with extra `kaa.kpc.transports.mqtt.*` settings given as environment overrides,
     e.g. `tls_enabled="true"` for KAA_KPC_TRANSPORTS_MQTT_TLS_ENABLED."""
     env = {f"KAA_KPC_TRANSPORTS_MQTT_{key.upper()}": value for key, value in settings.items()}
@@ -70,9 +87,11 @@ def tls_settings(files: dict[str, str], client_auth: str, handshake_timeout: str
             "tls_handshake_timeout": handshake_timeout}
 
 
-def client_tls(ca: trustme.CA, certificate: trustme.LeafCert | None = None) -> ssl.SSLContext:
+def client_tls(ca: trustme.CA, certificate: trustme.LeafCert | None = None,
+               version: ssl.TLSVersion = ssl.TLSVersion.MAXIMUM_SUPPORTED) -> ssl.SSLContext:
     """What a device uses: trusts the KPC's CA, optionally presents a client certificate."""
     context = ssl.create_default_context()
+    context.maximum_version = version
     ca.configure_trust(context)
     if certificate is not None:
         certificate.configure_cert(context)
@@ -83,8 +102,8 @@ async def assert_dcx_round_trip(device: PahoDevice, kaa: SimulatedKaa, request_i
     topic = f"kp1/{APP_VERSION}/dcx/{EP1.token}/json/{request_id}"
     payload = f'[{{"request":{request_id}}}]'.encode()
     await call(device.publish, topic, payload, qos=1)
-    received = await kaa.await_received("dcx", 1)
-    assert [(cd.endpoint_id, cd.request_id, cd.payload) for cd in received][-1] == (
+    [client_data] = await kaa.await_received("dcx", 1)
+    assert (client_data.endpoint_id, client_data.request_id, client_data.payload) == (
         EP1.endpoint_id, request_id, payload)
     reply = await call(device.expect)
     assert (reply.topic, reply.payload, reply.qos) == (topic + "/status", payload, 1)
@@ -98,15 +117,16 @@ def accepted_connects(kpc: KpcService, transport: str) -> float:
 def assert_connect_refused(port: int, tls: ssl.SSLContext) -> None:
     """A paho device gets no CONNACK: connect() fails, or the connection drops before CONNACK.
 
-    With TLS 1.3 the client finishes its side of the handshake before the server checks the
-    client certificate, so the rejection often shows only at the client's first read.
+    With TLS 1.2 connect() fails. With TLS 1.3 the client finishes its side of the handshake
+    before the server checks the client certificate, so the rejection shows only at the client's
+    first read after connect() returned.
     """
     client = PahoDevice(port, tls=tls).client
     accepted: list[object] = []
     client.on_connect = lambda *args: accepted.append(args)
     try:
         client.connect(HOST, port)
-    except (OSError, ssl.SSLError):  # TLS 1.2, or the alert arrived during connect()
+    except (OSError, ssl.SSLError):
         return
     try:
         deadline = time.monotonic() + 10
@@ -123,11 +143,17 @@ def assert_connect_refused(port: int, tls: ssl.SSLContext) -> None:
 # --- MQTT/TLS ----------------------------------------------------------------------------------
 
 
+TLS_VERSIONS = pytest.mark.parametrize(
+    "version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["tls1.2", "tls1.3"])
+
+
+@TLS_VERSIONS
 async def test_tls_round_trip_without_client_certificate(nats_server, tmp_path, kaa, ca,
-                                                          tls_files):
+                                                          tls_files, version):
     async with open_kpc_with(nats_server.url, tmp_path,
                              **tls_settings(tls_files, "request")) as kpc:
-        async with open_device(kpc.ports["mqtt_tls"], tls=client_tls(ca)) as device:
+        async with open_device(kpc.ports["mqtt_tls"],
+                               tls=client_tls(ca, version=version)) as device:
             [session] = kpc.sessions
             assert (session.peer.transport, session.peer.certificate) == ("tls", None)
             await assert_dcx_round_trip(device, kaa, request_id=42)
@@ -142,8 +168,8 @@ async def test_tls_without_ca_file_serves_server_only_tls(nats_server, tmp_path,
 
 
 async def test_mutual_tls_accepts_a_valid_client_certificate(nats_server, tmp_path, kaa, ca,
-                                                             tls_files):
-    device_cert = ca.issue_cert("device-1.example", common_name="device-1")
+                                                             tls_files, device_certs):
+    device_cert = device_certs[0]
     async with open_kpc_with(nats_server.url, tmp_path,
                              **tls_settings(tls_files, "require")) as kpc:
         async with open_device(kpc.ports["mqtt_tls"],
@@ -155,12 +181,17 @@ async def test_mutual_tls_accepts_a_valid_client_certificate(nats_server, tmp_pa
             assert (certificate.subject, certificate.issuer, certificate.serial_number) == (
                 issued.subject.rfc4514_string(), issued.issuer.rfc4514_string(),
                 str(issued.serial_number))
+            # The transport handed the certificate on: the credentials provider recognised it.
+            assert (session.auth.kind, session.auth.credentials_id) == (
+                "certificate", "credentials-1")
             await assert_dcx_round_trip(device, kaa, request_id=7)
 
 
+@TLS_VERSIONS
 @pytest.mark.parametrize("which", ["untrusted", "expired", "missing"])
 async def test_mutual_tls_rejects_a_bad_client_certificate(nats_server, tmp_path, kaa, ca,
-                                                           tls_files, which):
+                                                           tls_files, device_certs, which,
+                                                           version):
     now = datetime.datetime.now(datetime.timezone.utc)
     certificate = {
         "untrusted": lambda: trustme.CA().issue_cert("device-1.example"),
@@ -172,10 +203,10 @@ async def test_mutual_tls_rejects_a_bad_client_certificate(nats_server, tmp_path
     async with open_kpc_with(nats_server.url, tmp_path,
                              **tls_settings(tls_files, "require")) as kpc:
         port = kpc.ports["mqtt_tls"]
-        await call(assert_connect_refused, port, client_tls(ca, certificate))
+        await call(assert_connect_refused, port, client_tls(ca, certificate, version))
         assert accepted_connects(kpc, "tls") == 0
         # The listener is unharmed: a good device still gets through.
-        async with open_device(port, tls=client_tls(ca, ca.issue_cert("d2.example"))) as device:
+        async with open_device(port, tls=client_tls(ca, device_certs[1])) as device:
             await assert_dcx_round_trip(device, kaa, request_id=9)
         assert accepted_connects(kpc, "tls") == 1
 
