@@ -49,21 +49,31 @@ QUICK = Sizes(qos1_messages=300, qos0_messages=300, requests=200, idle_connectio
 class Bench:
     sizes: Sizes
     counters: dict[str, Counter]  # server name -> its ingest counter
+    # RSS before the first idle run: servers keep freed memory, so later runs count from here.
+    rss_baselines: dict[str, int] = attrs.field(factory=dict)
 
 
 Figures = dict[str, float]
 Case = Callable[[Bench, ServerProcess], Figures]
 
 
-def _ingest_rate(bench: Bench, server: ServerProcess, qos: QoS, messages: int,
-                 transport: Transport = Transport.TCP) -> float:
+@attrs.frozen
+class IngestFigures:
+    relayed_rate: float  # msg/s counted downstream (NATS for kpc_trio, a `#` subscriber for peers)
+    acked_rate: float  # msg/s acknowledged to the publishers (QoS 1 only)
+    relayed_share: float  # relayed / sent: a peer may drop QoS 0 deliveries to a slow subscriber
+
+
+def _ingest(bench: Bench, server: ServerProcess, qos: QoS, messages: int,
+            transport: Transport = Transport.TCP) -> IngestFigures:
     port = server.port if transport is Transport.TCP else server.extra_ports[transport.value]
     connections = bench.sizes.connections
     spec = IngestSpec(port=port, transport=transport, qos=qos, messages=messages,
                       window=bench.sizes.window)
     context = multiprocessing.get_context("fork")
     start = context.Barrier(connections + 1, timeout=START_TIMEOUT)
-    workers = [context.Process(target=ingest, args=(spec, device, start), daemon=True)
+    finished = context.Queue()
+    workers = [context.Process(target=ingest, args=(spec, device, start, finished), daemon=True)
                for device in range(connections)]
     counter = bench.counters[server.name]
     baseline = counter.count
@@ -73,6 +83,7 @@ def _ingest_rate(bench: Bench, server: ServerProcess, qos: QoS, messages: int,
     started = time.monotonic()
     expected = connections * messages
     counted = counter.wait_for(baseline + expected, STALL, timeout=START_TIMEOUT * 5) - baseline
+    done = [finished.get(timeout=START_TIMEOUT) for _ in workers]
     for worker in workers:
         worker.join(STALL)
     failed = [w.exitcode for w in workers if w.exitcode != 0]
@@ -81,15 +92,20 @@ def _ingest_rate(bench: Bench, server: ServerProcess, qos: QoS, messages: int,
                         f"({transport.value}, QoS {int(qos)}), exit codes {failed}")
     if counted <= 0:
         raise CaseError(f"{server.name} relayed nothing ({transport.value}, QoS {int(qos)})")
-    return counted / (counter.last_arrival - started)
+    return IngestFigures(relayed_rate=counted / (counter.last_arrival - started),
+                         acked_rate=expected / (max(done) - started),
+                         relayed_share=counted / expected)
 
 
 def qos1_ingest(bench: Bench, server: ServerProcess) -> Figures:
-    return {"msg/s": _ingest_rate(bench, server, QoS.AT_LEAST_ONCE, bench.sizes.qos1_messages)}
+    figures = _ingest(bench, server, QoS.AT_LEAST_ONCE, bench.sizes.qos1_messages)
+    return {"msg/s": figures.relayed_rate, "acked msg/s": figures.acked_rate,
+            "relayed %": 100 * figures.relayed_share}
 
 
 def qos0_ingest(bench: Bench, server: ServerProcess) -> Figures:
-    return {"msg/s": _ingest_rate(bench, server, QoS.AT_MOST_ONCE, bench.sizes.qos0_messages)}
+    figures = _ingest(bench, server, QoS.AT_MOST_ONCE, bench.sizes.qos0_messages)
+    return {"msg/s": figures.relayed_rate, "relayed %": 100 * figures.relayed_share}
 
 
 def round_trip_latency(bench: Bench, server: ServerProcess) -> Figures:
@@ -114,7 +130,7 @@ def round_trip_latency(bench: Bench, server: ServerProcess) -> Figures:
 
 def idle_memory(bench: Bench, server: ServerProcess) -> Figures:
     total = bench.sizes.idle_connections
-    before = rss_kib(server.pid)
+    before = bench.rss_baselines.setdefault(server.name, rss_kib(server.pid))
     context = multiprocessing.get_context("fork")
     opened = context.Queue()
     release = context.Event()
@@ -145,7 +161,8 @@ def idle_memory(bench: Bench, server: ServerProcess) -> Figures:
 def secure_transports(bench: Bench, server: ServerProcess) -> Figures:
     """QoS 1 ingest through the TLS and WebSocket listeners, next to plain TCP."""
     messages = bench.sizes.qos1_messages
-    rates = {transport: _ingest_rate(bench, server, QoS.AT_LEAST_ONCE, messages, transport)
+    rates = {transport: _ingest(bench, server, QoS.AT_LEAST_ONCE, messages,
+                                transport).relayed_rate
              for transport in Transport}
     tcp = rates[Transport.TCP]
     return {"tls msg/s": rates[Transport.TLS], "ws msg/s": rates[Transport.WEBSOCKET],

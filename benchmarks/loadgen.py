@@ -7,6 +7,7 @@ idle connections are opened in batches and held until the parent lets go.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing.synchronize
 import selectors
 import socket
@@ -51,8 +52,10 @@ def _await_bytes(receive: Callable[[], bytes], count: int) -> bytes:
     return buffer
 
 
-def ingest(spec: IngestSpec, device: int, start: multiprocessing.synchronize.Barrier) -> None:
-    """CONNECT, wait at the barrier, then send `spec.messages` PUBLISHes as fast as allowed."""
+def ingest(spec: IngestSpec, device: int, start: multiprocessing.synchronize.Barrier,
+           finished: Queue[float]) -> None:
+    """CONNECT, wait at the barrier, send `spec.messages` PUBLISHes as fast as allowed, and put
+    the time the last one was sent (QoS 0) or acknowledged (QoS 1)."""
     stream = open_stream(spec.transport, spec.port)
     stream.send(connect_packet(f"bench-ingest-{device}"))
     connack = _await_bytes(stream.receive, CONNACK_SIZE)
@@ -63,6 +66,7 @@ def ingest(spec: IngestSpec, device: int, start: multiprocessing.synchronize.Bar
         _stream_qos0(stream.send, device, spec.messages)
     else:
         _pipeline_qos1(stream, device, spec.messages, spec.window)
+    finished.put(time.monotonic())
     stream.send(DISCONNECT)
     while stream.receive():  # the server closes after DISCONNECT; wait so nothing is cut short
         pass
@@ -155,8 +159,8 @@ def _round_trip(spec: RoundTripSpec) -> list[float]:
             while (packet := decoders[device].next_packet()) is not None:
                 if isinstance(packet, Publish):
                     latencies.append(time.perf_counter() - sent_at[_request_id(packet.topic)])
-                    if packet.qos is not QoS.AT_MOST_ONCE:
-                        socks[device].sendall(encode(PubAck(packet.packet_id)))  # type: ignore[arg-type]
+                    if packet.packet_id is not None:  # a QoS 1/2 answer needs its PUBACK
+                        socks[device].sendall(encode(PubAck(packet.packet_id)))
     for sock in socks:
         sock.close()
     return latencies
@@ -205,7 +209,8 @@ def hold_idle(port: int, first: int, count: int, batch: int, opened: Queue[int |
             for offset, sock in enumerate(fresh):
                 sock.sendall(connect_packet(f"bench-idle-{first + batch_start + offset}"))
             for sock in fresh:
-                connack = _await_bytes(sock.recv, CONNACK_SIZE)
+                receive = functools.partial(sock.recv, CONNACK_SIZE)
+                connack = _await_bytes(receive, CONNACK_SIZE)
                 if connack[3] != 0:
                     raise LoadError(f"CONNACK return code {connack[3]} for an idle connection")
             socks += fresh

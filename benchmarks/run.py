@@ -17,7 +17,7 @@ import platform
 import resource
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import trustme
@@ -54,9 +54,9 @@ def _raise_file_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-@contextlib.contextmanager
-def _running(stack: contextlib.ExitStack, workdir: Path, no_peers: bool,
-             amqtt: Path) -> Iterator[tuple[list[ServerProcess], dict[str, Counter], str]]:
+def _start_everything(stack: contextlib.ExitStack, workdir: Path, no_peers: bool,
+                      amqtt: Path) -> tuple[list[ServerProcess], dict[str, Counter], str]:
+    """NATS, the token provider, the servers and their counters; `stack` stops them all."""
     nats = NatsServerProcess()
     nats.start()
     stack.callback(nats.stop)
@@ -85,7 +85,30 @@ def _running(stack: contextlib.ExitStack, workdir: Path, no_peers: bool,
             start_nats_counter(nats.url, subjects.client_data(EXTENSION)) if server.name == KPC
             else start_mqtt_counter(server.port, wire_size_qos0(0)))
         stack.callback(counters[server.name].close)
-    yield servers, counters, nats.url
+    return servers, counters, nats.url
+
+
+def _measure(bench: Bench, name: str, server: ServerProcess, nats_url: str, repeat: int,
+             measurements: dict[tuple[str, str, str], report.Measurement],
+             failures: list[str]) -> None:
+    """Run one case `repeat` times on one server, adding figures or the failure."""
+    info = CASES[name]
+    echo = KaaSideProcess(nats_url, ["--echo", EXTENSION])
+    if info.needs_echo and server.name == KPC:
+        echo.start()
+    try:
+        for attempt in range(repeat):
+            print(f"{name} on {server.name} ({attempt + 1}/{repeat})", file=sys.stderr,
+                  flush=True)
+            for metric, value in info.run(bench, server).items():
+                measurements.setdefault(
+                    (name, metric, server.name), report.Measurement(name, metric, server.name),
+                ).values.append(value)
+    except CaseError as exc:
+        failures.append(str(exc))
+        print(f"FAILED: {exc}", file=sys.stderr, flush=True)
+    finally:
+        echo.stop()
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -100,30 +123,12 @@ def run(argv: Sequence[str] | None = None) -> int:
     measurements: dict[tuple[str, str, str], report.Measurement] = {}
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="kpc-bench-") as tmp, contextlib.ExitStack() as stack:
-        with _running(stack, Path(tmp), args.no_peers, args.amqtt) as (servers, counters, url):
-            bench = Bench(sizes, counters)
-            for name in selected:
-                info = CASES[name]
-                for server in servers:
-                    if server.name != KPC and not info.peers:
-                        continue
-                    echo = KaaSideProcess(url, ["--echo", EXTENSION])
-                    if info.needs_echo and server.name == KPC:
-                        echo.start()
-                    try:
-                        for attempt in range(args.repeat):
-                            print(f"{name} on {server.name} ({attempt + 1}/{args.repeat})",
-                                  file=sys.stderr, flush=True)
-                            for metric, value in info.run(bench, server).items():
-                                measurements.setdefault(
-                                    (name, metric, server.name),
-                                    report.Measurement(name, metric, server.name),
-                                ).values.append(value)
-                    except CaseError as exc:
-                        failures.append(str(exc))
-                        print(f"FAILED: {exc}", file=sys.stderr, flush=True)
-                    finally:
-                        echo.stop()
+        servers, counters, url = _start_everything(stack, Path(tmp), args.no_peers, args.amqtt)
+        bench = Bench(sizes, counters)
+        for name in selected:
+            for server in servers:
+                if server.name == KPC or CASES[name].peers:
+                    _measure(bench, name, server, url, args.repeat, measurements, failures)
     collected = list(measurements.values())
     print(report.table(collected))
     RESULTS.mkdir(exist_ok=True)

@@ -19,8 +19,8 @@ PAYLOAD = b"p" * 64
 DEVICES = 100  # enough endpoints for every connection of every case
 
 ENDPOINTS = tuple(
-    EndpointRecord(app_name=APP, token=f"bench-token-{n:03d}", endpoint_id=f"bench-endpoint-{n:03d}",
-                   token_id=f"bench-token-id-{n:03d}")
+    EndpointRecord(app_name=APP, token=f"bench-token-{n:03d}",
+                   endpoint_id=f"bench-endpoint-{n:03d}", token_id=f"bench-token-id-{n:03d}")
     for n in range(DEVICES)
 )
 
