@@ -1,14 +1,13 @@
 """Endpoint token validation over NATS (16/ECAP `ep-token-request`), cached and coalesced.
 
-One task (`run_responses`) consumes the replica's `ep-token-response` subject and completes the
-waiting validation by correlation id. Concurrent validations of one (application, token) share one
-NATS request. Results are cached: positive ones for `ttl`, negative ones for `negative_ttl`.
+Concurrent validations of one (application, token) share one NATS request, and that request
+belongs to the resolver's own task tree (`run`), not to the first session that asked: a session
+cancelled meanwhile (takeover, disconnect) cannot take the answer away from the others. Results
+are cached: positive ones for `ttl`, negative ones for `negative_ttl`.
 """
 
 from __future__ import annotations
 
-import itertools
-import os
 import time
 
 import attrs
@@ -17,7 +16,12 @@ import trio
 from kpc_trio.kaa import records, subjects
 from kpc_trio.logs import get_logger
 from kpc_trio.metrics import Metrics
-from kpc_trio.nats_gateway import InboundMessage, NatsGateway, OutboundMessage
+from kpc_trio.nats_gateway import NatsGateway
+from kpc_trio.nats_requests import (
+    CorrelatedRequests,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+)
 from kpc_trio.token_cache import TtlCache
 
 log = get_logger(__name__)
@@ -44,14 +48,17 @@ class TokenValidationError(Exception):
         self.reason_phrase = reason_phrase
 
 
-@attrs.define
-class _PendingValidation:
-    correlation_id: str
-    done: trio.Event = attrs.field(factory=trio.Event)
-    result: EndpointIdentity | TokenRejected | None = None
-
-
+Validation = EndpointIdentity | TokenRejected
 CacheKey = tuple[str, str]  # (application name, token)
+
+UNAVAILABLE = TokenRejected(503, "Endpoint token provider unavailable")
+TIMED_OUT = TokenRejected(504, "Endpoint token validation timed out")
+
+
+@attrs.define(eq=False)
+class _Pending:
+    done: trio.Event = attrs.field(factory=trio.Event)
+    result: Validation = TIMED_OUT
 
 
 class EndpointTokenResolver:
@@ -69,22 +76,33 @@ class EndpointTokenResolver:
     ) -> None:
         self._gateway = gateway
         self._request_subject = subjects.token_request(provider)
-        self._reply_subject = subjects.token_response(replica_id)
-        self._timeout = request_timeout
+        self._requests = CorrelatedRequests(
+            gateway,
+            reply_subject=subjects.token_response(replica_id),
+            response_type=records.EndpointTokenValidationResponse,
+            timeout=request_timeout,
+            correlation_prefix=f"{replica_id}-tok",
+        )
         self._ttl = ttl
         self._negative_ttl = negative_ttl
-        self._cache: TtlCache[CacheKey, EndpointIdentity | TokenRejected] = TtlCache(max_entries)
-        self._inflight: dict[CacheKey, _PendingValidation] = {}
-        self._by_correlation: dict[str, _PendingValidation] = {}
-        self._ids = itertools.count()
-        self._id_prefix = f"{replica_id}-tok-{os.urandom(4).hex()}"
+        self._cache: TtlCache[CacheKey, Validation] = TtlCache(max_entries)
+        self._inflight: dict[CacheKey, _Pending] = {}
         self._metrics = metrics
+        self._nursery: trio.Nursery | None = None
 
     @property
     def reply_subject(self) -> str:
-        return self._reply_subject
+        return self._requests.reply_subject
 
-    def cached(self, app_name: str, token: str) -> EndpointIdentity | TokenRejected | None:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Task body: consume the provider's replies and own the validations in flight."""
+        responses = await self._gateway.subscribe(self._requests.reply_subject)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._requests.run_responses, responses)
+            task_status.started()
+
+    def cached(self, app_name: str, token: str) -> Validation | None:
         """The cached answer for this token, if any: the fast path that never awaits."""
         result = self._cache.get((app_name, token), trio.current_time())
         if result is not None:
@@ -96,80 +114,56 @@ class EndpointTokenResolver:
         result = self.cached(app_name, token)
         if result is None:
             self._metrics.token_cache_misses.inc()
-            result = await self._validate(app_name, token)
+            result = await self._validate((app_name, token))
         if isinstance(result, TokenRejected):
             raise TokenValidationError(result.status_code, result.reason_phrase)
         return result
 
-    async def _validate(self, app_name: str, token: str) -> EndpointIdentity | TokenRejected:
-        key = (app_name, token)
+    async def _validate(self, key: CacheKey) -> Validation:
         pending = self._inflight.get(key)
         if pending is None:
-            if not self._gateway.connected:
-                return TokenRejected(503, "Endpoint token provider unavailable")
-            pending = _PendingValidation(f"{self._id_prefix}-{next(self._ids)}")
-            self._inflight[key] = pending
-            self._by_correlation[pending.correlation_id] = pending
-            started = time.perf_counter()
-            try:
-                return await self._request(key, pending, started)
-            finally:
-                del self._inflight[key]
-                self._by_correlation.pop(pending.correlation_id, None)
-        with trio.move_on_after(self._timeout):
-            await pending.done.wait()
-        return pending.result or TokenRejected(504, "Endpoint token validation timed out")
+            if not self._gateway.connected or self._nursery is None:
+                return UNAVAILABLE  # fail fast during an outage, do not queue requests
+            pending = self._inflight[key] = _Pending()
+            self._nursery.start_soon(self._request, key, pending)
+        await pending.done.wait()
+        return pending.result
 
-    async def _request(
-        self, key: CacheKey, pending: _PendingValidation, started: float
-    ) -> EndpointIdentity | TokenRejected:
+    async def _request(self, key: CacheKey, pending: _Pending) -> None:
         app_name, token = key
+        started = time.perf_counter()
         request = records.EndpointTokenValidationRequest(
-            correlation_id=pending.correlation_id,
+            correlation_id=self._requests.next_correlation_id(),
             timestamp=int(time.time() * 1000),
-            timeout=int(self._timeout * 1000),
+            timeout=int(self._requests.timeout * 1000),
             app_name=app_name,
             token=token,
         )
-        sent = self._gateway.publish_nowait(
-            OutboundMessage(self._request_subject, records.encode(request), self._reply_subject)
-        )
-        if not sent:
-            return TokenRejected(503, "Endpoint token provider unavailable")
-        with trio.move_on_after(self._timeout):
-            await pending.done.wait()
-        self._metrics.token_validation_latency.observe(time.perf_counter() - started)
-        if pending.result is None:
-            log.warning("token_validation_timeout", app_name=app_name,
-                        correlation_id=pending.correlation_id)
-            return TokenRejected(504, "Endpoint token validation timed out")
-        now = trio.current_time()
-        if isinstance(pending.result, EndpointIdentity):
-            self._cache.put(key, pending.result, self._ttl, now)
+        try:
+            response = await self._requests.request(self._request_subject, request)
+        except ProviderUnavailableError:
+            pending.result = UNAVAILABLE
+        except ProviderTimeoutError as exc:
+            log.warning("token_validation_timeout", app_name=app_name, reason=str(exc),
+                        correlation_id=request.correlation_id)
         else:
-            self._cache.put(key, pending.result, self._negative_ttl, now)
-        return pending.result
-
-    async def run_responses(self, responses: trio.MemoryReceiveChannel[InboundMessage]) -> None:
-        """Task body: complete pending validations from the replica's response subject."""
-        async for message in responses:
-            try:
-                response = records.decode(records.EndpointTokenValidationResponse, message.payload)
-            except records.RecordDecodeError as exc:
-                log.warning("token_response_undecodable", reason=str(exc))
-                continue
-            pending = self._by_correlation.pop(response.correlation_id, None)
-            if pending is None:
-                log.debug("token_response_unmatched", correlation_id=response.correlation_id)
-                continue
-            if 200 <= response.status_code < 300 and response.endpoint_id:
-                pending.result = EndpointIdentity(response.endpoint_id, response.token_id)
-            else:
-                pending.result = TokenRejected(
-                    response.status_code if response.status_code >= 300 else 502,
-                    response.reason_phrase or "Endpoint token rejected",
-                )
+            self._metrics.token_validation_latency.observe(time.perf_counter() - started)
+            pending.result = self._validation_of(response)
+            ttl = self._ttl if isinstance(pending.result, EndpointIdentity) else self._negative_ttl
+            self._cache.put(key, pending.result, ttl, trio.current_time())
+        finally:
+            del self._inflight[key]
             pending.done.set()
+
+    @staticmethod
+    def _validation_of(response: records.EndpointTokenValidationResponse) -> Validation:
+        if 200 <= response.status_code < 300 and response.endpoint_id:
+            return EndpointIdentity(response.endpoint_id, response.token_id)
+        return TokenRejected(
+            # A "success" without an endpoint id is the provider's fault, not the client's.
+            response.status_code if response.status_code >= 300 else 502,
+            response.reason_phrase or "Endpoint token rejected",
+        )
 
     def revoke_tokens(self, app_name: str, token_ids: set[str]) -> int:
         """Evict cached tokens whose token id was revoked; return how many went."""

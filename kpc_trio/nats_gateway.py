@@ -388,6 +388,15 @@ class _NatsLink:
 
     # -- shutdown --------------------------------------------------------------------------------
 
+    async def sync(self) -> None:
+        assert self._up is not None
+        await self._up.wait()
+        try:
+            await self._confirm()
+        except _TRANSIENT_ERRORS as exc:
+            # Lost the connection meanwhile: nats-py re-sends every subscription on reconnect.
+            log.info("nats_sync_interrupted", error=_describe(exc))
+
     async def drain(self) -> None:
         """Unsubscribe (handling what already arrived), flush, close."""
         if self.client.is_connected:
@@ -498,6 +507,11 @@ class NatsGateway:
         await self._in_loop(self._link.subscribe(subject, queue, sink))
         self._sinks.append(sink)
         return receive
+
+    async def sync(self) -> None:
+        """Return once the server has processed everything sent so far, subscriptions included
+        (so an event published right after startup cannot slip past a new subscription)."""
+        await self._in_loop(self._link.sync())
 
     async def drain(self) -> None:
         """Publish everything queued (waiting for NATS if it is down), unsubscribe, close."""

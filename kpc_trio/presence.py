@@ -91,6 +91,11 @@ class IdleTracker:
         self._by_timeout[timeout][endpoint_id].detached = True
         return True
 
+    def is_detached(self, endpoint_id: str) -> bool:
+        """Whether the endpoint is kept online (client gone) waiting for its idle deadline."""
+        timeout = self._timeout_of.get(endpoint_id)
+        return timeout is not None and self._by_timeout[timeout][endpoint_id].detached
+
     def forget(self, endpoint_id: str) -> None:
         """Stop tracking the endpoint (it went offline some other way); unknown ids are ignored."""
         timeout = self._timeout_of.pop(endpoint_id, None)

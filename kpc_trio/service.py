@@ -24,6 +24,7 @@ import attrs
 import trio
 
 from kpc_trio.auth import EndpointTokenResolver
+from kpc_trio.client_auth import NatsClientAuthenticator
 from kpc_trio.config import Config
 from kpc_trio.connectivity import ConnectivityEvents
 from kpc_trio.embedded_nats import open_embedded_nats
@@ -37,8 +38,11 @@ from kpc_trio.logs import get_logger
 from kpc_trio.metrics import Metrics
 from kpc_trio.nats_gateway import InboundMessage, NatsGateway, open_nats_gateway
 from kpc_trio.net import Peer, build_server_ssl_context, serve_tcp, serve_tls, serve_websocket
+from kpc_trio.presence import Expiry, IdleTracker, run_idle_sweeper
 from kpc_trio.relay import Relay, is_expired
+from kpc_trio.revocation import RevocationListener
 from kpc_trio.session import Session, SessionContext, SessionLimits
+from kpc_trio.traffic import TrafficMeter, run_traffic_reports
 
 log = get_logger(__name__)
 
@@ -158,46 +162,17 @@ class KpcService:
 
     async def _serve_with(self, gateway: NatsGateway, task_status: trio.TaskStatus) -> None:
         config = self.config
-        kpc = config.kaa.kpc
-        mqtt = kpc.transports.mqtt
-        resolver = EndpointTokenResolver(
-            gateway,
-            provider=kpc.auth.token_provider,
-            replica_id=self.replica_id,
-            request_timeout=kpc.auth.request_timeout,
-            ttl=kpc.auth.token_cache.ttl,
-            negative_ttl=kpc.auth.token_cache.negative_ttl,
-            max_entries=kpc.auth.token_cache.max_entries,
-            metrics=self.metrics,
-        )
-        self._context = SessionContext(
-            hub=self.hub,
-            gateway=gateway,
-            relay=Relay(
-                registry_from_config(config),
-                replica_id=self.replica_id,
-                message_timeout_ms=kpc.esp.message_timeout,
-                with_config_name=kpc.esp.with_config_name,
-            ),
-            resolver=resolver,
-            events=ConnectivityEvents(gateway, kpc_instance=config.service.instance.name,
-                                      replica_id=self.replica_id),
-            metrics=self.metrics,
-            limits=SessionLimits(
-                max_packet_size=mqtt.max_packet_size,
-                connect_timeout=mqtt.connect_timeout,
-                max_outbox_bytes=mqtt.max_outbox_bytes,
-                max_inflight=mqtt.max_inflight,
-            ),
-        )
+        context = self._context = self._session_context(gateway)
         async with trio.open_nursery() as services:
-            services.start_soon(resolver.run_responses,
-                                await gateway.subscribe(resolver.reply_subject))
-            for subject in (subjects.extension_data_service(config.service.instance.name),
-                            subjects.extension_data_replica(self.replica_id)):
-                services.start_soon(self._dispatch_extension_data, await gateway.subscribe(subject))
-            services.start_soon(self._follow_roaming, await gateway.subscribe(
-                subjects.connected_event(config.service.instance.name)))
+            await self._start_nats_consumers(services, gateway, context)
+            services.start_soon(run_idle_sweeper, context.presence, self._on_idle_endpoints)
+            if context.traffic is not None:
+                services.start_soon(functools.partial(
+                    run_traffic_reports, context.traffic, gateway.publish_nowait,
+                    period=config.kaa.kpc.traffic_report.period,
+                    subject=subjects.traffic_report(config.service.instance.name),
+                    replica_id=self.replica_id,
+                ))
             async with trio.open_nursery() as sessions_nursery:
                 async with trio.open_nursery() as listeners_nursery:
                     await self._start_listeners(listeners_nursery, sessions_nursery)
@@ -213,6 +188,100 @@ class KpcService:
                 sessions_nursery.cancel_scope.deadline = self._grace_deadline
             services.cancel_scope.cancel()
         log.info("kpc_stopped", replica_id=self.replica_id)
+
+    def _session_context(self, gateway: NatsGateway) -> SessionContext:
+        config = self.config
+        kpc = config.kaa.kpc
+        mqtt = kpc.transports.mqtt
+        traffic = None
+        if kpc.traffic_report.enabled:
+            traffic = TrafficMeter(start_ns=time.time_ns(),
+                                   default_tenant_id=kpc.traffic_report.default_tenant_id)
+        return SessionContext(
+            hub=self.hub,
+            gateway=gateway,
+            relay=Relay(
+                registry_from_config(config),
+                replica_id=self.replica_id,
+                message_timeout_ms=kpc.esp.message_timeout,
+                with_config_name=kpc.esp.with_config_name,
+            ),
+            resolver=EndpointTokenResolver(
+                gateway,
+                provider=kpc.auth.token_provider,
+                replica_id=self.replica_id,
+                request_timeout=kpc.auth.request_timeout,
+                ttl=kpc.auth.token_cache.ttl,
+                negative_ttl=kpc.auth.token_cache.negative_ttl,
+                max_entries=kpc.auth.token_cache.max_entries,
+                metrics=self.metrics,
+            ),
+            events=ConnectivityEvents(gateway, kpc_instance=config.service.instance.name,
+                                      replica_id=self.replica_id),
+            metrics=self.metrics,
+            presence=IdleTracker(config.disconnect_policy),
+            traffic=traffic,
+            limits=SessionLimits(
+                max_packet_size=mqtt.max_packet_size,
+                connect_timeout=mqtt.connect_timeout,
+                max_outbox_bytes=mqtt.max_outbox_bytes,
+                max_inflight=mqtt.max_inflight,
+            ),
+            authenticator=NatsClientAuthenticator.from_config(
+                gateway, kpc.auth, replica_id=self.replica_id),
+        )
+
+    async def _start_nats_consumers(self, services: trio.Nursery, gateway: NatsGateway,
+                                    context: SessionContext) -> None:
+        """Subscribe every task that consumes NATS, then sync so none can miss an early event."""
+        instance = self.config.service.instance.name
+        await services.start(context.resolver.run)
+        assert isinstance(context.authenticator, NatsClientAuthenticator)
+        for replies in context.authenticator.replies:
+            services.start_soon(replies.run_responses,
+                                await gateway.subscribe(replies.reply_subject))
+        for subject in (subjects.extension_data_service(instance),
+                        subjects.extension_data_replica(self.replica_id)):
+            services.start_soon(self._dispatch_extension_data, await gateway.subscribe(subject))
+        services.start_soon(self._follow_roaming,
+                            await gateway.subscribe(subjects.connected_event(instance)))
+        await services.start(RevocationListener(self).run, gateway)
+        await gateway.sync()
+
+    # --- revocation (RevocationHandler) and idle endpoints --------------------------------------
+    def on_tokens_revoked(self, app_name: str, endpoint_id: str, token_ids: frozenset[str]) -> None:
+        """16/ECAP: evict the tokens and end that endpoint's session; its connection stays."""
+        assert self._context is not None
+        evicted = self._context.resolver.revoke_tokens(app_name, set(token_ids))
+        session = self.hub.session_for_endpoint(endpoint_id)
+        ended = session is not None and session.end_endpoint(endpoint_id, "token_revoked")
+        log.info("tokens_revoked", app_name=app_name, endpoint_id=endpoint_id,
+                 cache_entries=evicted, session_ended=ended)
+
+    def on_credentials_revoked(self, credentials_id: str, tenant_id: str | None) -> None:
+        """22/CAP or 16/ECAP: close every connection authenticated with these credentials."""
+        doomed = [s for s in self.sessions if s.auth.credentials_id == credentials_id
+                  and (tenant_id is None or s.auth.tenant_id in (None, tenant_id))]
+        for session in doomed:
+            session.terminate("credentials_revoked")
+        log.info("credentials_revoked", credentials_id=credentials_id, tenant_id=tenant_id,
+                 connections_closed=len(doomed))
+
+    def _on_idle_endpoints(self, expired: list[Expiry]) -> None:
+        """Endpoints idle past their application's duration go offline: one event for all."""
+        gone: dict[str, str] = {}
+        for endpoint_id, app_version, detached in expired:
+            if not detached:
+                session = self.hub.session_for_endpoint(endpoint_id)
+                if session is None:
+                    continue
+                session.forget_endpoint(endpoint_id)
+                self.hub.unbind_endpoint(endpoint_id, session)
+            gone[endpoint_id] = app_version
+        if gone:
+            assert self._context is not None
+            self._context.events.disconnected(gone)
+            log.info("endpoints_idle", endpoints=len(gone))
 
     async def _start_listeners(self, listeners_nursery: trio.Nursery,
                                sessions_nursery: trio.Nursery) -> None:
@@ -324,6 +393,8 @@ class KpcService:
             if event.originator_replica_id == self.replica_id:
                 continue
             for endpoint_id in event.endpoints:
+                assert self._context is not None
+                self._context.presence.forget(endpoint_id)
                 session = self.hub.session_for_endpoint(endpoint_id)
                 if session is not None:
                     session.forget_endpoint(endpoint_id)

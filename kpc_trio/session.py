@@ -17,6 +17,7 @@ import attrs
 import trio
 
 from kpc_trio.auth import EndpointIdentity, EndpointTokenResolver, TokenRejected, TokenValidationError
+from kpc_trio.client_auth import ANONYMOUS, AuthOutcome
 from kpc_trio.connectivity import ConnectivityEvents
 from kpc_trio.hub import Hub, UnawareRequestKey
 from kpc_trio.kaa import records
@@ -36,7 +37,9 @@ from kpc_trio.mqtt.errors import ProtocolError
 from kpc_trio.mqtt.packets import Connect, ConnAckCode, QoS
 from kpc_trio.nats_gateway import NatsGateway, OutboundMessage
 from kpc_trio.net import Peer
+from kpc_trio.presence import IdleTracker
 from kpc_trio.relay import Relay, UndeliverableError
+from kpc_trio.traffic import TrafficMeter
 
 log = get_logger(__name__)
 
@@ -59,15 +62,15 @@ class SessionLimits:
 
 
 class ClientAuthenticator(Protocol):
-    async def authenticate(self, connect: Connect, peer: Peer) -> ConnAckCode:
-        """Decide the CONNACK return code for a CONNECT."""
+    async def authenticate(self, connect: Connect, peer: Peer) -> AuthOutcome:
+        """Decide the CONNACK return code for a CONNECT and who the client is."""
 
 
 class AnonymousAuthenticator:
-    """Accepts every client: the documented default until a tenant enforces credentials."""
+    """Accepts every client without asking anyone (tests of the relay alone)."""
 
-    async def authenticate(self, connect: Connect, peer: Peer) -> ConnAckCode:
-        return ConnAckCode.ACCEPTED
+    async def authenticate(self, connect: Connect, peer: Peer) -> AuthOutcome:
+        return ANONYMOUS
 
 
 @attrs.frozen
@@ -80,6 +83,8 @@ class SessionContext:
     resolver: EndpointTokenResolver
     events: ConnectivityEvents
     metrics: Metrics
+    presence: IdleTracker
+    traffic: TrafficMeter | None = None  # None when traffic reports are off
     limits: SessionLimits = SessionLimits()
     authenticator: ClientAuthenticator = AnonymousAuthenticator()
 
@@ -91,6 +96,7 @@ class EndpointBinding:
     endpoint_id: str
     token: str
     app_version: str
+    app_name: str
 
 
 class Session:
@@ -108,6 +114,7 @@ class Session:
         self._receive_scope: trio.CancelScope | None = None
         self._cancel_scope: trio.CancelScope | None = None
         self.close_reason = "unknown"
+        self.auth: AuthOutcome = ANONYMOUS
         metrics = context.metrics
         self._bytes_in = metrics.received_bytes.labels(peer.transport)
         self._bytes_out = metrics.sent_bytes.labels(peer.transport)
@@ -154,10 +161,13 @@ class Session:
         if self.client_id is not None:
             hub.release_client_id(self.client_id, self)
         hub.forget_session(self)
+        presence = self._ctx.presence
+        # Endpoints whose application keeps them online after their client left (idle policy)
+        # are not reported now: the idle sweeper reports them at their deadline.
         gone = {
             endpoint_id: binding.app_version
             for endpoint_id, binding in self._endpoints.items()
-            if hub.unbind_endpoint(endpoint_id, self)
+            if hub.unbind_endpoint(endpoint_id, self) and not presence.detach(endpoint_id)
         }
         self._endpoints.clear()
         self._ctx.events.disconnected(gone)
@@ -249,7 +259,8 @@ class Session:
         self._wake_writer()
 
     async def _on_connect(self, connect: Connect) -> bool:
-        code = await self._ctx.authenticator.authenticate(connect, self.peer)
+        self.auth = await self._ctx.authenticator.authenticate(connect, self.peer)
+        code = self.auth.code
         if code is not ConnAckCode.ACCEPTED:
             self._conn.refuse_connect(code)
             self.close_reason = f"refused_{code.name.lower()}"
@@ -266,7 +277,8 @@ class Session:
             log.info("client_takeover", client_id=client_id)
             previous.terminate("takeover")
         log.info("client_connected", client_id=client_id, keepalive=self._conn.keepalive,
-                 protocol_level=connect.protocol_level)
+                 protocol_level=connect.protocol_level, auth=self.auth.kind,
+                 tenant_id=self.auth.tenant_id)
         return True
 
     def _count_refusal(self, reason: str) -> None:
@@ -280,13 +292,20 @@ class Session:
             acknowledgements.append(event.packet_id)
         try:
             route = self._ctx.relay.route(event.topic)
-            endpoint_id = await self._identify(route) if route.token is not None else None
+            binding = await self._identify(route) if route.token is not None else None
         except Kp1Error as err:
             self._answer_error(event, err.request_id, err.status_code, err.reason_phrase)
             return
         except TokenValidationError as err:
             self._answer_error(event, route.request_id, err.status_code, err.reason_phrase)
             return
+        endpoint_id = None
+        if binding is not None:
+            endpoint_id = binding.endpoint_id
+            self._ctx.presence.touch(endpoint_id, route.app_version, trio.current_time())
+            if self._ctx.traffic is not None:
+                self._ctx.traffic.received(self.auth.tenant_id, binding.app_name, endpoint_id,
+                                           len(event.payload))
         correlation_id = self._ctx.relay.next_correlation_id()
         message = self._ctx.relay.client_data_message(route, endpoint_id, event.payload,
                                                       correlation_id)
@@ -308,8 +327,8 @@ class Session:
             log.debug("client_data_relayed", topic=event.topic, endpoint_id=endpoint_id,
                       correlation_id=correlation_id)
 
-    async def _identify(self, route: Route) -> str:
-        """Resolve the route's token to an endpoint id, binding the endpoint to this session."""
+    async def _identify(self, route: Route) -> EndpointBinding:
+        """Resolve the route's token to an endpoint, binding the endpoint to this session."""
         assert route.token is not None
         app_name = self._ctx.relay.registry.app_name(route.app_version)
         assert app_name is not None  # parse_topic rejects unknown appversions
@@ -318,25 +337,28 @@ class Session:
             identity = await self._ctx.resolver.resolve(app_name, route.token)
         elif isinstance(identity, TokenRejected):
             raise TokenValidationError(identity.status_code, identity.reason_phrase)
-        self._bind(identity, route)
-        return identity.endpoint_id
-
-    def _bind(self, identity: EndpointIdentity, route: Route) -> None:
-        assert route.token is not None
         binding = self._endpoints.get(identity.endpoint_id)
-        if binding is not None and binding.token == route.token \
-                and binding.app_version == route.app_version:
-            return
-        self._endpoints[identity.endpoint_id] = EndpointBinding(
-            identity.endpoint_id, route.token, route.app_version
-        )
-        previous = self._ctx.hub.bind_endpoint(identity.endpoint_id, self)
-        if previous is not None:
-            previous.forget_endpoint(identity.endpoint_id)
-        if binding is None or binding.app_version != route.app_version:
-            self._ctx.events.connected({identity.endpoint_id: route.app_version})
-            log.info("endpoint_connected", endpoint_id=identity.endpoint_id,
+        if binding is None or binding.token != route.token \
+                or binding.app_version != route.app_version:
+            binding = self._bind(identity, route, app_name, previous=binding)
+        return binding
+
+    def _bind(self, identity: EndpointIdentity, route: Route, app_name: str,
+              previous: EndpointBinding | None) -> EndpointBinding:
+        assert route.token is not None
+        endpoint_id = identity.endpoint_id
+        binding = self._endpoints[endpoint_id] = EndpointBinding(
+            endpoint_id, route.token, route.app_version, app_name)
+        roamed_from = self._ctx.hub.bind_endpoint(endpoint_id, self)
+        if roamed_from is not None:
+            roamed_from.forget_endpoint(endpoint_id)
+        # Still online from an earlier connection (idle policy): it simply came back.
+        returning = self._ctx.presence.is_detached(endpoint_id)
+        if not returning and (previous is None or previous.app_version != route.app_version):
+            self._ctx.events.connected({endpoint_id: route.app_version})
+            log.info("endpoint_connected", endpoint_id=endpoint_id,
                      app_version=route.app_version)
+        return binding
 
     def forget_endpoint(self, endpoint_id: str) -> None:
         """The endpoint moved to another session: stop addressing it here, report nothing."""
@@ -347,6 +369,7 @@ class Session:
         binding = self._endpoints.pop(endpoint_id, None)
         if binding is None:
             return False
+        self._ctx.presence.forget(endpoint_id)
         if self._ctx.hub.unbind_endpoint(endpoint_id, self):
             self._ctx.events.disconnected({endpoint_id: binding.app_version})
         log.info("endpoint_disconnected", endpoint_id=endpoint_id, reason=reason,
@@ -392,7 +415,11 @@ class Session:
         if data.request_id is not None:
             key = (data.extension_instance_name or "", data.endpoint_id, data.request_id)
             qos = self._request_qos.pop(key, QoS.AT_MOST_ONCE)
-        return self.deliver(message.topic, message.payload, qos)
+        delivered = self.deliver(message.topic, message.payload, qos)
+        if delivered and binding is not None and self._ctx.traffic is not None:
+            self._ctx.traffic.sent(self.auth.tenant_id, binding.app_name, binding.endpoint_id,
+                                   len(message.payload))
+        return delivered
 
     def deliver(self, topic: str, payload: bytes, qos: QoS) -> bool:
         """Queue a PUBLISH to the client without blocking (official clients never SUBSCRIBE)."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+
+from kpc_trio.httpd import Request, management_routes
 import trio
 import trustme
 
@@ -68,11 +70,15 @@ async def test_health_and_ready_while_serving(kpc):
 
 
 async def test_not_ready_once_shutdown_is_requested(kpc):
+    # With no session to wait for the service is gone a moment later, so ask the app directly
+    # (tests/integration/test_shutdown.py polls a real process held up during its shutdown).
+    routes = management_routes(kpc.metrics, kpc.health)
     kpc.request_shutdown()
-    reply = await get(kpc, "management", "/ready")
-    assert reply.status == 503
-    assert b"shutting_down" in reply.body
-    assert (await get(kpc, "management", "/health")).status == 200  # alive, just leaving
+    status, _, body = await routes["/ready"](Request("GET", "/ready", "", (), b""))
+    assert status == 503
+    assert b"shutting_down" in body
+    status, _, _ = await routes["/health"](Request("GET", "/health", "", (), b""))
+    assert status == 200  # alive, just leaving
 
 
 async def test_not_ready_while_nats_is_stopped(nats_server_factory, tmp_path):

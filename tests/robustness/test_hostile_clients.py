@@ -167,8 +167,6 @@ async def test_client_id_takeover_race_leaves_exactly_one(kpc, port):
     await assert_nothing_left(kpc, baseline)
 
 
-@pytest.mark.xfail(strict=True, reason="auth.py: a cancelled leader of a coalesced token "
-                   "validation unregisters it, so the sessions waiting on it time out (504)")
 async def test_takeover_during_token_validation_spares_other_sessions(kpc, kaa, port):
     """The session that asked the token provider is taken over while the answer is pending;
     another session waiting for the same token must still get it."""
