@@ -34,6 +34,8 @@ from kpc_trio.logs import get_logger
 
 log = get_logger(__name__)
 
+#: Longest an at-most-once publish waits for room in a full outbox before it is dropped.
+PUBLISH_WAIT_LIMIT = 5.0
 #: Header nats-server sets on status messages (no responders, etc.).
 STATUS_HEADER = "Status"
 
@@ -77,6 +79,8 @@ class NatsPort(Protocol):
     async def publish_confirmed(
         self, messages: Sequence[OutboundMessage], *, fail_fast: bool = False
     ) -> None: ...
+
+    async def publish(self, message: OutboundMessage) -> bool: ...
 
     def publish_nowait(self, message: OutboundMessage) -> bool: ...
 
@@ -481,6 +485,22 @@ class NatsGateway:
         await group.done.wait()
         if group.error is not None:
             raise group.error
+
+    async def publish(self, message: OutboundMessage) -> bool:
+        """At most once, with backpressure: waits while the outbox is full (NATS busy), but
+        gives up at once, returning False, while NATS is disconnected."""
+        if self._connected:
+            try:
+                self._outbox_send.send_nowait(message)
+                return True
+            except trio.WouldBlock:
+                with trio.move_on_after(PUBLISH_WAIT_LIMIT):
+                    await self._outbox_send.send(message)
+                    return True
+            except trio.ClosedResourceError:
+                pass
+        self.dropped_outbound += 1
+        return False
 
     def publish_nowait(self, message: OutboundMessage) -> bool:
         """Fire and forget; False (and counted in dropped_outbound) if NATS is down or busy."""

@@ -115,6 +115,7 @@ class Session:
         self._cancel_scope: trio.CancelScope | None = None
         self.close_reason = "unknown"
         self.auth: AuthOutcome = ANONYMOUS
+        self._dropping = False  # QoS 0 messages are being dropped (NATS away)
         metrics = context.metrics
         self._bytes_in = metrics.received_bytes.labels(peer.transport)
         self._bytes_out = metrics.sent_bytes.labels(peer.transport)
@@ -312,10 +313,16 @@ class Session:
         if route.request_id is not None:
             self._remember_request(route, endpoint_id, event.qos)
         if event.qos is QoS.AT_MOST_ONCE and not confirmed:
-            if not self._ctx.gateway.publish_nowait(message):
+            # QoS 0: backpressure while NATS is busy, dropped (and counted) while it is away.
+            if not await self._ctx.gateway.publish(message):
                 self._ctx.metrics.messages_dropped.labels("nats_unavailable").inc()
-                log.warning("message_dropped", reason="nats_unavailable", topic=event.topic,
-                            correlation_id=correlation_id)
+                # One warning per connection and outage; the metric counts every message.
+                report = log.debug if self._dropping else log.warning
+                self._dropping = True
+                report("message_dropped", reason="nats_unavailable", topic=event.topic,
+                       qos=0, correlation_id=correlation_id)
+            else:
+                self._dropping = False
         else:
             confirmed.append(message)
         counter = self._relayed.get(route.extension)
