@@ -281,7 +281,10 @@ class SimulatedKaa:
     def revoke_tokens(
         self, app_name: str, endpoint_id: str, token_ids: Iterable[str], *, originator: str = "cm"
     ) -> None:
-        """Publish a 16/ECAP EndpointTokenRevokedEvent; returns once NATS has it."""
+        """Revoke the tokens as CM does: the token provider rejects them from now on, then a
+        16/ECAP EndpointTokenRevokedEvent is published; returns once NATS has it."""
+        token_ids = tuple(token_ids)
+        self._provider.revoke(app_name, token_ids)
         self._broadcast(credentials.token_revoked(app_name, endpoint_id, token_ids,
                                                   originator=originator))
 

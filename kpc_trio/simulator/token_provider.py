@@ -43,6 +43,13 @@ class TokenProvider:
             f"token requests to {name!r}"
         )
 
+    def revoke(self, app_name: str, token_ids: Iterable[str]) -> None:
+        """Forget the tokens, as CM does before it broadcasts their revocation: validating them
+        fails from now on. Rebinds the table, so the provider's thread never sees it mid-change."""
+        revoked = set(token_ids)
+        self._endpoints = {key: e for key, e in self._endpoints.items()
+                           if not (e.app_name == app_name and e.token_id in revoked)}
+
     def answer(
         self, request: records.EndpointTokenValidationRequest
     ) -> records.EndpointTokenValidationResponse:
