@@ -62,6 +62,13 @@ class Metrics:
             registry=r,
         )
 
+        self.tls_handshake_failures: Final = Counter(
+            "kpc_tls_handshake_failures",
+            "MQTT/TLS handshakes that failed, by reason.",
+            ["reason"],
+            registry=r,
+        )
+
         # MQTT traffic
         self.packets_received: Final = Counter(
             "kpc_packets_received", "MQTT packets received.", ["packet_type"], registry=r

@@ -37,7 +37,9 @@ from kpc_trio.kaa.kp1 import ApplicationRegistry
 from kpc_trio.logs import get_logger
 from kpc_trio.metrics import Metrics
 from kpc_trio.nats_gateway import InboundMessage, NatsGateway, open_nats_gateway
-from kpc_trio.net import Peer, build_server_ssl_context, serve_tcp, serve_tls, serve_websocket
+from kpc_trio.net import (
+    HandshakeFailureReason, Peer, build_server_ssl_context, serve_tcp, serve_tls, serve_websocket,
+)
 from kpc_trio.presence import Expiry, IdleTracker, run_idle_sweeper
 from kpc_trio.relay import Relay, is_expired
 from kpc_trio.revocation import RevocationListener
@@ -297,6 +299,7 @@ class KpcService:
             starters["mqtt_tls"] = functools.partial(
                 serve_tls, handler, host=mqtt.tls.host, port=mqtt.tls.port,
                 ssl_context=self._tls_context(), handshake_timeout=mqtt.tls.handshake_timeout,
+                on_handshake_failure=self._count_handshake_failure,
                 handler_nursery=sessions_nursery)
         if mqtt.websocket.enabled:
             starters["mqtt_websocket"] = functools.partial(
@@ -322,6 +325,9 @@ class KpcService:
             error_response=kp1_error_response, handler_nursery=requests_nursery,
             limits=HttpLimits(max_body_bytes=http.max_body_size),
         ))
+
+    def _count_handshake_failure(self, reason: HandshakeFailureReason) -> None:
+        self.metrics.tls_handshake_failures.labels(reason.name.lower()).inc()
 
     def _tls_context(self) -> ssl.SSLContext:
         tls = self.config.kaa.kpc.transports.mqtt.tls

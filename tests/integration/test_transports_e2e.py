@@ -109,6 +109,12 @@ async def assert_dcx_round_trip(device: PahoDevice, kaa: SimulatedKaa, request_i
     assert (reply.topic, reply.payload, reply.qos) == (topic + "/status", payload, 1)
 
 
+def handshake_failures(kpc) -> float:
+    """Failed TLS handshakes of every reason, as the metrics report them."""
+    samples = kpc.metrics.tls_handshake_failures.collect()[0].samples
+    return sum(sample.value for sample in samples if sample.name.endswith("_total"))
+
+
 def accepted_connects(kpc: KpcService, transport: str) -> float:
     value = kpc.metrics.registry.get_sample_value("kpc_connects_total", {"transport": transport})
     return value or 0.0
@@ -205,6 +211,7 @@ async def test_mutual_tls_rejects_a_bad_client_certificate(nats_server, tmp_path
         port = kpc.ports["mqtt_tls"]
         await call(assert_connect_refused, port, client_tls(ca, certificate, version))
         assert accepted_connects(kpc, "tls") == 0
+        assert handshake_failures(kpc) >= 1
         # The listener is unharmed: a good device still gets through.
         async with open_device(port, tls=client_tls(ca, device_certs[1])) as device:
             await assert_dcx_round_trip(device, kaa, request_id=9)
