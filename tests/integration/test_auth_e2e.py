@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
-import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
