@@ -81,14 +81,19 @@ class IdleTracker:
         self._timeout_of[endpoint_id] = timeout
 
     def detach(self, endpoint_id: str) -> bool:
-        """Its client left but the policy keeps it online until its idle deadline.
+        """Its client left: keep it online until its idle deadline if the policy says so.
 
-        False when the endpoint is not tracked (no idle timeout): the caller must disconnect it now.
+        False when the endpoint is not tracked or its policy follows the client (then it is
+        forgotten): the caller must disconnect it now.
         """
         timeout = self._timeout_of.get(endpoint_id)
         if timeout is None:
             return False
-        self._by_timeout[timeout][endpoint_id].detached = True
+        presence = self._by_timeout[timeout][endpoint_id]
+        if self._policy_of(presence.app_version).on_client_disconnect:
+            self.forget(endpoint_id)
+            return False
+        presence.detached = True
         return True
 
     def is_detached(self, endpoint_id: str) -> bool:

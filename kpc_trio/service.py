@@ -188,6 +188,8 @@ class KpcService:
                     session.stop_reading()
                 self._grace_deadline = trio.current_time() + config.service.graceful_shutdown
                 sessions_nursery.cancel_scope.deadline = self._grace_deadline
+            # Endpoints kept online for clients that already left: nobody would report them.
+            self._on_idle_endpoints(context.presence.expired(math.inf))
             services.cancel_scope.cancel()
         log.info("kpc_stopped", replica_id=self.replica_id)
 

@@ -107,12 +107,13 @@ class Session:
         self._conn = ServerConnection(max_packet_size=context.limits.max_packet_size)
         self._endpoints: dict[str, EndpointBinding] = {}
         self._request_qos: OrderedDict[tuple[str, str | None, int], QoS] = OrderedDict()
-        self._output_ready = trio.Event()
-        self._writer_done = trio.Event()
-        self._finishing = False
+        # The writer task runs only while output is pending: an idle connection has one task.
+        self._writing = False
+        self._writer_idle = trio.Event()
         self._stopping = False
         self._receive_scope: trio.CancelScope | None = None
         self._cancel_scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
         self.close_reason = "unknown"
         self.auth: AuthOutcome = ANONYMOUS
         self._dropping = False  # QoS 0 messages are being dropped (NATS away)
@@ -133,10 +134,13 @@ class Session:
         set_context(peer=self.peer.address, transport=self.peer.transport)
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 self._cancel_scope = nursery.cancel_scope
-                nursery.start_soon(self._write_loop)
-                await self._read_loop()
-                await self._flush_and_stop()
+                try:
+                    await self._read_loop()
+                    await self._flush_and_stop()
+                finally:
+                    self._nursery = None  # closed to new writer tasks from here on
         finally:
             self._release()
             with trio.CancelScope(shield=True):
@@ -145,8 +149,7 @@ class Session:
 
     def terminate(self, reason: str) -> None:
         """Drop the connection now (takeover, slow consumer, revocation)."""
-        if self.close_reason == "unknown":
-            self.close_reason = reason
+        self._set_reason(reason)
         self._conn.close()
         if self._cancel_scope is not None:
             self._cancel_scope.cancel()
@@ -174,51 +177,59 @@ class Session:
         self._ctx.events.disconnected(gone)
 
     # --- reading ----------------------------------------------------------------------------
-    async def _receive(self) -> bytes:
-        """The next chunk from the client; b"" at end of stream or when told to stop reading."""
-        if self._stopping:
-            return b""
-        with trio.CancelScope() as self._receive_scope:
-            try:
-                data = await self._stream.receive_some(RECEIVE_SIZE)
+    def _set_reason(self, reason: str) -> None:
+        if self.close_reason == "unknown":
+            self.close_reason = reason
+
+    async def _receive(self, deadline: float) -> bytes | None:
+        """The next chunk from the client: b"" at end of stream or when told to stop reading,
+        None when `deadline` (connect timeout, keepalive) passed first.
+
+        One cancel scope serves both the deadline and `stop_reading()`: scopes are a good part
+        of an idle connection's memory.
+        """
+        if not self._stopping:
+            with trio.CancelScope(deadline=deadline) as self._receive_scope:
+                try:
+                    data = await self._stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._set_reason("connection_lost")
+                    return b""
                 self._bytes_in.inc(len(data))
                 return data
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self.close_reason = "connection_lost"
-                return b""
-        self.close_reason = "shutdown"
+            if not self._stopping:
+                return None
+        self._set_reason("shutdown")
         return b""
 
     async def _read_loop(self) -> None:
         conn = self._conn
         try:
-            with trio.move_on_after(self._ctx.limits.connect_timeout) as connect_deadline:
-                events: list = []
-                while not events:
-                    data = await self._receive()
-                    if not data:
-                        return
-                    events = conn.receive_data(data)
-            if connect_deadline.cancelled_caught:
-                self.close_reason = "connect_timeout"
-                self._count_refusal("connect_timeout")
-                log.info("connect_timeout", timeout=self._ctx.limits.connect_timeout)
-                return
+            connect_deadline = trio.current_time() + self._ctx.limits.connect_timeout
+            events: list = []
+            while not events:
+                data = await self._receive(connect_deadline)
+                if data is None:
+                    self._set_reason("connect_timeout")
+                    self._count_refusal("connect_timeout")
+                    log.info("connect_timeout", timeout=self._ctx.limits.connect_timeout)
+                    return
+                if not data:
+                    return
+                events = conn.receive_data(data)
             await self._handle_events(events)
             keepalive = conn.keepalive * KEEPALIVE_FACTOR if conn.keepalive else math.inf
             while conn.state is ConnectionState.CONNECTED:
-                with trio.move_on_after(keepalive) as idle:
-                    data = await self._receive()
-                if idle.cancelled_caught:
-                    self.close_reason = "keepalive_timeout"
+                data = await self._receive(trio.current_time() + keepalive)
+                if data is None:
+                    self._set_reason("keepalive_timeout")
                     return
                 if not data:
-                    if self.close_reason == "unknown":
-                        self.close_reason = "connection_closed"
+                    self._set_reason("connection_closed")
                     return
                 await self._handle_events(conn.receive_data(data))
         except ProtocolError as exc:
-            self.close_reason = "protocol_error"
+            self._set_reason("protocol_error")
             if self.client_id is None:
                 self._count_refusal("protocol_error")
             log.info("protocol_violation", client_id=self.client_id, reason=exc.reason)
@@ -244,7 +255,7 @@ class Session:
             elif isinstance(event, Unsubscribed):
                 log.debug("unsubscribed", filters=",".join(event.topic_filters))
             elif isinstance(event, DisconnectReceived):
-                self.close_reason = "client_disconnect"
+                self._set_reason("client_disconnect")
         if relayed:
             self._publishes_in.inc(relayed)
         await self._confirm(confirmed, acknowledgements)
@@ -448,29 +459,28 @@ class Session:
 
     # --- writing ----------------------------------------------------------------------------
     def _wake_writer(self) -> None:
-        self._output_ready.set()
+        """Start the writer task if output is pending and none runs."""
+        if not self._writing and self._conn.pending_output and self._nursery is not None:
+            self._writing = True
+            self._writer_idle = trio.Event()
+            self._nursery.start_soon(self._write_pending)
 
-    async def _write_loop(self) -> None:
+    async def _write_pending(self) -> None:
         try:
-            while True:
-                await self._output_ready.wait()
-                self._output_ready = trio.Event()
-                data = self._conn.data_to_send()
-                if data:
-                    await self._stream.send_all(data)
-                    self._bytes_out.inc(len(data))
-                if self._finishing and not self._conn.pending_output:
-                    return
+            while data := self._conn.data_to_send():
+                await self._stream.send_all(data)
+                self._bytes_out.inc(len(data))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.terminate("connection_lost")
         finally:
-            self._writer_done.set()
+            self._writing = False
+            self._writer_idle.set()
 
     async def _flush_and_stop(self) -> None:
         """Send what is still queued (a CONNACK refusal, last acknowledgements), then stop."""
-        self._finishing = True
         self._wake_writer()
-        with trio.move_on_after(FINAL_FLUSH_TIMEOUT):
-            await self._writer_done.wait()
+        if self._writing:
+            with trio.move_on_after(FINAL_FLUSH_TIMEOUT):
+                await self._writer_idle.wait()
         assert self._cancel_scope is not None
         self._cancel_scope.cancel()

@@ -105,10 +105,6 @@ async def test_idle_endpoint_goes_offline_while_its_connection_stays_up(tmp_path
     assert endpoints(reconnected) == [{EP1.endpoint_id: APP_VERSION}] * 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Session._release detaches every idle-tracked endpoint without reading the policy's "
-    "on_client_disconnect: with both settings on, closing the client publishes nothing until "
-    "the idle deadline (docs/configuration.md: 'follows the client and idles out')"))
 async def test_with_both_settings_closing_the_client_disconnects_at_once(tmp_path, nats_server):
     idle_long = {"idle": {"enabled": True, "duration": "60s"}}
     async with open_setup(tmp_path, nats_server.url, idle_long) as (kaa, port):
@@ -151,9 +147,6 @@ async def test_reconnecting_within_the_idle_duration_is_no_new_connection(tmp_pa
     assert len(kaa.events(CONNECTED)) == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "KpcService._serve_with cancels the idle sweeper at shutdown without reporting the endpoints "
-    "it still keeps online for departed clients: they stay online in Kaa forever"))
 async def test_shutdown_reports_endpoints_kept_online_after_their_client_left(
     tmp_path, nats_server,
 ):
