@@ -19,6 +19,7 @@ from kpc_trio.mqtt.packets import ConnAckCode
 from kpc_trio.service import KpcService, open_kpc
 from kpc_trio.simulator import BasicCredentials
 from kpc_trio.simulator.kaa_side import SimulatedKaa, open_simulated_kaa
+from kpc_trio.simulator.token_provider import EndpointRecord
 from tests.clients.paho_device import PahoDevice
 from tests.integration.kpc_harness import (
     APP, APP_VERSION, ENDPOINTS, call, make_config, open_device, push_data,
@@ -200,6 +201,8 @@ async def test_revoked_certificate_drops_its_connection_only(
             else:
                 await call(kaa.revoke_client_credential, "credentials-1")
             assert await call(revoked.wait_disconnected)
+            [event] = await kaa.await_events("connectivity.disconnected", 1)
+            assert event.endpoints == {EP1.endpoint_id: APP_VERSION}
             await assert_round_trip(kept, EP2.token, request_id=2)
             assert not kept.wait_disconnected(0)
 
@@ -251,3 +254,23 @@ async def test_revoked_token_ends_its_endpoint_and_the_gateway_keeps_the_others(
             pushed = await call(gateway.expect)
             assert (pushed.topic, pushed.payload) == (
                 f"kp1/{APP_VERSION}/cex/{EP2.token}/command/x/status", b"for-2")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "KpcService.on_tokens_revoked ends the endpoint's session whatever token it uses; spec 5.7 "
+    "ends only sessions that used a listed token"))
+async def test_revoking_another_token_of_the_endpoint_keeps_its_session(nats_server, tmp_path):
+    spare = EndpointRecord(app_name=APP, token="token-1-spare", endpoint_id=EP1.endpoint_id,
+                           token_id="token-id-1-spare")
+    async with open_simulated_kaa(nats_server.url, endpoints=[*ENDPOINTS, spare],
+                                  echo_extensions=("dcx",)) as kaa, \
+            open_kpc_env(nats_server.url, tmp_path, auth_env("cap")) as kpc:
+        async with open_device(kpc.ports["mqtt_tcp"]) as gateway:
+            await assert_round_trip(gateway, EP1.token, request_id=1)  # EP1 via its first token
+            await assert_round_trip(gateway, EP2.token, request_id=2)
+            await call(kaa.revoke_tokens, APP, EP1.endpoint_id, [spare.token_id])
+            # Same subject, so handled after the first: EP2's event marks that both were.
+            await call(kaa.revoke_tokens, APP, EP2.endpoint_id, [EP2.token_id])
+            first, *_ = await kaa.await_events("connectivity.disconnected", 1)
+            assert first.endpoints == {EP2.endpoint_id: APP_VERSION}
+            await assert_round_trip(gateway, EP1.token, request_id=3)
