@@ -102,9 +102,14 @@ class EndpointTokenResolver:
             nursery.start_soon(self._requests.run_responses, responses)
             task_status.started()
 
-    def cached(self, app_name: str, token: str) -> Validation | None:
-        """The cached answer for this token, if any: the fast path that never awaits."""
-        result = self._cache.get((app_name, token), trio.current_time())
+    def cached(self, app_name: str, token: str, now: float | None = None) -> Validation | None:
+        """The cached answer for this token, if any: the fast path that never awaits.
+
+        `now` is trio's current time, when the caller has read it already.
+        """
+        if now is None:
+            now = trio.current_time()
+        result = self._cache.get((app_name, token), now)
         if result is not None:
             self._metrics.token_cache_hits.inc()
         return result

@@ -258,7 +258,7 @@ class KpcService:
         assert self._context is not None
         evicted = self._context.resolver.revoke_tokens(app_name, set(token_ids))
         session = self.hub.session_for_endpoint(endpoint_id)
-        ended = session is not None and session.end_endpoint(endpoint_id, "token_revoked")
+        ended = session is not None and session.end_endpoint(endpoint_id, token_ids)
         log.info("tokens_revoked", app_name=app_name, endpoint_id=endpoint_id,
                  cache_entries=evicted, session_ended=ended)
 

@@ -9,6 +9,7 @@ client whose buffer outgrows `max_outbox_bytes` is dropped instead of growing me
 
 from __future__ import annotations
 
+import collections
 import math
 from collections import OrderedDict
 from typing import Any, Protocol
@@ -89,6 +90,17 @@ class SessionContext:
     authenticator: ClientAuthenticator = AnonymousAuthenticator()
 
 
+@attrs.define(slots=True)
+class _Batch:
+    """What one read from the client produced: relays to confirm, ids to acknowledge, counts."""
+
+    now: float  # trio time of the read: one clock reading serves every message in it
+    confirmed: list[OutboundMessage] = attrs.field(factory=list)
+    acknowledgements: list[int] = attrs.field(factory=list)
+    publishes: int = 0  # PUBLISH packets received, relayed or not
+    relayed: collections.Counter[str] = attrs.field(factory=collections.Counter)
+
+
 @attrs.define
 class EndpointBinding:
     """An endpoint identified on this session: how to address it in response topics."""
@@ -97,6 +109,7 @@ class EndpointBinding:
     token: str
     app_version: str
     app_name: str
+    token_id: str | None  # what revocation events name
 
 
 class Session:
@@ -235,40 +248,49 @@ class Session:
             log.info("protocol_violation", client_id=self.client_id, reason=exc.reason)
 
     async def _handle_events(self, events: list) -> None:
-        confirmed: list[OutboundMessage] = []
-        acknowledgements: list[int] = []
-        relayed = 0
-        pending = list(events)
-        while pending:
-            event = pending.pop(0)
+        batch = _Batch(trio.current_time())
+        index = 0
+        while index < len(events):
+            event = events[index]
+            index += 1
             if isinstance(event, MessageReceived):
-                relayed += 1
-                await self._on_message(event, confirmed, acknowledgements)
-                if len(confirmed) >= self._ctx.limits.max_inflight:
-                    await self._confirm(confirmed, acknowledgements)
+                batch.publishes += 1
+                await self._on_message(event, batch)
+                if len(batch.confirmed) >= self._ctx.limits.max_inflight:
+                    await self._confirm(batch)
             elif isinstance(event, ConnectReceived):
                 if await self._on_connect(event.connect):
                     # Packets pipelined behind CONNECT were held until the CONNACK decision.
-                    pending.extend(self._conn.receive_data(b""))
+                    events = [*events, *self._conn.receive_data(b"")]
             elif isinstance(event, Subscribed):
                 log.debug("subscribed", filters=",".join(f for f, _ in event.subscriptions))
             elif isinstance(event, Unsubscribed):
                 log.debug("unsubscribed", filters=",".join(event.topic_filters))
             elif isinstance(event, DisconnectReceived):
                 self._set_reason("client_disconnect")
-        if relayed:
-            self._publishes_in.inc(relayed)
-        await self._confirm(confirmed, acknowledgements)
+        await self._confirm(batch)
+        self._count(batch)
 
-    async def _confirm(self, confirmed: list[OutboundMessage], acknowledgements: list[int]) -> None:
+    async def _confirm(self, batch: _Batch) -> None:
         """Hand the batch to NATS, then acknowledge: only what NATS accepted is acknowledged."""
-        if confirmed:
-            await self._ctx.gateway.publish_confirmed(confirmed)  # the backpressure point
-            confirmed.clear()
-        for packet_id in acknowledgements:
+        if batch.confirmed:
+            await self._ctx.gateway.publish_confirmed(batch.confirmed)  # the backpressure point
+            batch.confirmed = []
+        for packet_id in batch.acknowledgements:
             self._conn.acknowledge(packet_id)
-        acknowledgements.clear()
+        batch.acknowledgements.clear()
         self._wake_writer()
+
+    def _count(self, batch: _Batch) -> None:
+        """Metrics once per read, not per message (each increment takes a lock)."""
+        for extension, count in batch.relayed.items():
+            counter = self._relayed.get(extension)
+            if counter is None:
+                counter = self._relayed[extension] = (
+                    self._ctx.metrics.client_data_relayed.labels(extension))
+            counter.inc(count)
+        if batch.publishes:
+            self._publishes_in.inc(batch.publishes)
 
     async def _on_connect(self, connect: Connect) -> bool:
         self.auth = await self._ctx.authenticator.authenticate(connect, self.peer)
@@ -296,15 +318,13 @@ class Session:
     def _count_refusal(self, reason: str) -> None:
         self._ctx.metrics.connect_refusals.labels(self.peer.transport, reason).inc()
 
-    async def _on_message(
-        self, event: MessageReceived, confirmed: list[OutboundMessage], acknowledgements: list[int]
-    ) -> None:
+    async def _on_message(self, event: MessageReceived, batch: _Batch) -> None:
         if event.packet_id is not None:
             # Also for rejected messages: the PUBLISH itself was received and answered.
-            acknowledgements.append(event.packet_id)
+            batch.acknowledgements.append(event.packet_id)
         try:
             route = self._ctx.relay.route(event.topic)
-            binding = await self._identify(route) if route.token is not None else None
+            binding = await self._identify(route, batch.now) if route.token is not None else None
         except Kp1Error as err:
             self._answer_error(event, err.request_id, err.status_code, err.reason_phrase)
             return
@@ -314,7 +334,7 @@ class Session:
         endpoint_id = None
         if binding is not None:
             endpoint_id = binding.endpoint_id
-            self._ctx.presence.touch(endpoint_id, route.app_version, trio.current_time())
+            self._ctx.presence.touch(endpoint_id, route.app_version, batch.now)
             if self._ctx.traffic is not None:
                 self._ctx.traffic.received(self.auth.tenant_id, binding.app_name, endpoint_id,
                                            len(event.payload))
@@ -323,7 +343,7 @@ class Session:
                                                       correlation_id)
         if route.request_id is not None:
             self._remember_request(route, endpoint_id, event.qos)
-        if event.qos is QoS.AT_MOST_ONCE and not confirmed:
+        if event.qos is QoS.AT_MOST_ONCE and not batch.confirmed:
             # QoS 0: backpressure while NATS is busy, dropped (and counted) while it is away.
             if not await self._ctx.gateway.publish(message):
                 self._ctx.metrics.messages_dropped.labels("nats_unavailable").inc()
@@ -335,22 +355,18 @@ class Session:
             else:
                 self._dropping = False
         else:
-            confirmed.append(message)
-        counter = self._relayed.get(route.extension)
-        if counter is None:
-            counter = self._relayed[route.extension] = (
-                self._ctx.metrics.client_data_relayed.labels(route.extension))
-        counter.inc()
+            batch.confirmed.append(message)
+        batch.relayed[route.extension] += 1
         if log.is_debug():
             log.debug("client_data_relayed", topic=event.topic, endpoint_id=endpoint_id,
                       correlation_id=correlation_id)
 
-    async def _identify(self, route: Route) -> EndpointBinding:
+    async def _identify(self, route: Route, now: float) -> EndpointBinding:
         """Resolve the route's token to an endpoint, binding the endpoint to this session."""
         assert route.token is not None
         app_name = self._ctx.relay.registry.app_name(route.app_version)
         assert app_name is not None  # parse_topic rejects unknown appversions
-        identity = self._ctx.resolver.cached(app_name, route.token)
+        identity = self._ctx.resolver.cached(app_name, route.token, now)
         if identity is None:
             identity = await self._ctx.resolver.resolve(app_name, route.token)
         elif isinstance(identity, TokenRejected):
@@ -366,7 +382,7 @@ class Session:
         assert route.token is not None
         endpoint_id = identity.endpoint_id
         binding = self._endpoints[endpoint_id] = EndpointBinding(
-            endpoint_id, route.token, route.app_version, app_name)
+            endpoint_id, route.token, route.app_version, app_name, identity.token_id)
         roamed_from = self._ctx.hub.bind_endpoint(endpoint_id, self)
         if roamed_from is not None:
             roamed_from.forget_endpoint(endpoint_id)
@@ -382,15 +398,17 @@ class Session:
         """The endpoint moved to another session: stop addressing it here, report nothing."""
         self._endpoints.pop(endpoint_id, None)
 
-    def end_endpoint(self, endpoint_id: str, reason: str) -> bool:
-        """End one endpoint's session (its token was revoked); the connection stays up."""
-        binding = self._endpoints.pop(endpoint_id, None)
-        if binding is None:
+    def end_endpoint(self, endpoint_id: str, token_ids: frozenset[str]) -> bool:
+        """End the endpoint's session here if it uses one of the revoked `token_ids` (16/ECAP:
+        only sessions using a listed token end); the connection stays up."""
+        binding = self._endpoints.get(endpoint_id)
+        if binding is None or binding.token_id not in token_ids:
             return False
+        del self._endpoints[endpoint_id]
         self._ctx.presence.forget(endpoint_id)
         if self._ctx.hub.unbind_endpoint(endpoint_id, self):
             self._ctx.events.disconnected({endpoint_id: binding.app_version})
-        log.info("endpoint_disconnected", endpoint_id=endpoint_id, reason=reason,
+        log.info("endpoint_disconnected", endpoint_id=endpoint_id, reason="token_revoked",
                  client_id=self.client_id)
         return True
 

@@ -256,9 +256,6 @@ async def test_revoked_token_ends_its_endpoint_and_the_gateway_keeps_the_others(
                 f"kp1/{APP_VERSION}/cex/{EP2.token}/command/x/status", b"for-2")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "KpcService.on_tokens_revoked ends the endpoint's session whatever token it uses; spec 5.7 "
-    "ends only sessions that used a listed token"))
 async def test_revoking_another_token_of_the_endpoint_keeps_its_session(nats_server, tmp_path):
     spare = EndpointRecord(app_name=APP, token="token-1-spare", endpoint_id=EP1.endpoint_id,
                            token_id="token-id-1-spare")

@@ -122,6 +122,11 @@ async def test_nats_restart_under_load(nats_server_factory, tmp_path, nursery):
         topic = f"kp1/{APP_VERSION}/dcx/{{}}/json"
         async with open_device(port) as first, open_device(port) as second, \
                 open_device(port) as third, open_device(port) as probe:
+            # Validate the tokens first: a validation slowed down by a busy machine would
+            # otherwise answer an early message with a 504 (rejected, so not relayed).
+            for device, token in zip((first, second, third), tokens):
+                await call(device.publish, topic.format(token) + "/1", b"warm-up", qos=1)
+                assert (await call(device.expect, 15)).topic.endswith("/1/status")
             publishers = [CountingPublisher(device, topic.format(token), f"dev{n}").start()
                           for n, (device, token) in enumerate(zip((first, second, third),
                                                                   tokens))]
