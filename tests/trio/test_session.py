@@ -1,0 +1,144 @@
+"""Session timing rules over in-memory streams with trio's autojump clock: connect timeout,
+keepalive at 1.5x the client's value, client-id takeover. No sockets, no NATS: these rules live
+in the session, and the relay through a real nats-server is tested in tests/integration."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from kpc_trio.auth import EndpointTokenResolver
+from kpc_trio.connectivity import ConnectivityEvents
+from kpc_trio.hub import Hub
+from kpc_trio.kaa.kp1 import ApplicationRegistry
+from kpc_trio.metrics import Metrics
+from kpc_trio.mqtt.codec import Decoder, encode
+from kpc_trio.mqtt.packets import ConnAck, ConnAckCode, Connect, PingReq, PingResp
+from kpc_trio.nats_gateway import OutboundMessage
+from kpc_trio.net import Peer
+from kpc_trio.presence import DisconnectPolicy, IdleTracker
+from kpc_trio.relay import Relay
+from kpc_trio.session import Session, SessionContext, SessionLimits
+
+CONNECT_TIMEOUT = 10.0
+
+
+@attrs.define
+class SilentNats:
+    """Stands in for the gateway; these tests never relay a message."""
+
+    connected: bool = True
+    published: list[OutboundMessage] = attrs.field(factory=list)
+
+    def publish_nowait(self, message: OutboundMessage) -> bool:
+        self.published.append(message)
+        return True
+
+
+@pytest.fixture
+def context() -> SessionContext:
+    gateway = SilentNats()
+    metrics = Metrics()
+    return SessionContext(
+        hub=Hub(),
+        gateway=gateway,  # type: ignore[arg-type]
+        relay=Relay(ApplicationRegistry.from_mappings({}, {}), replica_id="r1"),
+        resolver=EndpointTokenResolver(
+            gateway, provider="cm", replica_id="r1", request_timeout=5, ttl=60,  # type: ignore[arg-type]
+            negative_ttl=5, max_entries=10, metrics=metrics),
+        events=ConnectivityEvents(gateway, kpc_instance="kpc", replica_id="r1"),  # type: ignore[arg-type]
+        metrics=metrics,
+        presence=IdleTracker(lambda app_version: DisconnectPolicy()),
+        limits=SessionLimits(connect_timeout=CONNECT_TIMEOUT),
+    )
+
+
+@attrs.define
+class Client:
+    """The client end of an in-memory connection to a running Session."""
+
+    stream: trio.abc.Stream
+    decoder: Decoder = attrs.field(factory=lambda: Decoder(1 << 20))
+
+    async def send(self, *packets: object) -> None:
+        await self.stream.send_all(b"".join(encode(p) for p in packets))  # type: ignore[arg-type]
+
+    async def next_packet(self) -> object | None:
+        """The next packet from the server, None once the server closed the connection."""
+        while (packet := self.decoder.next_packet()) is None:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                return None
+            self.decoder.feed(data)
+        return packet
+
+
+async def start_session(nursery: trio.Nursery, context: SessionContext,
+                        finished: dict[Session, float]) -> tuple[Session, Client]:
+    client_end, server_end = trio.testing.memory_stream_pair()
+    session = Session(server_end, Peer("tcp", "test:1"), context)
+
+    async def run() -> None:
+        await session.run()
+        finished[session] = trio.current_time()
+
+    nursery.start_soon(run)
+    return session, Client(client_end)
+
+
+async def test_a_socket_that_never_sends_connect_is_closed(context, autojump_clock):
+    finished: dict[Session, float] = {}
+    async with trio.open_nursery() as nursery:
+        session, client = await start_session(nursery, context, finished)
+        assert await client.next_packet() is None  # closed without a CONNACK
+    assert session.close_reason == "connect_timeout"
+    assert finished[session] == pytest.approx(CONNECT_TIMEOUT)
+
+
+async def test_keepalive_is_enforced_at_one_and_a_half_times_the_clients_value(
+        context, autojump_clock):
+    finished: dict[Session, float] = {}
+    async with trio.open_nursery() as nursery:
+        session, client = await start_session(nursery, context, finished)
+        await client.send(Connect("MQTT", 4, "dev-1", True, keepalive=10))
+        assert await client.next_packet() == ConnAck(ConnAckCode.ACCEPTED)
+        await trio.sleep(14)  # within 1.5 x 10 s: a PINGREQ keeps the connection
+        await client.send(PingReq())
+        assert await client.next_packet() == PingResp()
+        pinged_at = trio.current_time()
+        assert await client.next_packet() is None  # then silence: closed
+    assert session.close_reason == "keepalive_timeout"
+    assert finished[session] - pinged_at == pytest.approx(15)
+
+
+async def test_keepalive_zero_means_no_timeout(context, autojump_clock):
+    finished: dict[Session, float] = {}
+    async with trio.open_nursery() as nursery:
+        session, client = await start_session(nursery, context, finished)
+        await client.send(Connect("MQTT", 4, "dev-1", True, keepalive=0))
+        assert await client.next_packet() == ConnAck(ConnAckCode.ACCEPTED)
+        await trio.sleep(24 * 3600)
+        assert session not in finished
+        await client.stream.aclose()
+    assert session.close_reason in ("connection_closed", "connection_lost")
+
+
+async def test_a_second_connection_with_the_same_client_id_takes_over(context, autojump_clock):
+    finished: dict[Session, float] = {}
+    async with trio.open_nursery() as nursery:
+        first, old = await start_session(nursery, context, finished)
+        await old.send(Connect("MQTT", 4, "same-id", True, keepalive=60))
+        assert await old.next_packet() == ConnAck(ConnAckCode.ACCEPTED)
+        second, new = await start_session(nursery, context, finished)
+        await new.send(Connect("MQTT", 4, "same-id", True, keepalive=60))
+        assert await new.next_packet() == ConnAck(ConnAckCode.ACCEPTED)
+        assert await old.next_packet() is None  # the old connection is closed
+        assert first.close_reason == "takeover"
+        assert second not in finished
+        assert context.hub.client_count == 1
+        await new.send(PingReq())
+        assert await new.next_packet() == PingResp()  # the new one is served
+        await new.stream.aclose()
+    assert context.hub.client_count == 0
