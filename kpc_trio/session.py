@@ -259,14 +259,18 @@ class Session:
                 if len(batch.confirmed) >= self._ctx.limits.max_inflight:
                     await self._confirm(batch)
             elif isinstance(event, ConnectReceived):
+                self._count_packet("CONNECT")
                 if await self._on_connect(event.connect):
                     # Packets pipelined behind CONNECT were held until the CONNACK decision.
                     events = [*events, *self._conn.receive_data(b"")]
             elif isinstance(event, Subscribed):
+                self._count_packet("SUBSCRIBE")
                 log.debug("subscribed", filters=",".join(f for f, _ in event.subscriptions))
             elif isinstance(event, Unsubscribed):
+                self._count_packet("UNSUBSCRIBE")
                 log.debug("unsubscribed", filters=",".join(event.topic_filters))
             elif isinstance(event, DisconnectReceived):
+                self._count_packet("DISCONNECT")
                 self._set_reason("client_disconnect")
         await self._confirm(batch)
         self._count(batch)
@@ -280,6 +284,10 @@ class Session:
             self._conn.acknowledge(packet_id)
         batch.acknowledgements.clear()
         self._wake_writer()
+
+    def _count_packet(self, packet_type: str) -> None:
+        """Packets that are rare enough to count one by one (PUBLISH is counted per read)."""
+        self._ctx.metrics.packets_received.labels(packet_type).inc()
 
     def _count(self, batch: _Batch) -> None:
         """Metrics once per read, not per message (each increment takes a lock)."""

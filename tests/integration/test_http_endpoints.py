@@ -43,6 +43,9 @@ async def test_open_connections_gauge_follows_a_client(kpc):
         await call(device.wait_disconnected)
     # The session ends shortly after the client's DISCONNECT.
     assert await metric_becomes(kpc, 0, "kpc_connections_open", transport="tcp") == 0
+    assert await metric(kpc, "kpc_packets_received_total", packet_type="CONNECT") == 1
+    assert await metric(kpc, "kpc_packets_received_total", packet_type="DISCONNECT") == 1
+    assert await metric(kpc, "kpc_received_bytes_total", transport="tcp") > 0
 
 
 async def test_relayed_client_data_is_counted(nats_server, kpc):
