@@ -1,6 +1,6 @@
 """Resident memory of a `kpc-trio run` process holding idle MQTT connections.
 
-    PYTHONPATH=. python benchmarks/memory_idle.py [--connections 1000 10000]
+    python -m benchmarks.memory_idle [--connections 1000 10000]
 
 Starts a nats-server and KPC (a real process, JSON logs, port 0), measures VmRSS when idle,
 then after each step of raw MQTT 3.1.1 clients that CONNECT (keepalive 0), get their CONNACK and
