@@ -83,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         problem = _startup_problem(exc)
         if problem is None:
             raise
-        sys.stderr.write(f"kpc-trio: cannot start: {problem}\n")
+        prefix = "invalid configuration" if command == "check-config" else "cannot start"
+        sys.stderr.write(f"kpc-trio: {prefix}: {problem}\n")
         return EXIT_STARTUP_ERROR
     return 0
 
