@@ -109,10 +109,11 @@ class EndpointTokenResolver:
         """
         if now is None:
             now = trio.current_time()
-        result = self._cache.get((app_name, token), now)
-        if result is not None:
-            self._metrics.token_cache_hits.inc()
-        return result
+        return self._cache.get((app_name, token), now)
+
+    def record_cache_hits(self, count: int) -> None:
+        """Callers count their `cached()` hits and report them in bulk (a metric takes a lock)."""
+        self._metrics.token_cache_hits.inc(count)
 
     async def resolve(self, app_name: str, token: str) -> EndpointIdentity:
         """Validate `token` of application `app_name`; raise TokenValidationError on rejection."""
@@ -120,6 +121,8 @@ class EndpointTokenResolver:
         if result is None:
             self._metrics.token_cache_misses.inc()
             result = await self._validate((app_name, token))
+        else:
+            self.record_cache_hits(1)
         if isinstance(result, TokenRejected):
             raise TokenValidationError(result.status_code, result.reason_phrase)
         return result

@@ -146,7 +146,9 @@ class HttpTransport:
         identity = self._resolver.cached(app_name, route.token)
         if identity is None:
             identity = await self._resolver.resolve(app_name, route.token)
-        elif isinstance(identity, TokenRejected):
+        else:
+            self._resolver.record_cache_hits(1)
+        if isinstance(identity, TokenRejected):
             raise TokenValidationError(identity.status_code, identity.reason_phrase)
         return identity.endpoint_id
 

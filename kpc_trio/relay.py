@@ -18,6 +18,9 @@ from kpc_trio.kaa.kp1 import ApplicationRegistry, Route
 from kpc_trio.nats_gateway import OutboundMessage
 
 
+MAX_REMEMBERED_ROUTES = 10_000
+
+
 @attrs.frozen
 class ClientMessage:
     """What KPC publishes to the client for one `ExtensionData`."""
@@ -54,10 +57,21 @@ class Relay:
         self._id_prefix = f"{replica_id}-{os.urandom(4).hex()}-"
         self._ids = itertools.count()
         self._subjects: dict[str, str] = {}
+        self._routes: dict[str, Route] = {}
 
     def route(self, topic: str) -> Route:
-        """Parse a client topic; raises `kp1.Kp1Error` with the status to answer."""
-        return kp1.parse_topic(topic, self.registry)
+        """Parse a client topic; raises `kp1.Kp1Error` with the status to answer.
+
+        Devices publish to the same few topics over and over: parsed routes are remembered
+        (errors are not, so a flood of bad topics cannot fill the memory).
+        """
+        route = self._routes.get(topic)
+        if route is None:
+            route = kp1.parse_topic(topic, self.registry)
+            if len(self._routes) >= MAX_REMEMBERED_ROUTES:
+                self._routes.clear()
+            self._routes[topic] = route
+        return route
 
     def next_correlation_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids)}"
@@ -65,24 +79,15 @@ class Relay:
     def client_data_message(
         self, route: Route, endpoint_id: str | None, payload: bytes, correlation_id: str
     ) -> OutboundMessage:
-        record = records.ClientData(
-            correlation_id=correlation_id,
-            timestamp=int(time.time() * 1000),
-            timeout=self._timeout,
-            app_version_name=route.app_version,
-            endpoint_id=endpoint_id,
-            resource_path=route.resource_path,
-            request_id=route.request_id,
-            payload=payload,
-        )
         subject = self._subjects.get(route.extension)
         if subject is None:
             subject = self._subjects[route.extension] = subjects.client_data(route.extension)
-        return OutboundMessage(
-            subject,
-            records.encode_client_data(record, with_config_name=self._with_config_name),
-            self._reply_to,
+        datum = records.write_client_data(
+            correlation_id, int(time.time() * 1000), self._timeout, route.app_version,
+            endpoint_id, route.resource_path, route.request_id, payload,
+            with_config_name=self._with_config_name,
         )
+        return OutboundMessage(subject, datum, self._reply_to)
 
     @staticmethod
     def client_message(

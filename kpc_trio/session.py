@@ -98,6 +98,7 @@ class _Batch:
     confirmed: list[OutboundMessage] = attrs.field(factory=list)
     acknowledgements: list[int] = attrs.field(factory=list)
     publishes: int = 0  # PUBLISH packets received, relayed or not
+    token_cache_hits: int = 0
     relayed: collections.Counter[str] = attrs.field(factory=collections.Counter)
 
 
@@ -299,6 +300,8 @@ class Session:
             counter.inc(count)
         if batch.publishes:
             self._publishes_in.inc(batch.publishes)
+        if batch.token_cache_hits:
+            self._ctx.resolver.record_cache_hits(batch.token_cache_hits)
 
     async def _on_connect(self, connect: Connect) -> bool:
         self.auth = await self._ctx.authenticator.authenticate(connect, self.peer)
@@ -332,7 +335,7 @@ class Session:
             batch.acknowledgements.append(event.packet_id)
         try:
             route = self._ctx.relay.route(event.topic)
-            binding = await self._identify(route, batch.now) if route.token is not None else None
+            binding = await self._identify(route, batch) if route.token is not None else None
         except Kp1Error as err:
             self._answer_error(event, err.request_id, err.status_code, err.reason_phrase)
             return
@@ -369,16 +372,18 @@ class Session:
             log.debug("client_data_relayed", topic=event.topic, endpoint_id=endpoint_id,
                       correlation_id=correlation_id)
 
-    async def _identify(self, route: Route, now: float) -> EndpointBinding:
+    async def _identify(self, route: Route, batch: _Batch) -> EndpointBinding:
         """Resolve the route's token to an endpoint, binding the endpoint to this session."""
         assert route.token is not None
         app_name = self._ctx.relay.registry.app_name(route.app_version)
         assert app_name is not None  # parse_topic rejects unknown appversions
-        identity = self._ctx.resolver.cached(app_name, route.token, now)
+        identity = self._ctx.resolver.cached(app_name, route.token, batch.now)
         if identity is None:
             identity = await self._ctx.resolver.resolve(app_name, route.token)
-        elif isinstance(identity, TokenRejected):
-            raise TokenValidationError(identity.status_code, identity.reason_phrase)
+        else:
+            batch.token_cache_hits += 1
+            if isinstance(identity, TokenRejected):
+                raise TokenValidationError(identity.status_code, identity.reason_phrase)
         binding = self._endpoints.get(identity.endpoint_id)
         if binding is None or binding.token != route.token \
                 or binding.app_version != route.app_version:

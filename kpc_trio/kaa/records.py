@@ -451,34 +451,45 @@ def encode(record: Record) -> bytes:
 
 def encode_client_data(cd: ClientData, *, with_config_name: bool = True) -> bytes:
     """Encode `cd` with the current schema, or with the legacy one that has no `configName`
-    (for extensions built before Jan 2026, spec 4.7).
+    (for extensions built before Jan 2026, spec 4.7)."""
+    return write_client_data(
+        cd.correlation_id, cd.timestamp, cd.timeout, cd.app_version_name, cd.endpoint_id,
+        cd.resource_path, cd.request_id, cd.payload, cd.config_name,
+        with_config_name=with_config_name,
+    )
+
+
+def write_client_data(
+    correlation_id: str, timestamp: int, timeout: int, app_version_name: str,
+    endpoint_id: str | None, resource_path: str, request_id: int | None, payload: bytes,
+    config_name: str | None = None, *, with_config_name: bool = True,
+) -> bytes:
+    """The Avro datum of a `ClientData` with these fields, without building the record.
 
     The hot path of the relay (one call per client PUBLISH): a hand-written writer for this one
     record, about five times faster than fastavro's generic one and byte-identical to it (a
     property test compares both).
     """
-    if not with_config_name and cd.config_name is not None:
+    if not with_config_name and config_name is not None:
         raise RecordEncodeError(
-            f"ClientData.config_name={cd.config_name!r} cannot be carried by the legacy ClientData "
+            f"ClientData.config_name={config_name!r} cannot be carried by the legacy ClientData "
             "schema; enable the configName schema variant or leave config_name None"
         )
-    request_id = cd.request_id
     if request_id is not None and not _INT_MIN <= request_id <= _INT_MAX:
         raise RecordEncodeError(f"cannot encode ClientData: requestId {request_id} is not an int")
-    payload = cd.payload
     if with_config_name:
-        config = b"\x00" if cd.config_name is None else b"\x02" + _avro_string(cd.config_name)
+        config = b"\x00" if config_name is None else b"\x02" + _avro_string(config_name)
     else:
         config = b""
     try:
         return b"".join((
-            _avro_string(cd.correlation_id),
-            _avro_long(cd.timestamp),
-            _avro_long(cd.timeout),
-            _interned_avro_string(cd.app_version_name),
+            _avro_string(correlation_id),
+            _avro_long(timestamp),
+            _avro_long(timeout),
+            _interned_avro_string(app_version_name),
             # ["string","null"]: branch 0 is the string; ["int","null"] likewise
-            b"\x02" if cd.endpoint_id is None else b"\x00" + _interned_avro_string(cd.endpoint_id),
-            _interned_avro_string(cd.resource_path),
+            b"\x02" if endpoint_id is None else b"\x00" + _interned_avro_string(endpoint_id),
+            _interned_avro_string(resource_path),
             b"\x02" if request_id is None else b"\x00" + _avro_long(request_id),
             _avro_long(len(payload)),
             payload,
