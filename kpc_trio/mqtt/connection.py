@@ -43,6 +43,7 @@ from kpc_trio.mqtt.topics import topic_matches, validate_topic_filter, validate_
 MAX_OUTBOUND_QOS = QoS.AT_LEAST_ONCE
 
 _PINGRESP = encode(PingResp())
+_PUBACK_HEADER = encode(PubAck(1))[:2]
 _MAX_PACKET_ID = 0xFFFF
 
 
@@ -311,7 +312,8 @@ class ServerConnection:
                 f"acknowledge({packet_id}): no inbound QoS 1/2 message has this id"
             )
         if qos is QoS.AT_LEAST_ONCE:
-            self._send_packet(PubAck(packet_id))
+            # One PUBACK per relayed QoS 1 message: its four bytes, without a PubAck object.
+            self._output += _PUBACK_HEADER + packet_id.to_bytes(2, "big")
         else:
             self._awaiting_pubrel.add(packet_id)
             self._send_packet(PubRec(packet_id))
