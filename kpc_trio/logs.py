@@ -48,10 +48,10 @@ class EventLogger:
     def __init__(self, logger: logging.Logger) -> None:
         self._logger = logger
 
-    def _log(self, level: int, event: str, fields: dict[str, Any]) -> None:
+    def _log(self, level: int, event: str, fields: dict[str, Any], exc_info: bool = False) -> None:
         if self._logger.isEnabledFor(level):
             merged = {**_context.get(), **fields}
-            self._logger.log(level, event, extra={"kpc_fields": merged})
+            self._logger.log(level, event, extra={"kpc_fields": merged}, exc_info=exc_info)
 
     def debug(self, event: str, **fields: Any) -> None:
         self._log(logging.DEBUG, event, fields)
@@ -64,6 +64,10 @@ class EventLogger:
 
     def error(self, event: str, **fields: Any) -> None:
         self._log(logging.ERROR, event, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        """An error with the traceback of the exception being handled (a bug of ours)."""
+        self._log(logging.ERROR, event, fields, exc_info=True)
 
     def is_debug(self) -> bool:
         return self._logger.isEnabledFor(logging.DEBUG)

@@ -82,7 +82,10 @@ class NatsPort(Protocol):
         self, messages: Sequence[OutboundMessage], *, fail_fast: bool = False
     ) -> None: ...
 
-    async def publish(self, message: OutboundMessage) -> bool: ...
+    @property
+    def max_payload(self) -> int: ...
+
+    async def publish(self, messages: Sequence[OutboundMessage]) -> bool: ...
 
     def publish_nowait(self, message: OutboundMessage) -> bool: ...
 
@@ -124,7 +127,14 @@ class _ConfirmedGroup:
             self.done.set()
 
 
-_Item = OutboundMessage | _ConfirmedGroup
+@attrs.frozen
+class _BestEffortGroup:
+    """The messages of one `publish` call: one channel item, at most once, no completion."""
+
+    messages: Sequence[OutboundMessage]
+
+
+_Item = OutboundMessage | _ConfirmedGroup | _BestEffortGroup
 
 
 def _size(item: _Item) -> int:
@@ -208,6 +218,12 @@ class _NatsLink:
     _stop: asyncio.Event | None = None
     _background: set[asyncio.Task[None]] = attrs.field(factory=set)
 
+    @property
+    def max_payload(self) -> int:
+        """From the server's INFO (nats-py starts with the server default, 1 MiB); an int read
+        from another thread is safe."""
+        return self.client.max_payload
+
     def run(self, started: Callable[[], None]) -> None:
         """Thread body: the loop is created here, in its own thread, and closed on stop()."""
         asyncio.run(self._main(started))
@@ -285,10 +301,13 @@ class _NatsLink:
         dropped = 0
         for index, item in enumerate(batch):
             if isinstance(item, OutboundMessage):
-                if self._problem(item) is None:
-                    sendable.append(item)
-                else:
-                    dropped += 1
+                item = _BestEffortGroup((item,))
+            if isinstance(item, _BestEffortGroup):
+                for message in item.messages:
+                    if self._problem(message) is None:
+                        sendable.append(message)
+                    else:
+                        dropped += 1
                 continue
             problem = next(filter(None, map(self._problem, item.messages)), None)
             if problem is not None:
@@ -490,20 +509,27 @@ class NatsGateway:
         if group.error is not None:
             raise group.error
 
-    async def publish(self, message: OutboundMessage) -> bool:
+    @property
+    def max_payload(self) -> int:
+        """The largest message payload the NATS server takes (its INFO; 1 MiB until known)."""
+        return self._link.max_payload
+
+    async def publish(self, messages: Sequence[OutboundMessage]) -> bool:
         """At most once, with backpressure: waits while the outbox is full (NATS busy), but
-        gives up at once, returning False, while NATS is disconnected."""
+        gives up at once, returning False (all dropped), while NATS is disconnected. One channel
+        item for the whole sequence."""
         if self._connected:
+            group = _BestEffortGroup(messages)
             try:
-                self._outbox_send.send_nowait(message)
+                self._outbox_send.send_nowait(group)
                 return True
             except trio.WouldBlock:
                 with trio.move_on_after(PUBLISH_WAIT_LIMIT):
-                    await self._outbox_send.send(message)
+                    await self._outbox_send.send(group)
                     return True
             except trio.ClosedResourceError:
                 pass
-        self.dropped_outbound += 1
+        self.dropped_outbound += len(messages)
         return False
 
     def publish_nowait(self, message: OutboundMessage) -> bool:

@@ -356,6 +356,9 @@ class KpcService:
         open_connections.inc()
         try:
             await session.run()
+        except Exception as exc:  # noqa: BLE001 - one connection's failure must not stop KPC
+            log.exception("session_failed", client_id=session.client_id, peer=peer.address,
+                          error=repr(exc))
         finally:
             open_connections.dec()
             self.sessions.discard(session)
@@ -366,28 +369,33 @@ class KpcService:
         """Route each `ExtensionData` to the session holding its endpoint (or pending request)."""
         async for message in messages:
             try:
-                data = records.decode(records.ExtensionData, message.payload)
-            except records.RecordDecodeError as exc:
-                self.metrics.messages_dropped.labels("undecodable").inc()
-                log.warning("extension_data_undecodable", subject=message.subject, reason=str(exc))
-                continue
-            if is_expired(data, int(time.time() * 1000)):
-                self.metrics.messages_dropped.labels("expired").inc()
-                log.info("extension_data_expired", correlation_id=data.correlation_id)
-                continue
-            if self._http_waiters.deliver(data):
-                self.metrics.extension_data_delivered.labels(
-                    data.extension_instance_name or "").inc()
-                continue
+                self._dispatch_one(message)
+            except Exception as exc:  # noqa: BLE001 - a bad message must not stop the relay
+                log.exception("extension_data_dispatch_failed", subject=message.subject,
+                              error=repr(exc))
+
+    def _dispatch_one(self, message: InboundMessage) -> None:
+        try:
+            data = records.decode(records.ExtensionData, message.payload)
+        except records.RecordDecodeError as exc:
+            self.metrics.messages_dropped.labels("undecodable").inc()
+            log.warning("extension_data_undecodable", subject=message.subject, reason=str(exc))
+            return
+        if is_expired(data, int(time.time() * 1000)):
+            self.metrics.messages_dropped.labels("expired").inc()
+            log.info("extension_data_expired", correlation_id=data.correlation_id)
+            return
+        delivered = self._http_waiters.deliver(data)
+        if not delivered:
             session = self._session_for(data)
-            if session is not None and session.deliver_extension_data(data):
-                self.metrics.extension_data_delivered.labels(
-                    data.extension_instance_name or "").inc()
-            else:
-                # Normal with several replicas: the endpoint is held by another one.
-                self.metrics.messages_dropped.labels("not_routed").inc()
-                log.debug("extension_data_not_routed", endpoint_id=data.endpoint_id,
-                          correlation_id=data.correlation_id)
+            delivered = session is not None and session.deliver_extension_data(data)
+        if delivered:
+            self.metrics.extension_data_delivered.labels(data.extension_instance_name or "").inc()
+        else:
+            # Normal with several replicas: the endpoint is held by another one.
+            self.metrics.messages_dropped.labels("not_routed").inc()
+            log.debug("extension_data_not_routed", endpoint_id=data.endpoint_id,
+                      correlation_id=data.correlation_id)
 
     async def _follow_roaming(self, events: trio.MemoryReceiveChannel[InboundMessage]) -> None:
         """Another replica's `ConnectedEvent` means the endpoint roamed there: stop routing it

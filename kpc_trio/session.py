@@ -34,7 +34,7 @@ from kpc_trio.mqtt.connection import (
     Subscribed,
     Unsubscribed,
 )
-from kpc_trio.mqtt.errors import ProtocolError
+from kpc_trio.mqtt.errors import LocalProtocolError, ProtocolError
 from kpc_trio.mqtt.packets import Connect, ConnAckCode, QoS
 from kpc_trio.nats_gateway import NatsGateway, OutboundMessage
 from kpc_trio.net import Peer
@@ -95,7 +95,8 @@ class _Batch:
     """What one read from the client produced: relays to confirm, ids to acknowledge, counts."""
 
     now: float  # trio time of the read: one clock reading serves every message in it
-    confirmed: list[OutboundMessage] = attrs.field(factory=list)
+    outgoing: list[OutboundMessage] = attrs.field(factory=list)  # in the order received
+    needs_confirmation: bool = False  # a QoS 1/2 message is among them
     acknowledgements: list[int] = attrs.field(factory=list)
     publishes: int = 0  # PUBLISH packets received, relayed or not
     token_cache_hits: int = 0
@@ -257,7 +258,7 @@ class Session:
             if isinstance(event, MessageReceived):
                 batch.publishes += 1
                 await self._on_message(event, batch)
-                if len(batch.confirmed) >= self._ctx.limits.max_inflight:
+                if len(batch.outgoing) >= self._ctx.limits.max_inflight:
                     await self._confirm(batch)
             elif isinstance(event, ConnectReceived):
                 self._count_packet("CONNECT")
@@ -277,14 +278,29 @@ class Session:
         self._count(batch)
 
     async def _confirm(self, batch: _Batch) -> None:
-        """Hand the batch to NATS, then acknowledge: only what NATS accepted is acknowledged."""
-        if batch.confirmed:
-            await self._ctx.gateway.publish_confirmed(batch.confirmed)  # the backpressure point
-            batch.confirmed = []
+        """Hand the batch to NATS in one piece, then acknowledge: a batch with QoS 1/2 messages
+        waits for NATS's confirmation (the backpressure point); QoS 0 alone only for room, and
+        is dropped (counted) while NATS is away."""
+        if batch.outgoing:
+            if batch.needs_confirmation:
+                await self._ctx.gateway.publish_confirmed(batch.outgoing)
+            elif await self._ctx.gateway.publish(batch.outgoing):
+                self._dropping = False
+            else:
+                self._count_drops(len(batch.outgoing))
+            batch.outgoing = []
+            batch.needs_confirmation = False
         for packet_id in batch.acknowledgements:
             self._conn.acknowledge(packet_id)
         batch.acknowledgements.clear()
         self._wake_writer()
+
+    def _count_drops(self, count: int) -> None:
+        self._ctx.metrics.messages_dropped.labels("nats_unavailable").inc(count)
+        # One warning per connection and outage; the metric counts every message.
+        if not self._dropping:
+            self._dropping = True
+            log.warning("messages_dropped", reason="nats_unavailable", qos=0, count=count)
 
     def _count_packet(self, packet_type: str) -> None:
         """Packets that are rare enough to count one by one (PUBLISH is counted per read)."""
@@ -352,21 +368,18 @@ class Session:
         correlation_id = self._ctx.relay.next_correlation_id()
         message = self._ctx.relay.client_data_message(route, endpoint_id, event.payload,
                                                       correlation_id)
+        if len(message.payload) > self._ctx.gateway.max_payload:
+            # NATS would refuse the whole batch: refuse this one message instead.
+            self._ctx.metrics.messages_dropped.labels("too_large_for_nats").inc()
+            self._answer_error(event, route.request_id, 413,
+                               f"Payload too large: NATS takes {self._ctx.gateway.max_payload} "
+                               "bytes per message")
+            return
         if route.request_id is not None:
             self._remember_request(route, endpoint_id, event.qos)
-        if event.qos is QoS.AT_MOST_ONCE and not batch.confirmed:
-            # QoS 0: backpressure while NATS is busy, dropped (and counted) while it is away.
-            if not await self._ctx.gateway.publish(message):
-                self._ctx.metrics.messages_dropped.labels("nats_unavailable").inc()
-                # One warning per connection and outage; the metric counts every message.
-                report = log.debug if self._dropping else log.warning
-                self._dropping = True
-                report("message_dropped", reason="nats_unavailable", topic=event.topic,
-                       qos=0, correlation_id=correlation_id)
-            else:
-                self._dropping = False
-        else:
-            batch.confirmed.append(message)
+        batch.outgoing.append(message)
+        if event.qos is not QoS.AT_MOST_ONCE:
+            batch.needs_confirmation = True
         batch.relayed[route.extension] += 1
         if log.is_debug():
             log.debug("client_data_relayed", topic=event.topic, endpoint_id=endpoint_id,
@@ -477,7 +490,14 @@ class Session:
         subscribed = self._conn.subscription_qos(topic)
         if subscribed is not None and subscribed > qos:
             qos = subscribed
-        self._conn.publish(topic, payload, qos)
+        try:
+            self._conn.publish(topic, payload, qos)
+        except LocalProtocolError as exc:
+            # e.g. an extension's resource path that makes the topic invalid (wildcards, NUL)
+            self._ctx.metrics.messages_dropped.labels("invalid_topic").inc()
+            log.warning("publish_refused", client_id=self.client_id, topic=topic,
+                        reason=str(exc))
+            return False
         if self._conn.pending_output > self._ctx.limits.max_outbox_bytes:
             log.warning("slow_consumer", client_id=self.client_id,
                         pending_bytes=self._conn.pending_output)

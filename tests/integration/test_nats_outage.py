@@ -81,7 +81,9 @@ async def wait_for(predicate, timeout: float, what: str) -> None:
         while not await predicate():
             await trio.sleep(0.05)
         return
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    missing = getattr(_arrived, "missing", [])
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}"
+                         + (f"; missing {len(missing)}: {missing[:10]}" if missing else ""))
 
 
 async def metrics_text(kpc) -> bytes:
@@ -216,4 +218,7 @@ async def _dropped_for_nats(kpc) -> bool:
 
 async def _arrived(kaa, acknowledged: list[bytes]) -> bool:
     await trio.lowlevel.checkpoint()
-    return set(acknowledged) <= {cd.payload for cd in kaa.received("dcx")}
+    missing = set(acknowledged) - {cd.payload for cd in kaa.received("dcx")}
+    if missing:
+        _arrived.missing = sorted(missing)  # type: ignore[attr-defined]  # for the failure
+    return not missing

@@ -139,3 +139,29 @@ async def test_clients_never_see_each_others_messages(kaa, port):
         f"kp1/{APP_VERSION}/dcx/{EP2.token}/json/2/status",
         f"kp1/{APP_VERSION}/cex/{EP2.token}/command/x/status",
     ])
+
+
+async def test_a_payload_nats_cannot_carry_is_answered_413(nats_server, tmp_path, kaa):
+    config = make_config(tmp_path, nats_server.url,
+                         "kaa.kpc.transports.mqtt.max-packet-size: 2097152\n")
+    async with open_kpc(config) as service:
+        async with open_device(service.ports["mqtt_tcp"]) as device:
+            topic = f"kp1/{APP_VERSION}/dcx/{EP1.token}/json"
+            await call(device.publish, topic + "/5", b"x" * 1_048_576, qos=1)
+            error = await call(device.expect)
+            await call(device.publish, topic + "/6", b"small", qos=1)  # still served
+            reply = await call(device.expect)
+    assert error.topic == topic + "/5/error"
+    assert json.loads(error.payload)["statusCode"] == 413
+    assert reply.topic == topic + "/6/status"
+    assert [cd.payload for cd in kaa.received("dcx")] == [b"small"]
+
+
+async def test_an_extension_data_that_makes_an_invalid_topic_is_dropped(kaa, port):
+    async with open_device(port) as device:
+        await call(device.publish, f"kp1/{APP_VERSION}/dcx/{EP1.token}/json", b"{}", qos=1)
+        await kaa.await_received("dcx", 1)
+        await call(kaa.push, "cex", push_data(EP1.endpoint_id, "/command/+/bad", b"wildcard"))
+        await call(kaa.push, "cex", push_data(EP1.endpoint_id, "/command/good", b"fine"))
+        message = await call(device.expect)
+    assert message.topic == f"kp1/{APP_VERSION}/cex/{EP1.token}/command/good/status"
