@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import math
-from collections import OrderedDict
 from typing import Any, Protocol
 
 import attrs
@@ -115,16 +114,25 @@ class EndpointBinding:
 
 
 class Session:
+    # Slots: thousands of idle sessions are the service's main memory cost.
+    __slots__ = (
+        "_stream", "peer", "_ctx", "_conn", "_endpoints", "_request_qos", "_writing",
+        "_writer_idle", "_stopping", "_receive_scope", "_cancel_scope", "_nursery",
+        "close_reason", "auth", "_dropping", "_bytes_in", "_bytes_out", "_publishes_in",
+        "_publishes_out", "_relayed",
+    )
+
     def __init__(self, stream: trio.abc.Stream, peer: Peer, context: SessionContext) -> None:
         self._stream = stream
         self.peer = peer
         self._ctx = context
         self._conn = ServerConnection(max_packet_size=context.limits.max_packet_size)
         self._endpoints: dict[str, EndpointBinding] = {}
-        self._request_qos: OrderedDict[tuple[str, str | None, int], QoS] = OrderedDict()
+        # Insertion-ordered: the oldest remembered request goes first when the bound is hit.
+        self._request_qos: dict[tuple[str, str | None, int], QoS] = {}
         # The writer task runs only while output is pending: an idle connection has one task.
         self._writing = False
-        self._writer_idle = trio.Event()
+        self._writer_idle: trio.Event | None = None  # set when the running writer has finished
         self._stopping = False
         self._receive_scope: trio.CancelScope | None = None
         self._cancel_scope: trio.CancelScope | None = None
@@ -446,7 +454,7 @@ class Session:
         if qos is not QoS.AT_MOST_ONCE:
             self._request_qos[(route.extension, endpoint_id, route.request_id)] = qos
             while len(self._request_qos) > MAX_REMEMBERED_REQUESTS:
-                self._request_qos.popitem(last=False)
+                del self._request_qos[next(iter(self._request_qos))]
 
     def _answer_error(
         self, event: MessageReceived, request_id: int | None, status_code: int, reason: str
@@ -525,12 +533,14 @@ class Session:
             self.terminate("connection_lost")
         finally:
             self._writing = False
+            assert self._writer_idle is not None
             self._writer_idle.set()
 
     async def _flush_and_stop(self) -> None:
         """Send what is still queued (a CONNACK refusal, last acknowledgements), then stop."""
         self._wake_writer()
         if self._writing:
+            assert self._writer_idle is not None
             with trio.move_on_after(FINAL_FLUSH_TIMEOUT):
                 await self._writer_idle.wait()
         assert self._cancel_scope is not None

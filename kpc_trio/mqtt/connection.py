@@ -101,6 +101,13 @@ def _uuid_client_id() -> str:
 class ServerConnection:
     """MQTT 3.1/3.1.1 server protocol state for one client; all sessions are clean."""
 
+    # Slots: one instance per connection, and a server holds thousands of idle ones.
+    __slots__ = (
+        "state", "client_id", "keepalive", "connect", "_assign_client_id", "_decoder",
+        "_output", "_unacknowledged", "_awaiting_pubrel", "_awaiting_puback",
+        "_last_packet_id", "_subscriptions",
+    )
+
     def __init__(
         self,
         *,
