@@ -1,10 +1,11 @@
-"""One MQTT client connection: the sans-IO core driven by a reader and a writer task.
+"""One MQTT client connection: the sans-IO core driven by a reader task and a writer task.
 
 The reader decodes what the client sends, relays each PUBLISH as a `ClientData` and acknowledges
 QoS 1/2 messages only after NATS accepted them (one NATS hand-over and one acknowledgement write
-per read, no task per message). The writer drains the state machine's output buffer: responses
-and pushes from NATS are encoded straight into that buffer by `deliver()`, which never blocks; a
-client whose buffer outgrows `max_outbox_bytes` is dropped instead of growing memory.
+per read, no task per message). The writer drains the state machine's output buffer and runs
+only while there is output, so an idle connection costs one task: responses and pushes from NATS
+are encoded straight into that buffer by `deliver()`, which never blocks, and a client whose
+buffer outgrows `max_outbox_bytes` is dropped instead of growing memory.
 """
 
 from __future__ import annotations
