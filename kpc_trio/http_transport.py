@@ -117,8 +117,9 @@ class HttpTransport:
             return kp1_error_response(err.status_code, err.reason_phrase)
         except TokenValidationError as err:
             return kp1_error_response(err.status_code, err.reason_phrase)
-        route = attrs.evolve(route, request_id=next(self._request_ids))
-        key = ReplyKey(route.extension, endpoint_id, route.request_id)
+        request_id = next(self._request_ids)
+        route = attrs.evolve(route, request_id=request_id)
+        key = ReplyKey(route.extension, endpoint_id, request_id)
         waiter = self._waiters.expect(key)
         correlation_id = self._relay.next_correlation_id()
         try:

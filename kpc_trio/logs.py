@@ -17,11 +17,12 @@ import json
 import logging
 import sys
 import time
+from types import MappingProxyType
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 _context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
-    "kpc_log_context", default={}
+    "kpc_log_context", default=MappingProxyType({})
 )
 
 

@@ -162,7 +162,8 @@ class KpcService:
             self.ports[name] = await nursery.start(
                 functools.partial(serve_http, routes, host=None, port=port))
 
-    async def _serve_with(self, gateway: NatsGateway, task_status: trio.TaskStatus) -> None:
+    async def _serve_with(self, gateway: NatsGateway,
+                          task_status: trio.TaskStatus[dict[str, int]]) -> None:
         config = self.config
         context = self._context = self._session_context(gateway)
         async with trio.open_nursery() as services:

@@ -205,7 +205,7 @@ class Session:
         if self.close_reason == "unknown":
             self.close_reason = reason
 
-    async def _receive(self, deadline: float) -> bytes | None:
+    async def _receive(self, deadline: float) -> bytes | bytearray | None:
         """The next chunk from the client: b"" at end of stream or when told to stop reading,
         None when `deadline` (connect timeout, keepalive) passed first.
 

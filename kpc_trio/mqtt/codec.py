@@ -426,7 +426,7 @@ class Decoder:
         """Bytes received and not yet returned as packets."""
         return len(self._buffer) - self._position
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         if self._position:
             if self._position == len(self._buffer):
                 self._buffer.clear()

@@ -149,7 +149,7 @@ class ServerConnection:
 
     # ---- input ---------------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> list[Event]:
+    def receive_data(self, data: bytes | bytearray) -> list[Event]:
         """Feed bytes from the client; returns the events they complete.
 
         Decoding pauses after a CONNECT (the rest is held) until the application accepts it; then
