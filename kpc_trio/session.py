@@ -277,6 +277,8 @@ class Session:
             elif isinstance(event, Subscribed):
                 self._count_packet("SUBSCRIBE")
                 log.debug("subscribed", filters=",".join(f for f, _ in event.subscriptions))
+                for topic_filter, _ in event.subscriptions:
+                    await self._identify_subscriber(topic_filter, batch)
             elif isinstance(event, Unsubscribed):
                 self._count_packet("UNSUBSCRIBE")
                 log.debug("unsubscribed", filters=",".join(event.topic_filters))
@@ -411,6 +413,19 @@ class Session:
                 or binding.app_version != route.app_version:
             binding = self._bind(identity, route, app_name, previous=binding)
         return binding
+
+    async def _identify_subscriber(self, topic_filter: str, batch: _Batch) -> None:
+        """A SUBSCRIBE to `kp1/<appversion>/<extension>/<token>/...` identifies the endpoint
+        (spec 6.1), so a client that only subscribes gets the pushes for it."""
+        levels = topic_filter.split("/", 4)
+        if len(levels) < 4 or any("+" in level or "#" in level for level in levels[:4]):
+            return
+        try:
+            route = self._ctx.relay.route("/".join(levels[:4]))
+            if route.token is not None:
+                await self._identify(route, batch)
+        except (Kp1Error, TokenValidationError) as exc:
+            log.info("subscription_not_identified", topic_filter=topic_filter, reason=str(exc))
 
     def _bind(self, identity: EndpointIdentity, route: Route, app_name: str,
               previous: EndpointBinding | None) -> EndpointBinding:

@@ -165,3 +165,14 @@ async def test_an_extension_data_that_makes_an_invalid_topic_is_dropped(kaa, por
         await call(kaa.push, "cex", push_data(EP1.endpoint_id, "/command/good", b"fine"))
         message = await call(device.expect)
     assert message.topic == f"kp1/{APP_VERSION}/cex/{EP1.token}/command/good/status"
+
+
+async def test_a_client_that_only_subscribes_gets_the_pushes(kaa, port):
+    async with open_device(port) as device:
+        await call(device.subscribe, f"kp1/{APP_VERSION}/cex/{EP2.token}/command/#", 0)
+        [connected] = await kaa.await_events("connectivity.connected", 1)
+        await call(kaa.push, "cex", push_data(EP2.endpoint_id, "/command/ping", b"hello"))
+        message = await call(device.expect)
+    assert connected.endpoints == {EP2.endpoint_id: APP_VERSION}
+    assert (message.topic, message.payload) == (
+        f"kp1/{APP_VERSION}/cex/{EP2.token}/command/ping/status", b"hello")
