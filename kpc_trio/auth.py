@@ -173,6 +173,12 @@ class EndpointTokenResolver:
             response.reason_phrase or "Endpoint token rejected",
         )
 
+    def fail_pending(self) -> None:
+        """NATS went away: pending validations answer 503 now (spec: fail fast in an outage)."""
+        failed = self._requests.abandon_all()
+        if failed:
+            log.warning("token_validations_failed", reason="nats_disconnected", count=failed)
+
     def revoke_tokens(self, app_name: str, token_ids: set[str]) -> int:
         """Evict cached tokens whose token id was revoked; return how many went."""
         return len(self._cache.evict_where(

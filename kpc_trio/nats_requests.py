@@ -36,6 +36,7 @@ class ProviderTimeoutError(Exception):
 class _Waiter(Generic[R]):
     done: trio.Event = attrs.field(factory=trio.Event)
     response: R | None = None
+    abandoned: bool = False  # NATS went away: no reply can come
 
 
 class CorrelatedRequests(Generic[R]):
@@ -103,12 +104,24 @@ class CorrelatedRequests(Generic[R]):
         finally:
             # Also on cancellation: nobody is left to take a late reply.
             self._waiters.pop(correlation_id, None)
+        if waiter.abandoned:
+            raise ProviderUnavailableError(f"NATS connection lost while waiting for {subject}")
         if waiter.response is None:
             raise ProviderTimeoutError(
                 f"no reply on {self._reply_subject} to the request sent to {subject} within "
                 f"{self._timeout}s (correlation id {correlation_id}); is the provider running?"
             )
         return waiter.response
+
+    def abandon_all(self) -> int:
+        """NATS is disconnected: replies to what is pending cannot arrive, so fail it now (the
+        callers answer 503 at once instead of waiting out the timeout). Returns how many."""
+        waiters = list(self._waiters.values())
+        self._waiters.clear()
+        for waiter in waiters:
+            waiter.abandoned = True
+            waiter.done.set()
+        return len(waiters)
 
     async def run_responses(self, responses: trio.MemoryReceiveChannel[InboundMessage]) -> None:
         """Task body: complete waiting requests from the messages of `reply_subject`."""

@@ -143,6 +143,13 @@ class KpcService:
     def _nats_connection_changed(self, connected: bool) -> None:
         if connected:
             self._nats_up.set()
+        elif self._context is not None:
+            # Replies cannot arrive now: fail what waits (503 / CONNACK 3) instead of timing out.
+            self._context.resolver.fail_pending()
+            authenticator = self._context.authenticator
+            if isinstance(authenticator, NatsClientAuthenticator):
+                for replies in authenticator.replies:
+                    replies.abandon_all()
         self.health.nats_connected = connected
         self.metrics.nats_connected.set(1 if connected else 0)
 

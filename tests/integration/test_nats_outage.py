@@ -222,3 +222,22 @@ async def _arrived(kaa, acknowledged: list[bytes]) -> bool:
     if missing:
         _arrived.missing = sorted(missing)  # type: ignore[attr-defined]  # for the failure
     return not missing
+
+
+async def test_a_validation_pending_when_nats_goes_away_fails_at_once(nats_server_factory,
+                                                                      tmp_path):
+    nats = nats_server_factory()
+    async with open_simulated_kaa(nats.url, endpoints=ENDPOINTS,
+                                  echo_extensions=("dcx",)) as kaa:
+        kaa.set_token_delay(30)  # the provider sits on the request
+        config = make_config(tmp_path, nats.url, env={"KAA_KPC_AUTH_REQUEST_TIMEOUT": "120"})
+        async with open_kpc(config) as kpc, open_device(kpc.ports["mqtt_tcp"]) as device:
+            topic = f"kp1/{APP_VERSION}/dcx/{ENDPOINTS[0].token}/json/9"
+            await call(device.publish, topic, b"{}", qos=0)
+            await call(kaa.wait_token_requests, 1)
+            await trio.to_thread.run_sync(nats.stop)
+            # Answered when the connection drops, not when the 120 s request timeout ends.
+            reply = await call(device.expect, 20)
+    assert reply.topic == topic + "/error"
+    assert json.loads(reply.payload) == {"statusCode": 503,
+                                         "reasonPhrase": "Endpoint token provider unavailable"}
