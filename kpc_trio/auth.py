@@ -102,30 +102,30 @@ class EndpointTokenResolver:
             nursery.start_soon(self._requests.run_responses, responses)
             task_status.started()
 
-    def cached(self, app_name: str, token: str, now: float | None = None) -> Validation | None:
-        """The cached answer for this token, if any: the fast path that never awaits.
+    def identify_cached(self, app_name: str, token: str,
+                        now: float | None = None) -> EndpointIdentity | None:
+        """The cached identity of `token`, None on a cache miss (then await `identify`).
 
-        `now` is trio's current time, when the caller has read it already.
+        The per-message fast path, so it never awaits: raises TokenValidationError for a cached
+        rejection. Callers count the hits and report them in bulk with `record_cache_hits` (a
+        metric increment takes a lock). `now` is trio's current time if the caller has it.
         """
-        if now is None:
-            now = trio.current_time()
-        return self._cache.get((app_name, token), now)
-
-    def record_cache_hits(self, count: int) -> None:
-        """Callers count their `cached()` hits and report them in bulk (a metric takes a lock)."""
-        self._metrics.token_cache_hits.inc(count)
-
-    async def resolve(self, app_name: str, token: str) -> EndpointIdentity:
-        """Validate `token` of application `app_name`; raise TokenValidationError on rejection."""
-        result = self.cached(app_name, token)
-        if result is None:
-            self._metrics.token_cache_misses.inc()
-            result = await self._validate((app_name, token))
-        else:
-            self.record_cache_hits(1)
+        result = self._cache.get((app_name, token), trio.current_time() if now is None else now)
         if isinstance(result, TokenRejected):
             raise TokenValidationError(result.status_code, result.reason_phrase)
         return result
+
+    async def identify(self, app_name: str, token: str) -> EndpointIdentity:
+        """Validate `token` of application `app_name` with the provider (a cache miss);
+        raises TokenValidationError on rejection."""
+        self._metrics.token_cache_misses.inc()
+        result = await self._validate((app_name, token))
+        if isinstance(result, TokenRejected):
+            raise TokenValidationError(result.status_code, result.reason_phrase)
+        return result
+
+    def record_cache_hits(self, count: int) -> None:
+        self._metrics.token_cache_hits.inc(count)
 
     async def _validate(self, key: CacheKey) -> Validation:
         pending = self._inflight.get(key)

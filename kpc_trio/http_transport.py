@@ -14,7 +14,7 @@ import os
 import attrs
 import trio
 
-from kpc_trio.auth import EndpointTokenResolver, TokenRejected, TokenValidationError
+from kpc_trio.auth import EndpointTokenResolver, TokenValidationError
 from kpc_trio.httpd import Request, Response
 from kpc_trio.kaa import kp1, records
 from kpc_trio.kaa.kp1 import Kp1Error
@@ -144,13 +144,11 @@ class HttpTransport:
         assert route.token is not None
         app_name = self._relay.registry.app_name(route.app_version)
         assert app_name is not None  # parse_topic rejects unknown appversions
-        identity = self._resolver.cached(app_name, route.token)
+        identity = self._resolver.identify_cached(app_name, route.token)
         if identity is None:
-            identity = await self._resolver.resolve(app_name, route.token)
+            identity = await self._resolver.identify(app_name, route.token)
         else:
             self._resolver.record_cache_hits(1)
-        if isinstance(identity, TokenRejected):
-            raise TokenValidationError(identity.status_code, identity.reason_phrase)
         return identity.endpoint_id
 
     @staticmethod

@@ -288,7 +288,6 @@ class KpcService:
                 if session is None:
                     continue
                 session.forget_endpoint(endpoint_id)
-                self.hub.unbind_endpoint(endpoint_id, session)
             gone[endpoint_id] = app_version
         if gone:
             assert self._context is not None
@@ -422,7 +421,6 @@ class KpcService:
                 session = self.hub.session_for_endpoint(endpoint_id)
                 if session is not None:
                     session.forget_endpoint(endpoint_id)
-                    self.hub.unbind_endpoint(endpoint_id, session)
                     log.info("endpoint_roamed", endpoint_id=endpoint_id,
                              to_replica=event.originator_replica_id)
 

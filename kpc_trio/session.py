@@ -17,12 +17,12 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from kpc_trio.auth import EndpointIdentity, EndpointTokenResolver, TokenRejected, TokenValidationError
+from kpc_trio.auth import EndpointIdentity, EndpointTokenResolver, TokenValidationError
 from kpc_trio.client_auth import ANONYMOUS, AuthOutcome
 from kpc_trio.connectivity import ConnectivityEvents
 from kpc_trio.hub import Hub, UnawareRequestKey
 from kpc_trio.kaa import records
-from kpc_trio.kaa.kp1 import Kp1Error, Route
+from kpc_trio.kaa.kp1 import Kp1Error, Route, error_payload
 from kpc_trio.logs import get_logger, set_context
 from kpc_trio.metrics import Metrics
 from kpc_trio.mqtt.connection import (
@@ -401,13 +401,11 @@ class Session:
         assert route.token is not None
         app_name = self._ctx.relay.registry.app_name(route.app_version)
         assert app_name is not None  # parse_topic rejects unknown appversions
-        identity = self._ctx.resolver.cached(app_name, route.token, batch.now)
+        identity = self._ctx.resolver.identify_cached(app_name, route.token, batch.now)
         if identity is None:
-            identity = await self._ctx.resolver.resolve(app_name, route.token)
+            identity = await self._ctx.resolver.identify(app_name, route.token)
         else:
             batch.token_cache_hits += 1
-            if isinstance(identity, TokenRejected):
-                raise TokenValidationError(identity.status_code, identity.reason_phrase)
         binding = self._endpoints.get(identity.endpoint_id)
         if binding is None or binding.token != route.token \
                 or binding.app_version != route.app_version:
@@ -445,8 +443,10 @@ class Session:
         return binding
 
     def forget_endpoint(self, endpoint_id: str) -> None:
-        """The endpoint moved to another session: stop addressing it here, report nothing."""
+        """Stop addressing the endpoint here and report nothing (it roamed to another session or
+        replica, or the idle sweeper reports it); the hub route goes too if it still is ours."""
         self._endpoints.pop(endpoint_id, None)
+        self._ctx.hub.unbind_endpoint(endpoint_id, self)
 
     def end_endpoint(self, endpoint_id: str, token_ids: frozenset[str]) -> bool:
         """End the endpoint's session here if it uses one of the revoked `token_ids` (16/ECAP:
@@ -479,8 +479,8 @@ class Session:
         log.info("request_rejected", topic=event.topic, status_code=status_code, reason=reason)
         if request_id is None:
             return
-        error = Kp1Error(status_code, reason, request_id)
-        self.deliver(error.error_topic(event.topic), error.payload(), min(event.qos, QoS.AT_LEAST_ONCE))
+        self.deliver(event.topic + "/error", error_payload(status_code, reason),
+                     min(event.qos, QoS.AT_LEAST_ONCE))
 
     # --- delivering to the client -----------------------------------------------------------
     def deliver_extension_data(self, data: records.ExtensionData) -> bool:

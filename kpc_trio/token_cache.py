@@ -7,6 +7,7 @@ expiry.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 V = TypeVar("V")
@@ -39,7 +40,7 @@ class TtlCache(Generic[K, V]):
     def evict(self, key: K) -> None:
         self._entries.pop(key, None)
 
-    def evict_where(self, predicate) -> list[K]:  # type: ignore[no-untyped-def]
+    def evict_where(self, predicate: Callable[[K, V], bool]) -> list[K]:
         doomed = [k for k, (_, v) in self._entries.items() if predicate(k, v)]
         for key in doomed:
             del self._entries[key]

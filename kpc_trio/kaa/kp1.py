@@ -46,12 +46,6 @@ class Kp1Error(Exception):
         self.reason_phrase = reason_phrase
         self.request_id = request_id
 
-    def error_topic(self, request_topic: str) -> str:
-        return request_topic + "/error"
-
-    def payload(self) -> bytes:
-        return error_payload(self.status_code, self.reason_phrase)
-
 
 class ApplicationRegistryError(ValueError):
     """The application mapping in the configuration is inconsistent."""

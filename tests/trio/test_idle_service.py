@@ -23,6 +23,7 @@ from kpc_trio.config import Config, load_config
 from kpc_trio.connectivity import ConnectivityEvents
 from kpc_trio.kaa import records, subjects
 from kpc_trio.nats_gateway import OutboundMessage
+from kpc_trio.hub import Hub
 from kpc_trio.presence import IdleTracker, run_idle_sweeper
 from kpc_trio.service import KpcService
 
@@ -65,10 +66,13 @@ class RecordingGateway:
 class ConnectedSession:
     """Stands in for a Session whose client is still connected."""
 
+    hub: Hub
     forgotten: list[str] = attrs.field(factory=list)
 
     def forget_endpoint(self, endpoint_id: str) -> None:
+        # As Session.forget_endpoint: stop addressing it, and drop the hub route if still ours.
         self.forgotten.append(endpoint_id)
+        self.hub.unbind_endpoint(endpoint_id, self)
 
 
 @attrs.frozen
@@ -95,7 +99,7 @@ async def test_configured_idle_duration_disconnects_at_exactly_the_deadline(
     service._context = EventsContext(ConnectivityEvents(  # type: ignore[assignment]
         gateway, kpc_instance="kpc", replica_id="kpc-test"))  # type: ignore[arg-type]
     tracker = IdleTracker(config.disconnect_policy)
-    session = ConnectedSession()
+    session = ConnectedSession(service.hub)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run_idle_sweeper, tracker, service._on_idle_endpoints)
         start = trio.current_time()
