@@ -509,6 +509,9 @@ def _avro_long(n: int) -> bytes:
     """Avro int/long: zig-zag, then base-128 varint."""
     if 0 <= n < 64:
         return _SMALL_LONGS[n]
+    if 0 < n < 8192:  # two bytes (payload lengths, request ids): skip the general loop
+        zigzag = n << 1
+        return bytes(((zigzag & 0x7F) | 0x80, zigzag >> 7))
     if not _LONG_MIN <= n <= _LONG_MAX:
         raise RecordEncodeError(f"cannot encode ClientData: {n} does not fit an Avro long")
     n = (n << 1) ^ (n >> 63)
