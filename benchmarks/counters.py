@@ -1,18 +1,19 @@
 """Independent message counters, each in its own process so counting never slows the server.
 
-kpc_trio is counted where its work ends: `ClientData` arriving on NATS (nats-py subscriber).
+kpc_trio is counted where its work ends: `ClientData` arriving on NATS (a raw-protocol
+subscriber).
 The plain brokers are counted by an MQTT client subscribed to `#`; every relayed PUBLISH of a
 case has the same size, so that counter counts bytes and divides.
 """
 
 from __future__ import annotations
 
-import asyncio
 import multiprocessing
 import multiprocessing.sharedctypes
 import multiprocessing.synchronize
 import socket
 import time
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -90,25 +91,73 @@ def _start(target: object, *args: object) -> Counter:
 def _count_nats(url: str, subject: str, count: multiprocessing.sharedctypes.Synchronized[int],
                 last: multiprocessing.sharedctypes.Synchronized[float],
                 ready: multiprocessing.synchronize.Event) -> None:
-    import nats  # imported in the child only: nats-py must not start anything in the parent
+    """A plain-socket NATS subscriber that only counts `MSG` frames.
 
-    async def main() -> None:
-        seen = [0, 0.0]
-
-        async def on_message(_msg: object) -> None:
-            seen[0] += 1
-            seen[1] = time.monotonic()
-
-        client = await nats.connect(url)
-        await client.subscribe(subject, cb=on_message, pending_msgs_limit=-1,
-                               pending_bytes_limit=-1)
-        await client.flush()
-        ready.set()
-        while True:
-            await asyncio.sleep(PUBLISH_INTERVAL)
+    nats-py would spend ~10 µs per message (a Msg object and a callback each): at 60k msg/s most
+    of a core taken from the server being measured on this 2-core machine. Counting frames on the
+    raw protocol costs a tenth of that, like the byte-counting MQTT counter below.
+    """
+    address = urlsplit(url)
+    sock = socket.create_connection((address.hostname or HOST, address.port or 4222))
+    sock.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\n'
+                 + f"SUB {subject} 1\r\nPING\r\n".encode())
+    frames = NatsFrameCounter(sock)
+    while not frames.ponged:
+        frames.feed(sock.recv(RECEIVE_SIZE))
+    ready.set()
+    seen = [0, 0.0]
+    published_at = 0.0
+    sock.settimeout(PUBLISH_INTERVAL)
+    while True:
+        try:
+            data = sock.recv(RECEIVE_SIZE)
+        except TimeoutError:
+            data = None
+        if data == b"":
+            return
+        now = time.monotonic()
+        if data:
+            frames.feed(data)
+            seen = [frames.messages, now]
+        if now - published_at >= PUBLISH_INTERVAL:
             _publish(count, last, seen)
+            published_at = now
 
-    asyncio.run(main())
+
+class NatsFrameCounter:
+    """Counts `MSG` frames in a NATS server-to-client byte stream; answers the server's PINGs."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = bytearray()
+        self.messages = 0
+        self.ponged = False
+
+    def feed(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        position = 0
+        while True:
+            line_end = buffer.find(b"\r\n", position)
+            if line_end < 0:
+                break
+            if buffer.startswith(b"MSG ", position):
+                # MSG <subject> <sid> [reply-to] <#bytes>: the payload and its CRLF follow.
+                size = int(buffer[buffer.rfind(b" ", position, line_end) + 1:line_end])
+                frame_end = line_end + 2 + size + 2
+                if frame_end > len(buffer):
+                    break
+                self.messages += 1
+                position = frame_end
+                continue
+            if buffer.startswith(b"PING", position):
+                self._sock.sendall(b"PONG\r\n")
+            elif buffer.startswith(b"PONG", position):
+                self.ponged = True
+            elif buffer.startswith(b"-ERR", position):
+                raise CounterError(f"NATS refused the counter: {bytes(buffer[position:line_end])!r}")
+            position = line_end + 2  # INFO, +OK
+        del buffer[:position]
 
 
 def _count_mqtt(port: int, message_size: int,

@@ -7,9 +7,12 @@ figures themselves are too noisy for CI.
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from benchmarks.counters import NatsFrameCounter
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,5 +31,19 @@ def test_quick_benchmark_prints_positive_figures() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert _row_value(done.stdout, "qos1", "msg/s") > 0
+    assert _row_value(done.stdout, "qos1", "relayed %") == 100.0  # the NATS counter is exact
     assert _row_value(done.stdout, "roundtrip", "p50 ms") > 0
     assert _row_value(done.stdout, "roundtrip", "p99 ms") > 0
+
+
+def test_nats_frame_counter_counts_frames_split_anywhere_and_answers_pings() -> None:
+    stream = (b"INFO {}\r\n+OK\r\nPONG\r\n"
+              b"MSG kaa.v1.service.dcx.esp.ClientData 1 kaa.v1.replica.r.esp.ExtensionData 4\r\n"
+              b"a\r\nb\r\nPING\r\nMSG s 1 0\r\n\r\n" * 3)
+    ours, server = socket.socketpair()
+    with ours, server:
+        counter = NatsFrameCounter(ours)
+        for start in range(0, len(stream), 7):
+            counter.feed(stream[start:start + 7])
+        assert (counter.messages, counter.ponged) == (6, True)
+        assert server.recv(100) == b"PONG\r\n" * 3
