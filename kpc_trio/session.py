@@ -29,13 +29,12 @@ from kpc_trio.mqtt.connection import (
     ConnectReceived,
     ConnectionState,
     DisconnectReceived,
-    MessageReceived,
     ServerConnection,
     Subscribed,
     Unsubscribed,
 )
 from kpc_trio.mqtt.errors import LocalProtocolError, ProtocolError
-from kpc_trio.mqtt.packets import Connect, ConnAckCode, QoS
+from kpc_trio.mqtt.packets import Connect, ConnAckCode, Publish, QoS
 from kpc_trio.nats_gateway import NatsGateway, OutboundMessage
 from kpc_trio.net import Peer
 from kpc_trio.presence import IdleTracker
@@ -101,6 +100,9 @@ class _Batch:
     publishes: int = 0  # PUBLISH packets received, relayed or not
     token_cache_hits: int = 0
     relayed: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    # Endpoints already marked active at `now`: once per read is enough.
+    touched: set[tuple[str, str]] = attrs.field(factory=set)
+    debug: bool = attrs.field(factory=log.is_debug)  # asked once per read, not per message
 
 
 @attrs.define
@@ -264,7 +266,7 @@ class Session:
         while index < len(events):
             event = events[index]
             index += 1
-            if isinstance(event, MessageReceived):
+            if isinstance(event, Publish):
                 batch.publishes += 1
                 await self._on_message(event, batch)
                 if len(batch.outgoing) >= self._ctx.limits.max_inflight:
@@ -359,7 +361,7 @@ class Session:
     def _count_refusal(self, reason: str) -> None:
         self._ctx.metrics.connect_refusals.labels(self.peer.transport, reason).inc()
 
-    async def _on_message(self, event: MessageReceived, batch: _Batch) -> None:
+    async def _on_message(self, event: Publish, batch: _Batch) -> None:
         if event.packet_id is not None:
             # Also for rejected messages: the PUBLISH itself was received and answered.
             batch.acknowledgements.append(event.packet_id)
@@ -375,7 +377,10 @@ class Session:
         endpoint_id = None
         if binding is not None:
             endpoint_id = binding.endpoint_id
-            self._ctx.presence.touch(endpoint_id, route.app_version, batch.now)
+            activity = (endpoint_id, route.app_version)
+            if activity not in batch.touched:
+                batch.touched.add(activity)
+                self._ctx.presence.touch(endpoint_id, route.app_version, batch.now)
             if self._ctx.traffic is not None:
                 self._ctx.traffic.received(self.auth.tenant_id, binding.app_name, endpoint_id,
                                            len(event.payload))
@@ -395,7 +400,7 @@ class Session:
         if event.qos is not QoS.AT_MOST_ONCE:
             batch.needs_confirmation = True
         batch.relayed[route.extension] += 1
-        if log.is_debug():
+        if batch.debug:
             log.debug("client_data_relayed", topic=event.topic, endpoint_id=endpoint_id,
                       correlation_id=correlation_id)
 
@@ -476,7 +481,7 @@ class Session:
                 del self._request_qos[next(iter(self._request_qos))]
 
     def _answer_error(
-        self, event: MessageReceived, request_id: int | None, status_code: int, reason: str
+        self, event: Publish, request_id: int | None, status_code: int, reason: str
     ) -> None:
         """KPC's own 1/KP error: only when the request carries a request id (RFC 1, PR59)."""
         log.info("request_rejected", topic=event.topic, status_code=status_code, reason=reason)

@@ -9,7 +9,6 @@ from kpc_trio.mqtt.connection import (
     ConnectionState,
     ConnectReceived,
     DisconnectReceived,
-    MessageReceived,
     ServerConnection,
     Subscribed,
     Unsubscribed,
@@ -177,8 +176,8 @@ def test_bytes_after_connect_are_held_until_accepted() -> None:
     assert conn.data_to_send() == b""
     conn.accept_connect()
     assert conn.receive_data(b"") == [
-        MessageReceived("a/b", b"1", QoS.AT_LEAST_ONCE, 1, retain=False),
-        MessageReceived("a/b", b"2", QoS.AT_MOST_ONCE, None, retain=False),
+        Publish("a/b", b"1", QoS.AT_LEAST_ONCE, packet_id=1),
+        Publish("a/b", b"2"),
     ]
     assert sent(conn) == [ConnAck(ConnAckCode.ACCEPTED), PingResp()]
 
@@ -204,7 +203,7 @@ def test_second_connect_with_bad_level_gets_no_connack() -> None:
 def test_qos0_publish() -> None:
     conn = connected()
     events = conn.receive_data(encode(Publish("kp1/a/b", b"x", retain=True)))
-    assert events == [MessageReceived("kp1/a/b", b"x", QoS.AT_MOST_ONCE, None, retain=True)]
+    assert events == [Publish("kp1/a/b", b"x", retain=True)]
     assert conn.inflight_in == 0
     assert conn.data_to_send() == b""
 
@@ -212,7 +211,7 @@ def test_qos0_publish() -> None:
 def test_qos1_puback_only_after_acknowledge() -> None:
     conn = connected()
     events = conn.receive_data(encode(Publish("t", b"x", QoS.AT_LEAST_ONCE, packet_id=1)))
-    assert events == [MessageReceived("t", b"x", QoS.AT_LEAST_ONCE, 1, retain=False)]
+    assert events == [Publish("t", b"x", QoS.AT_LEAST_ONCE, packet_id=1)]
     assert conn.inflight_in == 1
     assert conn.data_to_send() == b""
     conn.acknowledge(1)
@@ -236,7 +235,7 @@ def test_qos2_flow() -> None:
     conn = connected()
     publish = Publish("t", b"x", QoS.EXACTLY_ONCE, packet_id=7)
     assert conn.receive_data(encode(publish)) == [
-        MessageReceived("t", b"x", QoS.EXACTLY_ONCE, 7, retain=False)
+        Publish("t", b"x", QoS.EXACTLY_ONCE, packet_id=7)
     ]
     # Retransmitted before the app acknowledged: no event, nothing sent.
     assert conn.receive_data(encode(publish)) == []
@@ -312,7 +311,7 @@ def test_several_packets_in_one_read() -> None:
         wire(*(Publish("t", bytes((i,)), QoS.AT_LEAST_ONCE, packet_id=i + 1) for i in range(3)))
     )
     assert events == [
-        MessageReceived("t", bytes((i,)), QoS.AT_LEAST_ONCE, i + 1, retain=False) for i in range(3)
+        Publish("t", bytes((i,)), QoS.AT_LEAST_ONCE, packet_id=i + 1) for i in range(3)
     ]
     assert conn.inflight_in == 3
 

@@ -12,7 +12,6 @@ from kpc_trio.mqtt.connection import (
     ConnectionState,
     ConnectReceived,
     DisconnectReceived,
-    MessageReceived,
     ServerConnection,
 )
 from kpc_trio.mqtt.errors import ProtocolError
@@ -127,7 +126,7 @@ class _Checker:
                     self.handle(self.conn.receive_data(b""), data)
                 else:
                     self.conn.refuse_connect(ConnAckCode.NOT_AUTHORIZED)
-            elif isinstance(event, MessageReceived) and event.packet_id is not None:
+            elif isinstance(event, Publish) and event.packet_id is not None:
                 assert event.packet_id not in self.unacknowledged
                 self.unacknowledged.append(event.packet_id)
 
