@@ -257,7 +257,7 @@ class _NatsLink:
     _down: asyncio.Event | None = None
     _stop: asyncio.Event | None = None
     _background: set[asyncio.Task[None]] = attrs.field(factory=set)
-    _frame_heads: PubFrames = attrs.field(factory=lambda: PubFrames())
+    _frame_heads: PubFrames = attrs.field(factory=PubFrames)
 
     @property
     def max_payload(self) -> int:
@@ -386,6 +386,8 @@ class _NatsLink:
 
     async def _publish(self, messages: Sequence[OutboundMessage]) -> None:
         """Queue the messages as one buffer of PUB frames and kick nats-py's flusher."""
+        if not messages:
+            return
         await self.client._send_command(self._frame_heads.frames(messages))
         await self.client._flush_pending()
 
