@@ -125,10 +125,14 @@ async def serve_tcp(
     """Plain MQTT over TCP: each connection goes to `handler` as is."""
 
     async def on_accept(stream: trio.SocketStream) -> None:
-        async with closing_stream(stream):
+        # Not `closing_stream`: a plain socket has no polite close to wait for, and its async
+        # generator would be a tenth of an idle connection's memory.
+        try:
             address = peer_address(stream)
             if address is not None:
                 await handler(stream, Peer(transport="tcp", address=address))
+        finally:
+            await trio.aclose_forcefully(stream)
 
     await serve_socket_listeners(
         on_accept,
