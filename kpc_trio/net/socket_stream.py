@@ -1,7 +1,7 @@
 """A TCP stream that holds as little as possible per connection: most clients sit idle for hours.
 
 `trio.SocketStream` waits for data through a trio socket, a non-blocking helper, two context
-managers and their coroutines: about 1.6 KB per idle connection, a fifth of its memory. This
+managers and their coroutines: about 1.4 KB per idle connection, a sixth of its memory. This
 stream keeps the stdlib socket and waits on it with `trio.lowlevel.wait_readable` directly. The
 contract is trio's `HalfCloseableStream` (tests run trio's own conformance checks on it) and the
 error mapping is `SocketStream`'s: EBADF means closed, any other `OSError` means broken.

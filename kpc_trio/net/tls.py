@@ -105,7 +105,7 @@ async def serve_tls(
 
 
 async def _handshake(
-    tls_stream: trio.SSLStream[trio.SocketStream], address: str, timeout: float
+    tls_stream: trio.SSLStream[LeanSocketStream], address: str, timeout: float
 ) -> Peer:
     with trio.move_on_after(timeout) as deadline:
         try:
