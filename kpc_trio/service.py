@@ -86,6 +86,7 @@ class KpcService:
     _http_waiters: ReplyWaiters = attrs.field(factory=ReplyWaiters)
     _grace_deadline: float = -math.inf
     _context: SessionContext | None = None
+    _sessions_nursery: trio.Nursery | None = None  # hosts the sessions and their writer tasks
 
     @property
     def replica_id(self) -> str:
@@ -184,6 +185,7 @@ class KpcService:
                     replica_id=self.replica_id,
                 ))
             async with trio.open_nursery() as sessions_nursery:
+                self._sessions_nursery = sessions_nursery
                 async with trio.open_nursery() as listeners_nursery:
                     await self._start_listeners(listeners_nursery, sessions_nursery)
                     await self._start_http_transport(listeners_nursery, sessions_nursery)
@@ -349,7 +351,7 @@ class KpcService:
         return build_server_ssl_context(tls.cert_file, tls.key_file, tls.ca_file, client_auth)
 
     async def _handle_connection(self, stream: trio.abc.Stream, peer: Peer) -> None:
-        assert self._context is not None
+        assert self._context is not None and self._sessions_nursery is not None
         limit = self.config.kaa.kpc.transports.mqtt.max_connections
         if limit and len(self.sessions) >= limit:
             # Refused before reading anything: under a connection storm this is the cheapest.
@@ -362,7 +364,7 @@ class KpcService:
         open_connections = self.metrics.connections_open.labels(peer.transport)
         open_connections.inc()
         try:
-            await session.run()
+            await session.run(self._sessions_nursery)
         except Exception as exc:  # noqa: BLE001 - one connection's failure must not stop KPC
             log.exception("session_failed", client_id=session.client_id, peer=peer.address,
                           error=repr(exc))

@@ -105,6 +105,14 @@ class _Batch:
     debug: bool = attrs.field(factory=log.is_debug)  # asked once per read, not per message
 
 
+@attrs.frozen
+class _Writer:
+    """The running writer task: `terminate()` cancels it, the session waits for it to be done."""
+
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+
 @attrs.define
 class EndpointBinding:
     """An endpoint identified on this session: how to address it in response topics."""
@@ -119,8 +127,8 @@ class EndpointBinding:
 class Session:
     # Slots: thousands of idle sessions are the service's main memory cost.
     __slots__ = (
-        "_stream", "peer", "_ctx", "_conn", "_endpoints", "_request_qos", "_writing",
-        "_writer_idle", "_stopping", "_receive_scope", "_cancel_scope", "_nursery",
+        "_stream", "peer", "_ctx", "_conn", "_endpoints", "_request_qos", "_writer",
+        "_writer_nursery", "_stopping", "_receive_scope", "_handling_scope",
         "close_reason", "auth", "_dropping", "_bytes_in", "_bytes_out", "_publishes_in",
         "_publishes_out", "_relayed",
     )
@@ -134,12 +142,12 @@ class Session:
         # Insertion-ordered: the oldest remembered request goes first when the bound is hit.
         self._request_qos: dict[tuple[str, str | None, int], QoS] = {}
         # The writer task runs only while output is pending: an idle connection has one task.
-        self._writing = False
-        self._writer_idle: trio.Event | None = None  # set when the running writer has finished
+        self._writer: _Writer | None = None
+        self._writer_nursery: trio.Nursery | None = None  # None: nothing more is written
         self._stopping = False
+        # The reader is in one of these at a time (see _read_loop); terminate() cancels both.
         self._receive_scope: trio.CancelScope | None = None
-        self._cancel_scope: trio.CancelScope | None = None
-        self._nursery: trio.Nursery | None = None
+        self._handling_scope: trio.CancelScope | None = None
         self.close_reason = "unknown"
         self.auth: AuthOutcome = ANONYMOUS
         self._dropping = False  # QoS 0 messages are being dropped (NATS away)
@@ -155,21 +163,23 @@ class Session:
         return self._conn.client_id
 
     # --- lifecycle --------------------------------------------------------------------------
-    async def run(self) -> None:
-        """Serve the connection until it ends; always releases everything it held."""
+    async def run(self, writer_nursery: trio.Nursery) -> None:
+        """Serve the connection until it ends; always releases everything it held.
+
+        The writer task runs in `writer_nursery`, shared with other sessions (a nursery per
+        session would be a good part of an idle connection's memory); it always ends before the
+        stream is closed.
+        """
         set_context(peer=self.peer.address, transport=self.peer.transport)
+        self._writer_nursery = writer_nursery
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                self._cancel_scope = nursery.cancel_scope
-                try:
-                    await self._read_loop()
-                    await self._flush_and_stop()
-                finally:
-                    self._nursery = None  # closed to new writer tasks from here on
+            await self._read_loop()
+            await self._flush()
         finally:
+            self._writer_nursery = None
             self._release()
             with trio.CancelScope(shield=True):
+                await self._stop_writer()
                 await trio.aclose_forcefully(self._stream)
             log.info("client_disconnected", client_id=self.client_id, reason=self.close_reason)
 
@@ -177,8 +187,12 @@ class Session:
         """Drop the connection now (takeover, slow consumer, revocation)."""
         self._set_reason(reason)
         self._conn.close()
-        if self._cancel_scope is not None:
-            self._cancel_scope.cancel()
+        self._writer_nursery = None
+        for scope in (self._receive_scope, self._handling_scope):
+            if scope is not None:
+                scope.cancel()
+        if self._writer is not None:
+            self._writer.scope.cancel()
 
     def stop_reading(self) -> None:
         """Graceful shutdown: read nothing more, finish in-flight relays, then close."""
@@ -207,58 +221,57 @@ class Session:
         if self.close_reason == "unknown":
             self.close_reason = reason
 
-    async def _receive(self, deadline: float) -> bytes | bytearray | None:
-        """The next chunk from the client: b"" at end of stream or when told to stop reading,
-        None when `deadline` (connect timeout, keepalive) passed first.
-
-        One cancel scope serves both the deadline and `stop_reading()`: scopes are a good part
-        of an idle connection's memory.
-        """
-        if not self._stopping:
-            with trio.CancelScope(deadline=deadline) as self._receive_scope:
-                try:
-                    data = await self._stream.receive_some(RECEIVE_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self._set_reason("connection_lost")
-                    return b""
-                self._bytes_in.inc(len(data))
-                return data
-            if not self._stopping:
-                return None
-        self._set_reason("shutdown")
-        return b""
-
     async def _read_loop(self) -> None:
+        """Read and handle what the client sends until the connection ends.
+
+        The reader is always inside one cancel scope (scopes are a good part of an idle
+        connection's memory): while reading, the read's, with the connect timeout or keepalive
+        as its deadline, cancelled by `stop_reading()` and `terminate()`; while handling what was
+        read, the handling's, cancelled by `terminate()` only.
+        """
         conn = self._conn
+        deadline = trio.current_time() + self._ctx.limits.connect_timeout
         try:
-            connect_deadline = trio.current_time() + self._ctx.limits.connect_timeout
-            events: list = []
-            while not events:
-                data = await self._receive(connect_deadline)
-                if data is None:
-                    self._set_reason("connect_timeout")
-                    self._count_refusal("connect_timeout")
-                    log.info("connect_timeout", timeout=self._ctx.limits.connect_timeout)
+            while conn.state is not ConnectionState.CLOSED:
+                if self._stopping:
+                    self._set_reason("shutdown")
                     return
+                with trio.CancelScope(deadline=deadline) as self._receive_scope:
+                    try:
+                        data = await self._stream.receive_some(RECEIVE_SIZE)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        self._set_reason("connection_lost")
+                        return
+                if self._receive_scope.cancelled_caught:
+                    if not self._stopping and conn.state is not ConnectionState.CLOSED:
+                        self._time_out()
+                        return
+                    continue  # stopped or terminated: the loop's checks end it
                 if not data:
+                    if conn.state is ConnectionState.CONNECTED:
+                        self._set_reason("connection_closed")
                     return
-                events = conn.receive_data(data)
-            await self._handle_events(events)
-            keepalive = conn.keepalive * KEEPALIVE_FACTOR if conn.keepalive else math.inf
-            while conn.state is ConnectionState.CONNECTED:
-                data = await self._receive(trio.current_time() + keepalive)
-                if data is None:
-                    self._set_reason("keepalive_timeout")
-                    return
-                if not data:
-                    self._set_reason("connection_closed")
-                    return
-                await self._handle_events(conn.receive_data(data))
+                self._bytes_in.inc(len(data))
+                with trio.CancelScope() as self._handling_scope:
+                    # Also without events: replies such as PINGRESP wait for the writer.
+                    await self._handle_events(conn.receive_data(data))
+                self._handling_scope = None  # not kept while idle
+                if conn.state is ConnectionState.CONNECTED:
+                    deadline = (trio.current_time() + conn.keepalive * KEEPALIVE_FACTOR
+                                if conn.keepalive else math.inf)
         except ProtocolError as exc:
             self._set_reason("protocol_error")
             if self.client_id is None:
                 self._count_refusal("protocol_error")
             log.info("protocol_violation", client_id=self.client_id, reason=exc.reason)
+
+    def _time_out(self) -> None:
+        if self._conn.state is ConnectionState.CONNECTED:
+            self._set_reason("keepalive_timeout")
+            return
+        self._set_reason("connect_timeout")
+        self._count_refusal("connect_timeout")
+        log.info("connect_timeout", timeout=self._ctx.limits.connect_timeout)
 
     async def _handle_events(self, events: list) -> None:
         batch = _Batch(trio.current_time())
@@ -308,8 +321,8 @@ class Session:
         batch.acknowledgements.clear()
         # The reading task writes its own acknowledgements (no writer task to start per read);
         # a client that does not read them is not read from either.
-        if self._claim_writer():
-            await self._write_pending()
+        if (writer := self._claim_writer()) is not None:
+            await self._write_pending(writer)
 
     def _count_drops(self, count: int) -> None:
         self._ctx.metrics.messages_dropped.labels("nats_unavailable").inc(count)
@@ -543,35 +556,40 @@ class Session:
     # --- writing ----------------------------------------------------------------------------
     def _wake_writer(self) -> None:
         """Start the writer task if output is pending and none runs."""
-        if self._nursery is not None and self._claim_writer():
-            self._nursery.start_soon(self._write_pending)
+        if self._writer_nursery is not None and (writer := self._claim_writer()) is not None:
+            self._writer_nursery.start_soon(self._write_pending, writer)
 
-    def _claim_writer(self) -> bool:
-        """Whether the caller is to run `_write_pending` (output waits and nobody writes it)."""
-        if self._writing or not self._conn.pending_output:
-            return False
-        self._writing = True
-        self._writer_idle = trio.Event()
-        return True
+    def _claim_writer(self) -> _Writer | None:
+        """The writer to run `_write_pending` with, if output waits and nobody writes it."""
+        if self._writer is not None or not self._conn.pending_output:
+            return None
+        self._writer = _Writer()
+        return self._writer
 
-    async def _write_pending(self) -> None:
+    async def _write_pending(self, writer: _Writer) -> None:
         try:
-            while data := self._conn.data_to_send():
-                await self._stream.send_all(data)
-                self._bytes_out.inc(len(data))
+            with writer.scope:
+                while data := self._conn.data_to_send():
+                    await self._stream.send_all(data)
+                    self._bytes_out.inc(len(data))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.terminate("connection_lost")
+        except Exception as exc:  # noqa: BLE001 - the shared nursery must outlive one session's bug
+            log.exception("session_writer_failed", client_id=self.client_id, error=repr(exc))
+            self.terminate("internal_error")
         finally:
-            self._writing = False
-            assert self._writer_idle is not None
-            self._writer_idle.set()
+            self._writer = None
+            writer.done.set()
 
-    async def _flush_and_stop(self) -> None:
-        """Send what is still queued (a CONNACK refusal, last acknowledgements), then stop."""
+    async def _flush(self) -> None:
+        """Send what is still queued (a CONNACK refusal, last acknowledgements)."""
         self._wake_writer()
-        if self._writing:
-            assert self._writer_idle is not None
+        if self._writer is not None:
             with trio.move_on_after(FINAL_FLUSH_TIMEOUT):
-                await self._writer_idle.wait()
-        assert self._cancel_scope is not None
-        self._cancel_scope.cancel()
+                await self._writer.done.wait()
+
+    async def _stop_writer(self) -> None:
+        writer = self._writer
+        if writer is not None:
+            writer.scope.cancel()
+            await writer.done.wait()

@@ -17,6 +17,7 @@ import trio
 
 from kpc_trio.logs import get_logger
 from kpc_trio.net.peer import ConnectionHandler, Peer, format_address
+from kpc_trio.net.socket_stream import LeanSocketListener, LeanSocketStream
 
 log = get_logger(__name__)
 
@@ -49,7 +50,7 @@ async def closing_stream(stream: StreamT) -> AsyncIterator[StreamT]:
         await stream.aclose()
 
 
-def peer_address(stream: trio.SocketStream) -> str | None:
+def peer_address(stream: LeanSocketStream) -> str | None:
     """The client's "host:port", or None if it already disconnected."""
     try:
         return format_address(stream.socket.getpeername())
@@ -65,6 +66,7 @@ async def run_accept_loop(
     handler_nursery: trio.Nursery,
 ) -> NoReturn:
     """Accept forever, starting `on_accept(stream)` in `handler_nursery` for each connection."""
+    task_name = f"{transport} connection"
     async with listener:
         while True:
             try:
@@ -79,11 +81,12 @@ async def run_accept_loop(
                 )
                 await trio.sleep(ACCEPT_RETRY_DELAY)
                 continue
-            handler_nursery.start_soon(on_accept, stream)
+            # A shared name: trio would otherwise build one string per connection task.
+            handler_nursery.start_soon(on_accept, stream, name=task_name)
 
 
 async def serve_socket_listeners(
-    on_accept: Callable[[trio.SocketStream], Awaitable[None]],
+    on_accept: Callable[[LeanSocketStream], Awaitable[None]],
     *,
     transport: str,
     host: str,
@@ -96,7 +99,8 @@ async def serve_socket_listeners(
     Reports the first bound (host, port) through `task_status`; with port 0 and a `host` that
     resolves to several addresses each socket may get a different port, so give one address.
     """
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    listeners = [LeanSocketListener(listener)
+                 for listener in await trio.open_tcp_listeners(port, host=host)]
     async with trio.open_nursery() as accept_nursery:
         for listener in listeners:
             bound_host, bound_port = listener.socket.getsockname()[:2]
@@ -124,11 +128,15 @@ async def serve_tcp(
 ) -> NoReturn:
     """Plain MQTT over TCP: each connection goes to `handler` as is."""
 
-    async def on_accept(stream: trio.SocketStream) -> None:
-        async with closing_stream(stream):
+    async def on_accept(stream: LeanSocketStream) -> None:
+        # Not `closing_stream`: a plain socket has no polite close to wait for, and its async
+        # generator would be a tenth of an idle connection's memory.
+        try:
             address = peer_address(stream)
             if address is not None:
                 await handler(stream, Peer(transport="tcp", address=address))
+        finally:
+            await trio.aclose_forcefully(stream)
 
     await serve_socket_listeners(
         on_accept,

@@ -22,6 +22,7 @@ from kpc_trio.net.listeners import (
     serve_socket_listeners,
 )
 from kpc_trio.net.peer import ConnectionHandler, Peer
+from kpc_trio.net.socket_stream import LeanSocketStream
 
 log = get_logger(__name__)
 
@@ -73,7 +74,7 @@ async def serve_tls(
     in the connection task and must not raise.
     """
 
-    async def on_accept(tcp_stream: trio.SocketStream) -> None:
+    async def on_accept(tcp_stream: LeanSocketStream) -> None:
         async with closing_stream(tcp_stream):
             address = peer_address(tcp_stream)
             if address is None:
@@ -104,7 +105,7 @@ async def serve_tls(
 
 
 async def _handshake(
-    tls_stream: trio.SSLStream[trio.SocketStream], address: str, timeout: float
+    tls_stream: trio.SSLStream[LeanSocketStream], address: str, timeout: float
 ) -> Peer:
     with trio.move_on_after(timeout) as deadline:
         try:

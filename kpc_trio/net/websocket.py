@@ -30,6 +30,7 @@ from kpc_trio.net.listeners import (
     serve_socket_listeners,
 )
 from kpc_trio.net.peer import ConnectionHandler, Peer
+from kpc_trio.net.socket_stream import LeanSocketStream
 
 log = get_logger(__name__)
 
@@ -228,7 +229,7 @@ async def serve_websocket(
         path=path, max_packet_size=max_packet_size, handshake_timeout=handshake_timeout
     )
 
-    async def on_accept(tcp_stream: trio.SocketStream) -> None:
+    async def on_accept(tcp_stream: LeanSocketStream) -> None:
         async with closing_stream(tcp_stream):
             address = peer_address(tcp_stream)
             if address is not None:

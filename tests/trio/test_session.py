@@ -81,7 +81,7 @@ async def start_session(nursery: trio.Nursery, context: SessionContext,
     session = Session(server_end, Peer("tcp", "test:1"), context)
 
     async def run() -> None:
-        await session.run()
+        await session.run(nursery)
         finished[session] = trio.current_time()
 
     nursery.start_soon(run)
