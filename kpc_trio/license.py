@@ -12,7 +12,6 @@ import os
 from typing import Final
 
 import attrs
-from cryptography.hazmat.primitives.serialization import pkcs12
 
 PATH_ENV: Final = "KAA_LICENSE_CERT_PATH"
 PASSWORD_ENV: Final = "KAA_LICENSE_CERT_PASSWORD"
@@ -66,6 +65,9 @@ def load_license(
             f"license file {path} is not a PKCS #12 file or is truncated: re-create the secret "
             "from the original .p12 file"
         )
+    # Imported here: cryptography costs about 8 MiB of RSS, paid only when a license is present.
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
     try:
         bundle = pkcs12.load_pkcs12(data, password.encode())
     except ValueError:

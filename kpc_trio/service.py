@@ -18,7 +18,7 @@ import functools
 import math
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import attrs
 import trio
@@ -212,6 +212,7 @@ class KpcService:
             traffic = TrafficMeter(start_ns=time.time_ns(),
                                    default_tenant_id=kpc.traffic_report.default_tenant_id)
         return SessionContext(
+            live=self.sessions,
             hub=self.hub,
             gateway=gateway,
             relay=Relay(
@@ -350,7 +351,9 @@ class KpcService:
             client_auth = "none"
         return build_server_ssl_context(tls.cert_file, tls.key_file, tls.ca_file, client_auth)
 
-    async def _handle_connection(self, stream: trio.abc.Stream, peer: Peer) -> None:
+    def _handle_connection(self, stream: trio.abc.Stream, peer: Peer) -> Awaitable[None]:
+        """The body of a connection's task: the session's own `run`, with no coroutine of ours
+        around it (each frame on an idle connection's stack is memory, times thousands)."""
         assert self._context is not None and self._sessions_nursery is not None
         limit = self.config.kaa.kpc.transports.mqtt.max_connections
         if limit and len(self.sessions) >= limit:
@@ -358,19 +361,8 @@ class KpcService:
             self.metrics.connect_refusals.labels(peer.transport, "max_connections").inc()
             log.warning("connection_refused", reason="max_connections", peer=peer.address,
                         limit=limit)
-            return
-        session = Session(stream, peer, self._context)
-        self.sessions.add(session)
-        open_connections = self.metrics.connections_open.labels(peer.transport)
-        open_connections.inc()
-        try:
-            await session.run(self._sessions_nursery)
-        except Exception as exc:  # noqa: BLE001 - one connection's failure must not stop KPC
-            log.exception("session_failed", client_id=session.client_id, peer=peer.address,
-                          error=repr(exc))
-        finally:
-            open_connections.dec()
-            self.sessions.discard(session)
+            return trio.aclose_forcefully(stream)
+        return Session(stream, peer, self._context).run(self._sessions_nursery)
 
     async def _dispatch_extension_data(
         self, messages: trio.MemoryReceiveChannel[InboundMessage]

@@ -87,6 +87,7 @@ class SessionContext:
     traffic: TrafficMeter | None = None  # None when traffic reports are off
     limits: SessionLimits = SessionLimits()
     authenticator: ClientAuthenticator = AnonymousAuthenticator()
+    live: set[Session] = attrs.field(factory=set)  # the sessions running now
 
 
 @attrs.define(slots=True)
@@ -169,18 +170,67 @@ class Session:
         The writer task runs in `writer_nursery`, shared with other sessions (a nursery per
         session would be a good part of an idle connection's memory); it always ends before the
         stream is closed.
+
+        The reader is always inside one cancel scope (scopes are a good part of an idle
+        connection's memory too): while reading, the read's, with the connect timeout or
+        keepalive as its deadline, cancelled by `stop_reading()` and `terminate()`; while
+        handling what was read, the handling's, cancelled by `terminate()` only.
         """
         set_context(peer=self.peer.address, transport=self.peer.transport)
         self._writer_nursery = writer_nursery
+        self._ctx.live.add(self)
+        open_connections = self._ctx.metrics.connections_open.labels(self.peer.transport)
+        open_connections.inc()
         try:
-            await self._read_loop()
+            # Reading is inline, not a method: an idle connection waits here, and every
+            # coroutine frame on its stack is memory held by each of thousands of connections.
+            conn = self._conn
+            deadline = trio.current_time() + self._ctx.limits.connect_timeout
+            try:
+                while conn.state is not ConnectionState.CLOSED:
+                    if self._stopping:
+                        self._set_reason("shutdown")
+                        break
+                    with trio.CancelScope(deadline=deadline) as self._receive_scope:
+                        try:
+                            data = await self._stream.receive_some(RECEIVE_SIZE)
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            self._set_reason("connection_lost")
+                            break
+                    if self._receive_scope.cancelled_caught:
+                        if not self._stopping and conn.state is not ConnectionState.CLOSED:
+                            self._time_out()
+                            break
+                        continue  # stopped or terminated: the loop's checks end it
+                    if not data:
+                        if conn.state is ConnectionState.CONNECTED:
+                            self._set_reason("connection_closed")
+                        break
+                    self._bytes_in.inc(len(data))
+                    with trio.CancelScope() as self._handling_scope:
+                        # Also without events: replies such as PINGRESP wait for the writer.
+                        await self._handle_events(conn.receive_data(data))
+                    self._handling_scope = None  # not kept while idle
+                    if conn.state is ConnectionState.CONNECTED:
+                        deadline = (trio.current_time() + conn.keepalive * KEEPALIVE_FACTOR
+                                    if conn.keepalive else math.inf)
+            except ProtocolError as exc:
+                self._set_reason("protocol_error")
+                if self.client_id is None:
+                    self._count_refusal("protocol_error")
+                log.info("protocol_violation", client_id=self.client_id, reason=exc.reason)
             await self._flush()
+        except Exception as exc:  # noqa: BLE001 - one connection's failure must not stop KPC
+            self._set_reason("internal_error")
+            log.exception("session_failed", client_id=self.client_id, error=repr(exc))
         finally:
             self._writer_nursery = None
             self._release()
             with trio.CancelScope(shield=True):
                 await self._stop_writer()
                 await trio.aclose_forcefully(self._stream)
+            open_connections.dec()
+            self._ctx.live.discard(self)
             log.info("client_disconnected", client_id=self.client_id, reason=self.close_reason)
 
     def terminate(self, reason: str) -> None:
@@ -220,50 +270,6 @@ class Session:
     def _set_reason(self, reason: str) -> None:
         if self.close_reason == "unknown":
             self.close_reason = reason
-
-    async def _read_loop(self) -> None:
-        """Read and handle what the client sends until the connection ends.
-
-        The reader is always inside one cancel scope (scopes are a good part of an idle
-        connection's memory): while reading, the read's, with the connect timeout or keepalive
-        as its deadline, cancelled by `stop_reading()` and `terminate()`; while handling what was
-        read, the handling's, cancelled by `terminate()` only.
-        """
-        conn = self._conn
-        deadline = trio.current_time() + self._ctx.limits.connect_timeout
-        try:
-            while conn.state is not ConnectionState.CLOSED:
-                if self._stopping:
-                    self._set_reason("shutdown")
-                    return
-                with trio.CancelScope(deadline=deadline) as self._receive_scope:
-                    try:
-                        data = await self._stream.receive_some(RECEIVE_SIZE)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        self._set_reason("connection_lost")
-                        return
-                if self._receive_scope.cancelled_caught:
-                    if not self._stopping and conn.state is not ConnectionState.CLOSED:
-                        self._time_out()
-                        return
-                    continue  # stopped or terminated: the loop's checks end it
-                if not data:
-                    if conn.state is ConnectionState.CONNECTED:
-                        self._set_reason("connection_closed")
-                    return
-                self._bytes_in.inc(len(data))
-                with trio.CancelScope() as self._handling_scope:
-                    # Also without events: replies such as PINGRESP wait for the writer.
-                    await self._handle_events(conn.receive_data(data))
-                self._handling_scope = None  # not kept while idle
-                if conn.state is ConnectionState.CONNECTED:
-                    deadline = (trio.current_time() + conn.keepalive * KEEPALIVE_FACTOR
-                                if conn.keepalive else math.inf)
-        except ProtocolError as exc:
-            self._set_reason("protocol_error")
-            if self.client_id is None:
-                self._count_refusal("protocol_error")
-            log.info("protocol_violation", client_id=self.client_id, reason=exc.reason)
 
     def _time_out(self) -> None:
         if self._conn.state is ConnectionState.CONNECTED:

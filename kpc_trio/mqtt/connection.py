@@ -95,7 +95,7 @@ class ServerConnection:
 
     # Slots: one instance per connection, and a server holds thousands of idle ones.
     __slots__ = (
-        "state", "client_id", "keepalive", "connect", "_assign_client_id", "_decoder",
+        "state", "client_id", "keepalive", "_assign_client_id", "_decoder",
         "_output", "_unacknowledged", "_awaiting_pubrel", "_awaiting_puback",
         "_last_packet_id", "_subscriptions",
     )
@@ -109,7 +109,6 @@ class ServerConnection:
         self.state = ConnectionState.AWAIT_CONNECT
         self.client_id: str | None = None
         self.keepalive = 0
-        self.connect: Connect | None = None
         self._assign_client_id = assign_client_id
         self._decoder = Decoder(max_packet_size)
         self._output = bytearray()
@@ -196,7 +195,6 @@ class ServerConnection:
             client_id = self._assign_client_id()
         self.client_id = client_id
         self.keepalive = packet.keepalive
-        self.connect = packet
         self.state = ConnectionState.CONNECTING
         return ConnectReceived(packet)
 

@@ -1,7 +1,8 @@
 """Thin trio adapters for the transports: TCP, TLS, WebSocket.
 
 Every transport hands a plain `trio.abc.Stream` of MQTT bytes and a `Peer` to one
-`ConnectionHandler`, and closes the stream when the handler returns.
+`ConnectionHandler`, which owns the stream and closes it; TLS and WebSocket also close their
+layers when the handler returns.
 """
 
 from kpc_trio.net.certificate import ClientCertificate, parse_certificate

@@ -128,15 +128,13 @@ async def serve_tcp(
 ) -> NoReturn:
     """Plain MQTT over TCP: each connection goes to `handler` as is."""
 
-    async def on_accept(stream: LeanSocketStream) -> None:
-        # Not `closing_stream`: a plain socket has no polite close to wait for, and its async
-        # generator would be a tenth of an idle connection's memory.
-        try:
-            address = peer_address(stream)
-            if address is not None:
-                await handler(stream, Peer(transport="tcp", address=address))
-        finally:
-            await trio.aclose_forcefully(stream)
+    def on_accept(stream: LeanSocketStream) -> Awaitable[None]:
+        # The connection's task runs the handler itself, which owns (closes) the stream: no
+        # coroutine of ours stays on the stack of thousands of idle connections.
+        address = peer_address(stream)
+        if address is None:
+            return trio.aclose_forcefully(stream)
+        return handler(stream, Peer(transport="tcp", address=address))
 
     await serve_socket_listeners(
         on_accept,

@@ -17,7 +17,8 @@ class Peer:
     certificate: ClientCertificate | None = None  # set only by TLS after verification
 
 
-# The one entry point every transport hands its connections to (the MQTT session).
+# The one entry point every transport hands its connections to (the MQTT session). The handler
+# owns the stream: it closes it before it returns, also when it refuses the connection.
 ConnectionHandler = Callable[[trio.abc.Stream, Peer], Awaitable[None]]
 
 

@@ -14,14 +14,15 @@ from kpc_trio.net.listeners import run_accept_loop
 HOST = "127.0.0.1"
 
 
-async def test_tcp_connection_reaches_handler_and_is_closed_after_it(
+async def test_tcp_connection_reaches_handler_which_owns_the_stream(
     nursery: trio.Nursery,
 ) -> None:
     peers: list[Peer] = []
 
     async def echo_once(stream: trio.abc.Stream, peer: Peer) -> None:
         peers.append(peer)
-        await stream.send_all(await stream.receive_some())
+        async with stream:  # the handler closes the stream (the transport does not)
+            await stream.send_all(await stream.receive_some())
 
     bound_host, port = await nursery.start(
         lambda task_status: serve_tcp(
@@ -34,7 +35,7 @@ async def test_tcp_connection_reaches_handler_and_is_closed_after_it(
     async with await trio.open_tcp_stream(HOST, port) as client:
         await client.send_all(b"\x10\x00")
         assert await client.receive_some() == b"\x10\x00"
-        assert await client.receive_some() == b""  # handler returned -> stream closed
+        assert await client.receive_some() == b""  # the handler closed it
         client_port = client.socket.getsockname()[1]
     assert peers == [Peer(transport="tcp", address=f"{HOST}:{client_port}")]
 

@@ -73,7 +73,7 @@ def test_connect_then_accept() -> None:
     assert conn.state is ConnectionState.AWAIT_CONNECT
     assert conn.receive_data(encode(CONNECT)) == [ConnectReceived(CONNECT)]
     assert conn.state is ConnectionState.CONNECTING
-    assert (conn.client_id, conn.keepalive, conn.connect) == ("dev-1", 60, CONNECT)
+    assert (conn.client_id, conn.keepalive) == ("dev-1", 60)
     assert conn.pending_output == 0
     conn.accept_connect()
     assert conn.state is ConnectionState.CONNECTED
