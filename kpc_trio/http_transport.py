@@ -129,7 +129,7 @@ class HttpTransport:
                 await self._gateway.publish_confirmed([message], fail_fast=True)
             except NatsUnavailableError:
                 return kp1_error_response(503, "Service unavailable: NATS is not connected")
-            self._metrics.client_data_relayed.labels(route.extension).inc()
+            self._metrics.relayed_to(route.extension).inc()
             with trio.move_on_after(self._timeout):
                 await waiter.done.wait()
         finally:

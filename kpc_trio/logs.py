@@ -17,19 +17,20 @@ import json
 import logging
 import sys
 import time
-from types import MappingProxyType
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-_context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
-    "kpc_log_context", default=MappingProxyType({})
+# The bound fields as a flat (key, value, key, value, ...) tuple: every idle connection's task
+# holds one, and a tuple is a third of a dict's size.
+_context: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar(
+    "kpc_log_context", default=()
 )
 
 
 @contextlib.contextmanager
 def bind_context(**fields: Any) -> Iterator[None]:
     """Add `fields` to every event logged inside the block (and in tasks started from it)."""
-    token = _context.set({**_context.get(), **fields})
+    token = _context.set(_with(fields))
     try:
         yield
     finally:
@@ -37,8 +38,17 @@ def bind_context(**fields: Any) -> Iterator[None]:
 
 
 def set_context(**fields: Any) -> None:
-    """Add `fields` for the rest of the current task (a session binds its client id once)."""
-    _context.set({**_context.get(), **fields})
+    """Add `fields` for the rest of the current task (a session binds its peer once)."""
+    _context.set(_with(fields))
+
+
+def _with(fields: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (*_context.get(), *(item for pair in fields.items() for item in pair))
+
+
+def _bound() -> dict[str, Any]:
+    flat = _context.get()
+    return dict(zip(flat[::2], flat[1::2]))
 
 
 class EventLogger:
@@ -51,7 +61,7 @@ class EventLogger:
 
     def _log(self, level: int, event: str, fields: dict[str, Any], exc_info: bool = False) -> None:
         if self._logger.isEnabledFor(level):
-            merged = {**_context.get(), **fields}
+            merged = {**_bound(), **fields}
             self._logger.log(level, event, extra={"kpc_fields": merged}, exc_info=exc_info)
 
     def debug(self, event: str, **fields: Any) -> None:

@@ -12,7 +12,7 @@ client ids or endpoint tokens): every distinct value is a new time series kept f
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -84,6 +84,7 @@ class Metrics:
         )
 
         # 1/KP <-> 4/ESP relay
+        self._relayed_counters: dict[str, Any] = {}
         self.client_data_relayed: Final = Counter(
             "kpc_client_data_relayed",
             "ClientData records published to extensions.",
@@ -149,6 +150,15 @@ class Metrics:
         )
         # NaN, not 0: an "expires soon" alert must not fire when no license is installed.
         self.license_expiry_remaining.set(float("nan"))
+
+    def relayed_to(self, extension: str) -> Any:
+        """The `client_data_relayed` counter of `extension`, looked up once (`labels()` takes
+        a lock, and sessions count every read)."""
+        counter = self._relayed_counters.get(extension)
+        if counter is None:
+            counter = self._relayed_counters[extension] = self.client_data_relayed.labels(
+                extension)
+        return counter
 
     def track_license(self, license_info: LicenseInfo) -> None:
         """Report the license's remaining validity, recomputed at every scrape."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 import trio
@@ -131,7 +131,7 @@ class Session:
         "_stream", "peer", "_ctx", "_conn", "_endpoints", "_request_qos", "_writer",
         "_writer_nursery", "_stopping", "_receive_scope", "_handling_scope",
         "close_reason", "auth", "_dropping", "_bytes_in", "_bytes_out", "_publishes_in",
-        "_publishes_out", "_relayed",
+        "_publishes_out",
     )
 
     def __init__(self, stream: trio.abc.Stream, peer: Peer, context: SessionContext) -> None:
@@ -141,7 +141,8 @@ class Session:
         self._conn = ServerConnection(max_packet_size=context.limits.max_packet_size)
         self._endpoints: dict[str, EndpointBinding] = {}
         # Insertion-ordered: the oldest remembered request goes first when the bound is hit.
-        self._request_qos: dict[tuple[str, str | None, int], QoS] = {}
+        # Created by the first QoS 1/2 request (thousands of idle sessions need none).
+        self._request_qos: dict[tuple[str, str | None, int], QoS] | None = None
         # The writer task runs only while output is pending: an idle connection has one task.
         self._writer: _Writer | None = None
         self._writer_nursery: trio.Nursery | None = None  # None: nothing more is written
@@ -157,7 +158,6 @@ class Session:
         self._bytes_out = metrics.sent_bytes.labels(peer.transport)
         self._publishes_in = metrics.packets_received.labels("PUBLISH")
         self._publishes_out = metrics.packets_sent.labels("PUBLISH")
-        self._relayed: dict[str, Any] = {}  # extension -> its relayed-ClientData counter
 
     @property
     def client_id(self) -> str | None:
@@ -344,11 +344,7 @@ class Session:
     def _count(self, batch: _Batch) -> None:
         """Metrics once per read, not per message (each increment takes a lock)."""
         for extension, count in batch.relayed.items():
-            counter = self._relayed.get(extension)
-            if counter is None:
-                counter = self._relayed[extension] = (
-                    self._ctx.metrics.client_data_relayed.labels(extension))
-            counter.inc(count)
+            self._ctx.metrics.relayed_to(extension).inc(count)
         if batch.publishes:
             self._publishes_in.inc(batch.publishes)
         if batch.token_cache_hits:
@@ -495,6 +491,8 @@ class Session:
             key = UnawareRequestKey(route.app_version, route.extension, route.request_id)
             self._ctx.hub.expect_unaware_reply(key, self)
         if qos is not QoS.AT_MOST_ONCE:
+            if self._request_qos is None:
+                self._request_qos = {}
             self._request_qos[(route.extension, endpoint_id, route.request_id)] = qos
             while len(self._request_qos) > MAX_REMEMBERED_REQUESTS:
                 del self._request_qos[next(iter(self._request_qos))]
@@ -525,7 +523,7 @@ class Session:
                         correlation_id=data.correlation_id)
             return False
         qos = QoS.AT_MOST_ONCE
-        if data.request_id is not None:
+        if data.request_id is not None and self._request_qos:
             key = (data.extension_instance_name or "", data.endpoint_id, data.request_id)
             qos = self._request_qos.pop(key, QoS.AT_MOST_ONCE)
         delivered = self.deliver(message.topic, message.payload, qos)

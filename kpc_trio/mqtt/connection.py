@@ -114,14 +114,14 @@ class ServerConnection:
         self._output = bytearray()
         # Inbound QoS 1/2 packet ids the application has not acknowledged yet -> their QoS.
         self._unacknowledged: dict[int, QoS] = {}
-        # The two below are dicts used as sets: an empty dict is a third of an empty set's size,
-        # and every idle connection holds them.
+        # The three below are created on first use (most connections never need them, and an
+        # idle server holds thousands of connections); the first two are dicts used as sets.
         # Inbound QoS 2 packet ids answered with PUBREC, waiting for the client's PUBREL.
-        self._awaiting_pubrel: dict[int, None] = {}
+        self._awaiting_pubrel: dict[int, None] | None = None
         # Outbound QoS 1 packet ids waiting for the client's PUBACK.
-        self._awaiting_puback: dict[int, None] = {}
+        self._awaiting_puback: dict[int, None] | None = None
         self._last_packet_id = 0
-        self._subscriptions: dict[str, QoS] = {}
+        self._subscriptions: dict[str, QoS] | None = None
 
     # ---- counters ------------------------------------------------------------------------------
 
@@ -138,7 +138,7 @@ class ServerConnection:
     @property
     def inflight_out(self) -> int:
         """Outbound QoS 1 PUBLISHes awaiting the client's PUBACK."""
-        return len(self._awaiting_puback)
+        return len(self._awaiting_puback or ())
 
     # ---- input ---------------------------------------------------------------------------------
 
@@ -203,7 +203,8 @@ class ServerConnection:
         if isinstance(packet, Publish):
             self._handle_publish(packet, events)
         elif isinstance(packet, PubAck):
-            self._awaiting_puback.pop(packet.packet_id, None)
+            if self._awaiting_puback:
+                self._awaiting_puback.pop(packet.packet_id, None)
         elif isinstance(packet, PubRel):
             self._handle_pubrel(packet.packet_id)
         elif isinstance(packet, PingReq):
@@ -211,7 +212,7 @@ class ServerConnection:
         elif isinstance(packet, Subscribe):
             events.append(self._handle_subscribe(packet))
         elif isinstance(packet, Unsubscribe):
-            for topic_filter in packet.topic_filters:
+            for topic_filter in packet.topic_filters if self._subscriptions else ():
                 self._subscriptions.pop(topic_filter, None)
             self._send_packet(UnsubAck(packet.packet_id))
             events.append(Unsubscribed(packet.topic_filters))
@@ -244,7 +245,7 @@ class ServerConnection:
                     f"{pending_qos} flow is incomplete"
                 )
             return True  # the pending acknowledgement will answer it
-        if packet_id in self._awaiting_pubrel:
+        if self._awaiting_pubrel and packet_id in self._awaiting_pubrel:
             if qos != QoS.EXACTLY_ONCE:
                 raise ProtocolError(
                     f"PUBLISH packet id {packet_id} reused at QoS {qos} before its QoS 2 flow ended"
@@ -257,7 +258,8 @@ class ServerConnection:
         if packet_id in self._unacknowledged:
             raise ProtocolError(f"PUBREL for packet id {packet_id} before the server sent PUBREC")
         # PUBCOMP even for unknown ids: a retransmitted PUBREL after our PUBCOMP was lost.
-        self._awaiting_pubrel.pop(packet_id, None)
+        if self._awaiting_pubrel:
+            self._awaiting_pubrel.pop(packet_id, None)
         self._send_packet(PubComp(packet_id))
 
     def _handle_subscribe(self, packet: Subscribe) -> Subscribed:
@@ -270,6 +272,8 @@ class ServerConnection:
                 return_codes.append(SUBACK_FAILURE)
                 continue
             qos = min(requested, MAX_OUTBOUND_QOS)
+            if self._subscriptions is None:
+                self._subscriptions = {}
             self._subscriptions[topic_filter] = qos
             granted.append((topic_filter, qos))
             return_codes.append(qos)
@@ -312,6 +316,8 @@ class ServerConnection:
             # One PUBACK per relayed QoS 1 message: its four bytes, without a PubAck object.
             self._output += _PUBACK_HEADER + packet_id.to_bytes(2, "big")
         else:
+            if self._awaiting_pubrel is None:
+                self._awaiting_pubrel = {}
             self._awaiting_pubrel[packet_id] = None
             self._send_packet(PubRec(packet_id))
 
@@ -325,23 +331,27 @@ class ServerConnection:
         if qos == QoS.AT_MOST_ONCE:
             self._send_packet(Publish(topic, payload))
             return None
-        packet_id = self._next_packet_id()
+        if self._awaiting_puback is None:
+            self._awaiting_puback = {}
+        packet_id = self._next_packet_id(self._awaiting_puback)
         self._awaiting_puback[packet_id] = None
         self._send_packet(Publish(topic, payload, MAX_OUTBOUND_QOS, packet_id=packet_id))
         return packet_id
 
-    def _next_packet_id(self) -> int:
-        if len(self._awaiting_puback) >= _MAX_PACKET_ID:
+    def _next_packet_id(self, in_flight: dict[int, None]) -> int:
+        if len(in_flight) >= _MAX_PACKET_ID:
             raise LocalProtocolError("all 65535 packet ids are in flight; wait for PUBACKs")
         packet_id = self._last_packet_id
         while True:
             packet_id = packet_id % _MAX_PACKET_ID + 1
-            if packet_id not in self._awaiting_puback:
+            if packet_id not in in_flight:
                 self._last_packet_id = packet_id
                 return packet_id
 
     def subscription_qos(self, topic: str) -> QoS | None:
         """The highest QoS granted among the subscriptions matching `topic`; None if none match."""
+        if not self._subscriptions:
+            return None
         granted = [
             qos
             for topic_filter, qos in self._subscriptions.items()
