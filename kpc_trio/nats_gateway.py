@@ -146,6 +146,35 @@ def _size(item: _Item) -> int:
     return 1 if isinstance(item, OutboundMessage) else len(item.messages)
 
 
+class _OutboxRoom:
+    """The bound on messages waiting for the publisher.
+
+    The channel counts items, and one item (the relays of one read) may hold hundreds of
+    messages: without this a QoS 0 flood queued them by the million. An item larger than the
+    whole capacity still goes, alone, when the outbox is empty.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.queued = 0
+        self._freed = trio.Event()
+
+    def fits(self, count: int) -> bool:
+        return self.queued == 0 or self.queued + count <= self.capacity
+
+    async def wait_for(self, count: int) -> None:
+        while not self.fits(count):
+            await self._freed.wait()
+
+    def take(self, count: int) -> None:
+        self.queued += count
+
+    def release(self, count: int) -> None:
+        self.queued -= count
+        self._freed.set()
+        self._freed = trio.Event()
+
+
 @attrs.frozen
 class _Delivery:
     """What the loop did with one batch; `rejected` maps batch index to the reason."""
@@ -514,6 +543,7 @@ class NatsGateway:
     _on_connection_change: Callable[[bool], None] | None
     _outbox_send: trio.MemorySendChannel[_Item]
     _outbox_receive: trio.MemoryReceiveChannel[_Item]
+    _room: _OutboxRoom
     #: Called after each published batch with (messages, seconds until NATS confirmed it).
     _on_batch: Callable[[int, float], None] | None = None
     published_messages: int = 0
@@ -546,8 +576,9 @@ class NatsGateway:
         if fail_fast and not self._connected:
             raise NatsUnavailableError("NATS is not connected (fail_fast): retry once it is back")
         group = _ConfirmedGroup(messages)
+        await self._room.wait_for(len(messages))
         try:
-            await self._outbox_send.send(group)
+            self._enqueue(group)
         except trio.ClosedResourceError:
             raise NatsUnavailableError(
                 "the NATS gateway is draining or closed: publish before shutting it down"
@@ -566,26 +597,24 @@ class NatsGateway:
         gives up at once, returning False (all dropped), while NATS is disconnected. One channel
         item for the whole sequence."""
         if self._connected:
-            group = _BestEffortGroup(messages)
-            try:
-                self._outbox_send.send_nowait(group)
-                return True
-            except trio.WouldBlock:
-                with trio.move_on_after(PUBLISH_WAIT_LIMIT):
-                    await self._outbox_send.send(group)
+            with trio.move_on_after(PUBLISH_WAIT_LIMIT):
+                await self._room.wait_for(len(messages))
+            if self._room.fits(len(messages)):
+                try:
+                    self._enqueue(_BestEffortGroup(messages))
                     return True
-            except trio.ClosedResourceError:
-                pass
+                except trio.ClosedResourceError:
+                    pass
         self.dropped_outbound += len(messages)
         return False
 
     def publish_nowait(self, message: OutboundMessage) -> bool:
         """Fire and forget; False (and counted in dropped_outbound) if NATS is down or busy."""
-        if self._connected:
+        if self._connected and self._room.fits(1):
             try:
-                self._outbox_send.send_nowait(message)
+                self._enqueue(message)
                 return True
-            except (trio.WouldBlock, trio.ClosedResourceError):
+            except trio.ClosedResourceError:
                 pass
         self.dropped_outbound += 1
         return False
@@ -619,6 +648,11 @@ class NatsGateway:
         self._close_inbound()
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _enqueue(self, item: _Item) -> None:
+        """Queue `item`, for which the room was checked (no checkpoint since)."""
+        self._outbox_send.send_nowait(item)  # the channel has room: it holds at most `queued`
+        self._room.take(_size(item))
 
     def _count_dropped_inbound(self, count: int) -> None:
         self.dropped_inbound += count
@@ -678,7 +712,7 @@ class NatsGateway:
             batch = [await self._outbox_receive.receive()]
         except trio.EndOfChannel:
             return []
-        self._take_ready(batch, _size(batch[0]))
+        self._room.release(self._take_ready(batch, _size(batch[0])))
         return batch
 
     def _take_ready(self, batch: list[_Item], size: int) -> int:
@@ -754,7 +788,8 @@ async def open_nats_gateway(
     """Connect to NATS (`urls` may carry credentials: nats://user:pass@host:4222) and yield the
     gateway. An unreachable NATS does not fail this: the gateway retries every `reconnect_wait`
     seconds, forever, and reports `connected=False` meanwhile. On a normal exit the gateway is
-    drained (this waits for queued confirmed publishes: bound it with a cancel scope)."""
+    drained (this waits for queued confirmed publishes: bound it with a cancel scope).
+    `queue_capacity` bounds the messages waiting for the publisher."""
     if not urls:
         raise ValueError("no NATS URL given: configure at least one (NATS_URLS)")
     token = trio.lowlevel.current_trio_token()
@@ -765,7 +800,8 @@ async def open_nats_gateway(
         _call_soon(token, gateway._set_connected, connected)
 
     link = _NatsLink(tuple(urls), name, reconnect_wait, report_connection)
-    gateway = NatsGateway(link, token, on_connection_change, outbox_send, outbox_receive, on_batch)
+    gateway = NatsGateway(link, token, on_connection_change, outbox_send, outbox_receive,
+                          _OutboxRoom(queue_capacity), on_batch)
     thread = await gateway._start_loop_thread()
     try:
         async with trio.open_nursery() as nursery:

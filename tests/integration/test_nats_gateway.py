@@ -158,6 +158,22 @@ async def test_publish_nowait_reports_a_full_queue(
         assert gateway.dropped_outbound == 6 - taken
 
 
+async def test_the_outbox_bound_counts_messages_not_publish_calls(
+    nats_server: NatsServerProcess, peer: AsyncioPeer, subject: str
+) -> None:
+    await trio.to_thread.run_sync(peer.subscribe, subject)
+    async with open_nats_gateway([nats_server.url], queue_capacity=5) as gateway:
+        await connected(gateway)
+        # No checkpoint in between: the publisher cannot take anything meanwhile.
+        assert await gateway.publish([OutboundMessage(subject, b"a")] * 8)  # alone: may exceed
+        assert not gateway.publish_nowait(OutboundMessage(subject, b"b"))  # 8 of 5 queued
+        await eventually(lambda: len(peer.received) == 8)
+        assert gateway.publish_nowait(OutboundMessage(subject, b"c"))  # taken: room again
+        await eventually(lambda: len(peer.received) == 9)
+        assert gateway.dropped_outbound == 1
+    assert [m.data for m in peer.received] == [b"a"] * 8 + [b"c"]
+
+
 async def test_subscribe_delivers_subject_reply_and_payload(
     nats_server: NatsServerProcess, peer: AsyncioPeer, subject: str
 ) -> None:
