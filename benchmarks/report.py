@@ -44,8 +44,8 @@ class Target:
 def _at_least(floor: float, peer_factor: float = 0.0) -> Callable[[Medians], bool | None]:
     def met(median: Medians) -> bool | None:
         ours, amqtt = median(KPC), median("amqtt")
-        if ours is None:
-            return None
+        if ours is None or (peer_factor and amqtt is None):
+            return None  # not measured (a target relative to amqtt needs amqtt)
         return ours >= floor and (amqtt is None or ours >= peer_factor * amqtt)
     return met
 

@@ -780,7 +780,7 @@ async def open_nats_gateway(
     urls: Sequence[str],
     *,
     name: str = "kpc",
-    queue_capacity: int = 10_000,
+    queue_capacity: int = 2_000,
     on_connection_change: Callable[[bool], None] | None = None,
     on_batch: Callable[[int, float], None] | None = None,
     reconnect_wait: float = 2.0,

@@ -43,7 +43,7 @@ from kpc_trio.traffic import TrafficMeter
 
 log = get_logger(__name__)
 
-RECEIVE_SIZE = 65536
+RECEIVE_SIZE = 16384
 #: MQTT 3.1.1 section 3.1.2.10: the server disconnects after 1.5 keepalive periods of silence.
 KEEPALIVE_FACTOR = 1.5
 #: How long a closing session may take to flush its last bytes (CONNACK refusal, final acks).
