@@ -147,7 +147,7 @@ class Session:
         self._writer: _Writer | None = None
         self._writer_nursery: trio.Nursery | None = None  # None: nothing more is written
         self._stopping = False
-        # The reader is in one of these at a time (see _read_loop); terminate() cancels both.
+        # The reader is in one of these at a time (see run); terminate() cancels both.
         self._receive_scope: trio.CancelScope | None = None
         self._handling_scope: trio.CancelScope | None = None
         self.close_reason = "unknown"
