@@ -129,7 +129,7 @@ class Session:
     # Slots: thousands of idle sessions are the service's main memory cost.
     __slots__ = (
         "_stream", "peer", "_ctx", "_conn", "_endpoints", "_request_qos", "_writer",
-        "_writer_nursery", "_stopping", "_receive_scope", "_handling_scope",
+        "_writer_nursery", "_stopping", "_reading_scope", "_receiving",
         "close_reason", "auth", "_dropping", "_bytes_in", "_bytes_out", "_publishes_in",
         "_publishes_out",
     )
@@ -147,9 +147,9 @@ class Session:
         self._writer: _Writer | None = None
         self._writer_nursery: trio.Nursery | None = None  # None: nothing more is written
         self._stopping = False
-        # The reader is in one of these at a time (see run); terminate() cancels both.
-        self._receive_scope: trio.CancelScope | None = None
-        self._handling_scope: trio.CancelScope | None = None
+        # One scope around all the reading (see run); True while waiting for the client.
+        self._reading_scope: trio.CancelScope | None = None
+        self._receiving = False
         self.close_reason = "unknown"
         self.auth: AuthOutcome = ANONYMOUS
         self._dropping = False  # QoS 0 messages are being dropped (NATS away)
@@ -171,10 +171,10 @@ class Session:
         session would be a good part of an idle connection's memory); it always ends before the
         stream is closed.
 
-        The reader is always inside one cancel scope (scopes are a good part of an idle
-        connection's memory too): while reading, the read's, with the connect timeout or
-        keepalive as its deadline, cancelled by `stop_reading()` and `terminate()`; while
-        handling what was read, the handling's, cancelled by `terminate()` only.
+        All the reading runs in one cancel scope, made once (a scope per read cost more than
+        the rest of a request's handling): its deadline is the connect timeout, then the
+        keepalive, and none while a read is being handled. `terminate()` cancels it at any
+        time, `stop_reading()` only while waiting for the client.
         """
         set_context(peer=self.peer.address, transport=self.peer.transport)
         self._writer_nursery = writer_nursery
@@ -185,35 +185,37 @@ class Session:
             # Reading is inline, not a method: an idle connection waits here, and every
             # coroutine frame on its stack is memory held by each of thousands of connections.
             conn = self._conn
-            deadline = trio.current_time() + self._ctx.limits.connect_timeout
             try:
-                while conn.state is not ConnectionState.CLOSED:
-                    if self._stopping:
-                        self._set_reason("shutdown")
-                        break
-                    with trio.CancelScope(deadline=deadline) as self._receive_scope:
+                with trio.CancelScope(
+                    deadline=trio.current_time() + self._ctx.limits.connect_timeout
+                ) as self._reading_scope:
+                    while conn.state is not ConnectionState.CLOSED and not self._stopping:
+                        self._receiving = True
                         try:
                             data = await self._stream.receive_some(RECEIVE_SIZE)
                         except (trio.BrokenResourceError, trio.ClosedResourceError):
                             self._set_reason("connection_lost")
                             break
-                    if self._receive_scope.cancelled_caught:
-                        if not self._stopping and conn.state is not ConnectionState.CLOSED:
-                            self._time_out()
+                        finally:
+                            self._receiving = False
+                        if not data:
+                            if conn.state is ConnectionState.CONNECTED:
+                                self._set_reason("connection_closed")
                             break
-                        continue  # stopped or terminated: the loop's checks end it
-                    if not data:
-                        if conn.state is ConnectionState.CONNECTED:
-                            self._set_reason("connection_closed")
-                        break
-                    self._bytes_in.inc(len(data))
-                    with trio.CancelScope() as self._handling_scope:
+                        self._bytes_in.inc(len(data))
+                        deadline = self._reading_scope.deadline
+                        self._reading_scope.deadline = math.inf  # handling is never timed out
                         # Also without events: replies such as PINGRESP wait for the writer.
                         await self._handle_events(conn.receive_data(data))
-                    self._handling_scope = None  # not kept while idle
-                    if conn.state is ConnectionState.CONNECTED:
-                        deadline = (trio.current_time() + conn.keepalive * KEEPALIVE_FACTOR
-                                    if conn.keepalive else math.inf)
+                        if conn.state is ConnectionState.CONNECTED:
+                            deadline = (trio.current_time() + conn.keepalive * KEEPALIVE_FACTOR
+                                        if conn.keepalive else math.inf)
+                        self._reading_scope.deadline = deadline  # else still the connect timeout
+                if self._stopping:
+                    self._set_reason("shutdown")
+                elif self._reading_scope.cancelled_caught and conn.state is not (
+                        ConnectionState.CLOSED):
+                    self._time_out()
             except ProtocolError as exc:
                 self._set_reason("protocol_error")
                 if self.client_id is None:
@@ -238,17 +240,16 @@ class Session:
         self._set_reason(reason)
         self._conn.close()
         self._writer_nursery = None
-        for scope in (self._receive_scope, self._handling_scope):
-            if scope is not None:
-                scope.cancel()
+        if self._reading_scope is not None:
+            self._reading_scope.cancel()
         if self._writer is not None:
             self._writer.scope.cancel()
 
     def stop_reading(self) -> None:
         """Graceful shutdown: read nothing more, finish in-flight relays, then close."""
         self._stopping = True
-        if self._receive_scope is not None:
-            self._receive_scope.cancel()
+        if self._receiving and self._reading_scope is not None:
+            self._reading_scope.cancel()  # a read under way is not waited for; handling is
 
     def _release(self) -> None:
         hub = self._ctx.hub

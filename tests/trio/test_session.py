@@ -142,3 +142,28 @@ async def test_a_second_connection_with_the_same_client_id_takes_over(context, a
         assert await new.next_packet() == PingResp()  # the new one is served
         await new.stream.aclose()
     assert context.hub.client_count == 0
+
+
+async def test_a_partial_connect_still_times_out(context, autojump_clock):
+    finished: dict[Session, float] = {}
+    async with trio.open_nursery() as nursery:
+        session, client = await start_session(nursery, context, finished)
+        connect = encode(Connect("MQTT", 4, "dev-1", True, keepalive=0))
+        await trio.sleep(1)
+        await client.stream.send_all(connect[:5])  # a read that completes no packet
+        assert await client.next_packet() is None
+    assert session.close_reason == "connect_timeout"
+    assert finished[session] == pytest.approx(CONNECT_TIMEOUT)
+
+
+async def test_stop_reading_ends_an_idle_session_as_a_shutdown(context, autojump_clock):
+    finished: dict[Session, float] = {}
+    async with trio.open_nursery() as nursery:
+        session, client = await start_session(nursery, context, finished)
+        await client.send(Connect("MQTT", 4, "dev-1", True, keepalive=0))
+        assert await client.next_packet() == ConnAck(ConnAckCode.ACCEPTED)
+        await trio.sleep(5)
+        session.stop_reading()
+        assert await client.next_packet() is None
+    assert session.close_reason == "shutdown"
+    assert finished[session] == pytest.approx(5)
