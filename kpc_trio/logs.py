@@ -5,50 +5,36 @@ Usage::
     log = get_logger(__name__)
     log.info("client_connected", client_id="dev-1", transport="tcp")
 
-Identifiers bound with `bind_context(...)` (client id, endpoint, correlation id) are added to every
-event logged from the same task and its children (contextvars follow trio tasks).
+A task can name a `LogSource` with `set_log_source(...)`: its fields (a session's peer,
+transport and client id) are read at each event and added to every event logged from that task
+and the tasks it starts (contextvars follow trio tasks).
 """
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import json
 import logging
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
-# The bound fields as a flat (key, value, key, value, ...) tuple: every idle connection's task
-# holds one, and a tuple is a third of a dict's size.
-_context: contextvars.ContextVar[tuple[Any, ...]] = contextvars.ContextVar(
-    "kpc_log_context", default=()
+
+class LogSource(Protocol):
+    def log_fields(self) -> Iterable[tuple[str, Any]]: ...
+
+
+# The source object itself, not a copy of its fields: every idle connection's task holds one,
+# and the fields (the client id) may change after it is set.
+_source: contextvars.ContextVar[LogSource | None] = contextvars.ContextVar(
+    "kpc_log_source", default=None
 )
 
 
-@contextlib.contextmanager
-def bind_context(**fields: Any) -> Iterator[None]:
-    """Add `fields` to every event logged inside the block (and in tasks started from it)."""
-    token = _context.set(_with(fields))
-    try:
-        yield
-    finally:
-        _context.reset(token)
-
-
-def set_context(**fields: Any) -> None:
-    """Add `fields` for the rest of the current task (a session binds its peer once)."""
-    _context.set(_with(fields))
-
-
-def _with(fields: Mapping[str, Any]) -> tuple[Any, ...]:
-    return (*_context.get(), *(item for pair in fields.items() for item in pair))
-
-
-def _bound() -> dict[str, Any]:
-    flat = _context.get()
-    return dict(zip(flat[::2], flat[1::2]))
+def set_log_source(source: LogSource) -> None:
+    """Add `source`'s fields to every event of the rest of the current task (and its children)."""
+    _source.set(source)
 
 
 class EventLogger:
@@ -61,7 +47,9 @@ class EventLogger:
 
     def _log(self, level: int, event: str, fields: dict[str, Any], exc_info: bool = False) -> None:
         if self._logger.isEnabledFor(level):
-            merged = {**_bound(), **fields}
+            source = _source.get()
+            merged = dict(source.log_fields()) if source is not None else {}
+            merged.update(fields)
             self._logger.log(level, event, extra={"kpc_fields": merged}, exc_info=exc_info)
 
     def debug(self, event: str, **fields: Any) -> None:

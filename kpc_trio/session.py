@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -23,7 +23,7 @@ from kpc_trio.connectivity import ConnectivityEvents
 from kpc_trio.hub import Hub, UnawareRequestKey
 from kpc_trio.kaa import records
 from kpc_trio.kaa.kp1 import Kp1Error, Route, error_payload
-from kpc_trio.logs import get_logger, set_context
+from kpc_trio.logs import get_logger, set_log_source
 from kpc_trio.metrics import Metrics
 from kpc_trio.mqtt.connection import (
     ConnectReceived,
@@ -163,6 +163,11 @@ class Session:
     def client_id(self) -> str | None:
         return self._conn.client_id
 
+    def log_fields(self) -> tuple[tuple[str, Any], ...]:
+        """Added to every event this session's tasks log (`set_log_source`)."""
+        return (("client_id", self.client_id), ("peer", self.peer.address),
+                ("transport", self.peer.transport))
+
     # --- lifecycle --------------------------------------------------------------------------
     async def run(self, writer_nursery: trio.Nursery) -> None:
         """Serve the connection until it ends; always releases everything it held.
@@ -176,7 +181,7 @@ class Session:
         keepalive, and none while a read is being handled. `terminate()` cancels it at any
         time, `stop_reading()` only while waiting for the client.
         """
-        set_context(peer=self.peer.address, transport=self.peer.transport)
+        set_log_source(self)
         self._writer_nursery = writer_nursery
         self._ctx.live.add(self)
         open_connections = self._ctx.metrics.connections_open.labels(self.peer.transport)
@@ -364,7 +369,6 @@ class Session:
         self._ctx.metrics.connects.labels(self.peer.transport).inc()
         client_id = self._conn.client_id
         assert client_id is not None
-        set_context(client_id=client_id)
         previous = self._ctx.hub.claim_client_id(client_id, self)
         if previous is not None:
             log.info("client_takeover", client_id=client_id)
