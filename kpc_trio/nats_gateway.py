@@ -287,6 +287,7 @@ class _NatsLink:
     _stop: asyncio.Event | None = None
     _background: set[asyncio.Task[None]] = attrs.field(factory=set)
     _frame_heads: PubFrames = attrs.field(factory=PubFrames)
+    _disconnects: int = 0  # connections lost so far: a confirmation must not span one
 
     @property
     def max_payload(self) -> int:
@@ -343,6 +344,7 @@ class _NatsLink:
 
     async def _on_disconnected(self) -> None:
         assert self._up is not None and self._down is not None
+        self._disconnects += 1
         if self._up.is_set():
             self._up.clear()
             self._down.set()
@@ -387,9 +389,10 @@ class _NatsLink:
                 to_confirm.extend(item.messages)
         if self.client.is_connected:
             try:
+                connection = self._disconnects
                 await self._publish(sendable)
                 if to_confirm:
-                    await self._confirm()
+                    await self._confirm(connection)
                 return _Delivery(published=len(sendable), dropped=dropped, rejected=rejected)
             except _TRANSIENT_ERRORS as exc:
                 log.warning("nats_publish_interrupted", error=_describe(exc),
@@ -426,16 +429,18 @@ class _NatsLink:
         while messages:
             await self._up.wait()
             try:
+                connection = self._disconnects
                 await self._publish(messages)
-                await self._confirm()
+                await self._confirm(connection)
                 log.info("nats_publish_recovered", messages=len(messages))
                 return
             except _TRANSIENT_ERRORS as exc:
                 log.warning("nats_publish_retry", error=_describe(exc), messages=len(messages))
                 await asyncio.sleep(RETRY_PAUSE)
 
-    async def _confirm(self) -> None:
-        """Return once the server has processed everything published so far on this connection."""
+    async def _confirm(self, connection: int) -> None:
+        """Return once the server has processed everything published so far on this connection;
+        `connection` is the `_disconnects` count from before it was published."""
         assert self._down is not None
         # nats-py's flush() writes its PING straight to the socket, ahead of PUBs still queued for
         # its flusher task; wait until the flusher took them, so that the PONG really covers them.
@@ -456,6 +461,10 @@ class _NatsLink:
             pong.cancel()
             raise _ConnectionLostError("disconnected before the server confirmed the batch")
         pong.result()
+        # flush() also returns, without any PONG, once nats-py has begun reconnecting (its loops
+        # are stopped before our disconnected callback runs): that is no confirmation.
+        if connection != self._disconnects or not self.client.is_connected:
+            raise _ConnectionLostError("disconnected before the server confirmed the batch")
 
     # -- inbound ---------------------------------------------------------------------------------
 
@@ -495,7 +504,7 @@ class _NatsLink:
         assert self._up is not None
         await self._up.wait()
         try:
-            await self._confirm()
+            await self._confirm(self._disconnects)
         except _TRANSIENT_ERRORS as exc:
             # Lost the connection meanwhile: nats-py re-sends every subscription on reconnect.
             log.info("nats_sync_interrupted", error=_describe(exc))

@@ -39,3 +39,4 @@ def test_the_nats_py_write_queue_the_gateway_uses_is_still_there() -> None:
     assert inspect.iscoroutinefunction(Client._send_command)
     assert list(inspect.signature(Client._send_command).parameters)[:2] == ["self", "cmd"]
     assert inspect.iscoroutinefunction(Client._flush_pending)
+
