@@ -3,9 +3,12 @@
 nats-py is asyncio-only, so it runs on its own asyncio loop in one worker thread (`_NatsLink`).
 The trio side (`NatsGateway`) crosses over as little as possible (design.md, "NATS from trio"):
 
-* outbound: both publish paths feed one bounded trio memory channel; a publisher task lingers
-  ~2 ms (or up to ~1000 messages) and hands each batch over with one `run_coroutine_threadsafe`.
-  Batches go one at a time, which keeps them in order on the wire, also across retries.
+* outbound: both publish paths feed one trio memory channel, bounded in messages
+  (`_OutboxRoom`); a publisher task takes whatever queued while the previous batch was in
+  flight (up to ~1000 messages, no linger) and hands it over with one
+  `run_coroutine_threadsafe`. Batches go one at a time, which keeps them in order on the wire,
+  also across retries. A batch with QoS 1/2 messages is confirmed by a PONG on the connection
+  it was written to.
 * inbound: messages of a subscription cross into trio in batches, one `TrioToken.run_sync_soon`
   per batch; a full channel drops (and counts) instead of stalling the nats-py loop.
 
