@@ -13,6 +13,7 @@ import multiprocessing.sharedctypes
 import multiprocessing.synchronize
 import socket
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import attrs
@@ -105,23 +106,7 @@ def _count_nats(url: str, subject: str, count: multiprocessing.sharedctypes.Sync
     while not frames.ponged:
         frames.feed(sock.recv(RECEIVE_SIZE))
     ready.set()
-    seen = [0, 0.0]
-    published_at = 0.0
-    sock.settimeout(PUBLISH_INTERVAL)
-    while True:
-        try:
-            data = sock.recv(RECEIVE_SIZE)
-        except TimeoutError:
-            data = None
-        if data == b"":
-            return
-        now = time.monotonic()
-        if data:
-            frames.feed(data)
-            seen = [frames.messages, now]
-        if now - published_at >= PUBLISH_INTERVAL:
-            _publish(count, last, seen)
-            published_at = now
+    _tally_until_closed(sock, frames.feed, count, last)
 
 
 class NatsFrameCounter:
@@ -133,7 +118,8 @@ class NatsFrameCounter:
         self.messages = 0
         self.ponged = False
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> int:
+        """Take more of the stream; returns the messages counted so far."""
         buffer = self._buffer
         buffer += data
         position = 0
@@ -158,6 +144,7 @@ class NatsFrameCounter:
                 raise CounterError(f"NATS refused the counter: {bytes(buffer[position:line_end])!r}")
             position = line_end + 2  # INFO, +OK
         del buffer[:position]
+        return self.messages
 
 
 def _count_mqtt(port: int, message_size: int,
@@ -170,8 +157,23 @@ def _count_mqtt(port: int, message_size: int,
     while len(handshake) < CONNACK_SIZE + SUBACK_SIZE:
         handshake += sock.recv(RECEIVE_SIZE)
     ready.set()
-    seen = [len(handshake) - CONNACK_SIZE - SUBACK_SIZE, 0.0]
-    received = seen[0]
+    received = len(handshake) - CONNACK_SIZE - SUBACK_SIZE  # publishes that came with the SUBACK
+
+    def tally(data: bytes) -> int:
+        nonlocal received
+        received += len(data)
+        return received // message_size
+
+    _tally_until_closed(sock, tally, count, last, initial=received // message_size)
+
+
+def _tally_until_closed(sock: socket.socket, tally: Callable[[bytes], int],
+                        count: multiprocessing.sharedctypes.Synchronized[int],
+                        last: multiprocessing.sharedctypes.Synchronized[float],
+                        initial: int = 0) -> None:
+    """Receive until the server closes, `tally` turning each chunk into the count so far; the
+    figures go to the parent every PUBLISH_INTERVAL."""
+    seen = [initial, 0.0]
     published_at = 0.0
     # The timeout makes the last figures visible even when the stream goes quiet.
     sock.settimeout(PUBLISH_INTERVAL)
@@ -184,8 +186,7 @@ def _count_mqtt(port: int, message_size: int,
             return
         now = time.monotonic()
         if data:
-            received += len(data)
-            seen = [received // message_size, now]
+            seen = [tally(data), now]
         if now - published_at >= PUBLISH_INTERVAL:
             _publish(count, last, seen)
             published_at = now

@@ -62,15 +62,18 @@ class Relay:
     def route(self, topic: str) -> Route:
         """Parse a client topic; raises `kp1.Kp1Error` with the status to answer.
 
-        Devices publish to the same few topics over and over: parsed routes are remembered
-        (errors are not, so a flood of bad topics cannot fill the memory).
+        Devices publish to the same few topics over and over: parsed routes are remembered.
+        Errors are not, so a flood of bad topics cannot fill the memory, and neither are
+        requests: their topic ends in a new request id each time, and would only push the
+        repeating topics out.
         """
         route = self._routes.get(topic)
         if route is None:
             route = kp1.parse_topic(topic, self.registry)
-            if len(self._routes) >= MAX_REMEMBERED_ROUTES:
-                self._routes.clear()
-            self._routes[topic] = route
+            if route.request_id is None:
+                if len(self._routes) >= MAX_REMEMBERED_ROUTES:
+                    self._routes.clear()
+                self._routes[topic] = route
         return route
 
     def next_correlation_id(self) -> str:

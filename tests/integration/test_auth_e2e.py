@@ -24,7 +24,13 @@ from tests.clients.paho_device import PahoDevice
 from tests.integration.kpc_harness import (
     APP, APP_VERSION, ENDPOINTS, call, make_config, open_device, push_data,
 )
-from tests.integration.test_transports_e2e import HOST, client_tls, credentials_of, tls_settings
+from tests.integration.test_transports_e2e import (
+    HOST,
+    client_tls,
+    credentials_of,
+    tls_settings,
+    write_server_tls_files,
+)
 
 # The raw 3.1.1 return code is what paho hands a v1-callback application; v2 maps it to 5.0 codes.
 pytestmark = pytest.mark.filterwarnings("ignore:Callback API version 1:DeprecationWarning")
@@ -173,13 +179,7 @@ def device_certs(ca: trustme.CA) -> tuple[trustme.LeafCert, trustme.LeafCert]:
 @pytest.fixture
 def tls_env(ca: trustme.CA, tmp_path: Path) -> dict[str, str]:
     """KPC serving MQTT/TLS that requires a client certificate signed by `ca`."""
-    server = ca.issue_cert(HOST)
-    files = {"cert": tmp_path / "server.crt", "key": tmp_path / "server.key",
-             "ca": tmp_path / "ca.crt"}
-    server.cert_chain_pems[0].write_to_path(str(files["cert"]))
-    server.private_key_pem.write_to_path(str(files["key"]))
-    ca.cert_pem.write_to_path(str(files["ca"]))
-    settings = tls_settings({name: str(path) for name, path in files.items()}, "require")
+    settings = tls_settings(write_server_tls_files(ca, tmp_path), "require")
     return {f"KAA_KPC_TRANSPORTS_MQTT_{key.upper()}": value for key, value in settings.items()}
 
 

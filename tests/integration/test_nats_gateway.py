@@ -292,12 +292,17 @@ async def test_credentials_in_url(
 
 
 async def test_wrong_credentials_keep_the_gateway_disconnected(
-    nats_server_factory: Callable[..., NatsServerProcess]
+    nats_server_factory: Callable[..., NatsServerProcess], caplog: pytest.LogCaptureFixture
 ) -> None:
     server = nats_server_factory(user="kpc", password="s3cret")
     url = server.url.replace("s3cret", "wrong")
+
+    def refusals() -> int:
+        return sum("Authorization" in str(getattr(record, "kpc_fields", {}).get("error"))
+                   for record in caplog.records if record.getMessage() == "nats_error")
+
     async with open_nats_gateway([url], reconnect_wait=0.05) as gateway:
-        await trio.sleep(0.3)
+        await eventually(lambda: refusals() >= 2)  # refused, and refused again on retry
         assert not gateway.connected
         with pytest.raises(NatsUnavailableError):
             await gateway.publish_confirmed([OutboundMessage("x", b"")], fail_fast=True)

@@ -35,16 +35,20 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-@pytest.fixture
-def tls_files(ca: trustme.CA, tmp_path: Path) -> dict[str, str]:
+def write_server_tls_files(ca: trustme.CA, directory: Path) -> dict[str, str]:
     """Server certificate for 127.0.0.1 and the CA bundle that signs client certificates."""
     server = ca.issue_cert(HOST)
-    files = {"cert": tmp_path / "server.crt", "key": tmp_path / "server.key",
-             "ca": tmp_path / "ca.crt"}
+    files = {"cert": directory / "server.crt", "key": directory / "server.key",
+             "ca": directory / "ca.crt"}
     server.cert_chain_pems[0].write_to_path(str(files["cert"]))
     server.private_key_pem.write_to_path(str(files["key"]))
     ca.cert_pem.write_to_path(str(files["ca"]))
     return {name: str(path) for name, path in files.items()}
+
+
+@pytest.fixture
+def tls_files(ca: trustme.CA, tmp_path: Path) -> dict[str, str]:
+    return write_server_tls_files(ca, tmp_path)
 
 
 @pytest.fixture(scope="module")
