@@ -129,7 +129,7 @@ class Session:
     # Slots: thousands of idle sessions are the service's main memory cost.
     __slots__ = (
         "_stream", "peer", "_ctx", "_conn", "_endpoints", "_request_qos", "_writer",
-        "_writer_nursery", "_stopping", "_reading_scope", "_receiving",
+        "_writer_nursery", "_writing_inline", "_stopping", "_reading_scope", "_receiving",
         "close_reason", "auth", "_dropping", "_bytes_in", "_bytes_out", "_publishes_in",
         "_publishes_out",
     )
@@ -146,6 +146,7 @@ class Session:
         # The writer task runs only while output is pending: an idle connection has one task.
         self._writer: _Writer | None = None
         self._writer_nursery: trio.Nursery | None = None  # None: nothing more is written
+        self._writing_inline = False  # the reading task writes its acknowledgements itself
         self._stopping = False
         # One scope around all the reading (see run); True while waiting for the client.
         self._reading_scope: trio.CancelScope | None = None
@@ -333,8 +334,14 @@ class Session:
         batch.acknowledgements.clear()
         # The reading task writes its own acknowledgements (no writer task to start per read);
         # a client that does not read them is not read from either.
-        if (writer := self._claim_writer()) is not None:
-            await self._write_pending(writer)
+        if self._writer is None and not self._writing_inline:
+            self._writing_inline = True
+            try:
+                await self._send_pending()  # cancelled with the reading: no scope of its own
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.terminate("connection_lost")
+            finally:
+                self._writing_inline = False
 
     def _count_drops(self, count: int) -> None:
         self._ctx.metrics.messages_dropped.labels("nats_unavailable").inc(count)
@@ -564,23 +571,21 @@ class Session:
 
     # --- writing ----------------------------------------------------------------------------
     def _wake_writer(self) -> None:
-        """Start the writer task if output is pending and none runs."""
-        if self._writer_nursery is not None and (writer := self._claim_writer()) is not None:
+        """Start the writer task if output is pending and nobody writes it."""
+        if (self._writer is None and not self._writing_inline and self._conn.pending_output
+                and self._writer_nursery is not None):
+            self._writer = writer = _Writer()
             self._writer_nursery.start_soon(self._write_pending, writer)
 
-    def _claim_writer(self) -> _Writer | None:
-        """The writer to run `_write_pending` with, if output waits and nobody writes it."""
-        if self._writer is not None or not self._conn.pending_output:
-            return None
-        self._writer = _Writer()
-        return self._writer
+    async def _send_pending(self) -> None:
+        while data := self._conn.data_to_send():
+            await self._stream.send_all(data)
+            self._bytes_out.inc(len(data))
 
     async def _write_pending(self, writer: _Writer) -> None:
         try:
             with writer.scope:
-                while data := self._conn.data_to_send():
-                    await self._stream.send_all(data)
-                    self._bytes_out.inc(len(data))
+                await self._send_pending()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.terminate("connection_lost")
         except Exception as exc:  # noqa: BLE001 - the shared nursery must outlive one session's bug
