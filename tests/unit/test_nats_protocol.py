@@ -1,12 +1,8 @@
-"""PUB frames written by the gateway, and the nats-py internals it writes them through."""
+"""The sans-IO NATS client protocol: frames, server stream parsing, URLs."""
 
 from __future__ import annotations
 
-import inspect
-
-from nats.aio.client import Client
-
-from kpc_trio.nats_gateway import OutboundMessage, PubFrames
+from kpc_trio.nats_protocol import OutboundMessage, PubFrames
 
 
 def test_frames_follow_the_nats_protocol() -> None:
@@ -32,11 +28,4 @@ def test_frames_of_a_pair_forgotten_at_the_bound_are_still_written() -> None:
         frames.add(f"s{index}", "r")
     assert not frames.checked("a", "")
     assert frames.frames([OutboundMessage("a", b"x")]) == b"PUB a 1\r\nx\r\n"
-
-
-def test_the_nats_py_write_queue_the_gateway_uses_is_still_there() -> None:
-    # Private API (nats-py has no batch publish): an upgrade that changes it must fail here.
-    assert inspect.iscoroutinefunction(Client._send_command)
-    assert list(inspect.signature(Client._send_command).parameters)[:2] == ["self", "cmd"]
-    assert inspect.iscoroutinefunction(Client._flush_pending)
 
