@@ -203,10 +203,13 @@ class _Sorted:
 
 @attrs.define(eq=False)
 class _Subscription:
+    """Where a subscription's messages go: a bounded channel, or a handler called in place."""
+
     sid: int
     subject: str
     queue: str
-    channel: trio.MemorySendChannel[InboundMessage]
+    channel: trio.MemorySendChannel[InboundMessage] | None = None
+    handler: Callable[[InboundMessage], None] | None = None
 
 
 @attrs.define(eq=False)
@@ -377,13 +380,27 @@ class NatsGateway:
         """Messages on `subject` (optionally in queue group `queue`). A full channel drops and
         counts (dropped_inbound); closing the channel unsubscribes. While NATS is unreachable
         the subscription is sent with the next CONNECT; `sync()` waits until it is active."""
+        send, receive = trio.open_memory_channel[InboundMessage](capacity)
+        await self._subscribe(_Subscription(self._next_sid, subject, queue, channel=send))
+        return receive
+
+    async def subscribe_handler(self, subject: str, handler: Callable[[InboundMessage], None],
+                                *, queue: str = "") -> None:
+        """Call `handler` for each message on `subject`, in the connection's reading task.
+
+        For the response path, where a channel and a task hop per message cost as much as the
+        handling itself. `handler` must be quick and never block (it may queue the message
+        elsewhere, bounded); an exception from it is logged, not raised.
+        """
+        await self._subscribe(_Subscription(self._next_sid, subject, queue, handler=handler))
+
+    async def _subscribe(self, subscription: _Subscription) -> None:
+        subject, queue = subscription.subject, subscription.queue
         problem = subject_problem(subject) or (queue and subject_problem(queue))
         if problem:
             raise ValueError(f"cannot subscribe: {problem}")
         if self._closed:
             raise NatsUnavailableError("the NATS gateway is closed")
-        send, receive = trio.open_memory_channel[InboundMessage](capacity)
-        subscription = _Subscription(self._next_sid, subject, queue, send)
         self._next_sid += 1
         # Registered and checked with no checkpoint in between: a CONNECT being written either
         # carries this SUB, or `_connection` is already set and the SUB is written below.
@@ -397,7 +414,6 @@ class NatsGateway:
         else:
             await trio.lowlevel.checkpoint()
         log.info("nats_subscribed", subject=subject, queue=queue)
-        return receive
 
     async def sync(self) -> None:
         """Return once the server has processed everything sent so far, subscriptions included
@@ -546,6 +562,14 @@ class NatsGateway:
             subscription = self._subscriptions.get(event.sid)
             if subscription is None:
                 return  # unsubscribed while the message was on its way
+            if subscription.handler is not None:
+                try:
+                    subscription.handler(event.message)
+                except Exception as exc:  # noqa: BLE001 - one bad message must not stop reading
+                    log.exception("nats_handler_failed", subject=event.message.subject,
+                                  error=repr(exc))
+                return
+            assert subscription.channel is not None
             try:
                 subscription.channel.send_nowait(event.message)
             except trio.WouldBlock:
@@ -703,7 +727,8 @@ class NatsGateway:
             if isinstance(item, _ConfirmedGroup):
                 item.settle(unsent)
         for subscription in self._subscriptions.values():
-            subscription.channel.close()
+            if subscription.channel is not None:
+                subscription.channel.close()
         self._subscriptions.clear()
 
 

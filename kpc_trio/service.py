@@ -33,6 +33,7 @@ from kpc_trio.http_transport import HttpTransport, ReplyWaiters, kp1_error_respo
 from kpc_trio.httpd import HttpLimits, management_routes, rest_routes, serve_http
 from kpc_trio.hub import Hub, UnawareRequestKey
 from kpc_trio.kaa import records, subjects
+from kpc_trio.kaa.extension_data import read_extension_data
 from kpc_trio.kaa.kp1 import ApplicationRegistry
 from kpc_trio.logs import get_logger
 from kpc_trio.metrics import Metrics
@@ -257,7 +258,7 @@ class KpcService:
                                 await gateway.subscribe(replies.reply_subject))
         for subject in (subjects.extension_data_service(instance),
                         subjects.extension_data_replica(self.replica_id)):
-            services.start_soon(self._dispatch_extension_data, await gateway.subscribe(subject))
+            await gateway.subscribe_handler(subject, self._dispatch_extension_data)
         services.start_soon(self._follow_roaming,
                             await gateway.subscribe(subjects.connected_event(instance)))
         await services.start(RevocationListener(self).run, gateway)
@@ -364,20 +365,11 @@ class KpcService:
             return trio.aclose_forcefully(stream)
         return Session(stream, peer, self._context).run(self._sessions_nursery)
 
-    async def _dispatch_extension_data(
-        self, messages: trio.MemoryReceiveChannel[InboundMessage]
-    ) -> None:
-        """Route each `ExtensionData` to the session holding its endpoint (or pending request)."""
-        async for message in messages:
-            try:
-                self._dispatch_one(message)
-            except Exception as exc:  # noqa: BLE001 - a bad message must not stop the relay
-                log.exception("extension_data_dispatch_failed", subject=message.subject,
-                              error=repr(exc))
-
-    def _dispatch_one(self, message: InboundMessage) -> None:
+    def _dispatch_extension_data(self, message: InboundMessage) -> None:
+        """Route an `ExtensionData` to the session holding its endpoint (or pending request).
+        Runs in the NATS reading task (never blocks: sessions queue what they deliver)."""
         try:
-            data = records.decode(records.ExtensionData, message.payload)
+            data = read_extension_data(message.payload)
         except records.RecordDecodeError as exc:
             self.metrics.messages_dropped.labels("undecodable").inc()
             log.warning("extension_data_undecodable", subject=message.subject, reason=str(exc))

@@ -10,7 +10,6 @@ buffer outgrows `max_outbox_bytes` is dropped instead of growing memory.
 
 from __future__ import annotations
 
-import collections
 import math
 from typing import Any, Protocol
 
@@ -37,6 +36,7 @@ from kpc_trio.mqtt.errors import LocalProtocolError, ProtocolError
 from kpc_trio.mqtt.packets import Connect, ConnAckCode, Publish, QoS
 from kpc_trio.nats_gateway import NatsGateway, OutboundMessage
 from kpc_trio.net import Peer
+from kpc_trio.net.socket_stream import LeanSocketStream
 from kpc_trio.presence import IdleTracker
 from kpc_trio.relay import Relay, UndeliverableError
 from kpc_trio.traffic import TrafficMeter
@@ -100,7 +100,7 @@ class _Batch:
     acknowledgements: list[int] = attrs.field(factory=list)
     publishes: int = 0  # PUBLISH packets received, relayed or not
     token_cache_hits: int = 0
-    relayed: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    relayed: dict[str, int] = attrs.field(factory=dict)  # per extension (a Counter costs more)
     # Endpoints already marked active at `now`: once per read is enough.
     touched: set[tuple[str, str]] = attrs.field(factory=set)
     debug: bool = attrs.field(factory=log.is_debug)  # asked once per read, not per message
@@ -426,7 +426,7 @@ class Session:
         batch.outgoing.append(message)
         if event.qos is not QoS.AT_MOST_ONCE:
             batch.needs_confirmation = True
-        batch.relayed[route.extension] += 1
+        batch.relayed[route.extension] = batch.relayed.get(route.extension, 0) + 1
         if batch.debug:
             log.debug("client_data_relayed", topic=event.topic, endpoint_id=endpoint_id,
                       correlation_id=correlation_id)
@@ -571,21 +571,41 @@ class Session:
 
     # --- writing ----------------------------------------------------------------------------
     def _wake_writer(self) -> None:
-        """Start the writer task if output is pending and nobody writes it."""
+        """Write pending output: at once if the socket takes it all, else in a writer task."""
         if (self._writer is None and not self._writing_inline and self._conn.pending_output
                 and self._writer_nursery is not None):
+            unsent = self._send_now()
+            if unsent is None:
+                return
             self._writer = writer = _Writer()
-            self._writer_nursery.start_soon(self._write_pending, writer)
+            self._writer_nursery.start_soon(self._write_pending, writer, unsent)
 
-    async def _send_pending(self) -> None:
+    def _send_now(self) -> bytes | None:
+        """What a plain TCP socket did not take without waiting (None: all sent, or the
+        connection is gone); other transports write in the writer task."""
+        if not isinstance(self._stream, LeanSocketStream):
+            return b""
+        data = self._conn.data_to_send()
+        try:
+            sent = self._stream.send_nowait(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.terminate("connection_lost")
+            return None
+        self._bytes_out.inc(sent)
+        return data[sent:] or None
+
+    async def _send_pending(self, unsent: bytes = b"") -> None:
+        if unsent:
+            await self._stream.send_all(unsent)
+            self._bytes_out.inc(len(unsent))
         while data := self._conn.data_to_send():
             await self._stream.send_all(data)
             self._bytes_out.inc(len(data))
 
-    async def _write_pending(self, writer: _Writer) -> None:
+    async def _write_pending(self, writer: _Writer, unsent: bytes = b"") -> None:
         try:
             with writer.scope:
-                await self._send_pending()
+                await self._send_pending(unsent)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.terminate("connection_lost")
         except Exception as exc:  # noqa: BLE001 - the shared nursery must outlive one session's bug
