@@ -67,6 +67,9 @@ class NatsServerProcess:
     port: int = 0
     user: str | None = None
     password: str | None = None
+    #: Certificate chain and key (PEM) to require TLS with; `url` is then `tls://`.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     startup_timeout: float = 10.0
     stop_grace: float = 5.0
     _process: subprocess.Popen[bytes] | None = attrs.field(default=None, init=False)
@@ -74,7 +77,8 @@ class NatsServerProcess:
 
     @property
     def url(self) -> str:
-        """`nats://[user:pass@]127.0.0.1:<port>`; valid once started (the port survives stop())."""
+        """`nats://[user:pass@]127.0.0.1:<port>` (`tls://` with a certificate); valid once
+        started (the port survives stop())."""
         if self.port == 0:
             raise NatsServerStartError("the server has no port yet: call start() first")
         credentials = ""
@@ -83,7 +87,8 @@ class NatsServerProcess:
             if self.password is not None:
                 credentials += ":" + quote(self.password, safe="")
             credentials += "@"
-        return f"nats://{credentials}{HOST}:{self.port}"
+        scheme = "tls" if self.tls_cert is not None else "nats"
+        return f"{scheme}://{credentials}{HOST}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -100,6 +105,8 @@ class NatsServerProcess:
         worker thread it would fire when that thread exits: trio's idle worker threads do)."""
         if self.running:
             return
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise NatsServerStartError("TLS needs both tls_cert and tls_key (PEM files)")
         binary = find_nats_server()
         self._workdir = tempfile.TemporaryDirectory(prefix="kpc-nats-")
         workdir = Path(self._workdir.name)
@@ -108,6 +115,8 @@ class NatsServerProcess:
             args += ["--user", self.user]
         if self.password is not None:
             args += ["--pass", self.password]
+        if self.tls_cert is not None:
+            args += ["--tls", "--tlscert", str(self.tls_cert), "--tlskey", str(self.tls_key)]
         in_main_thread = threading.current_thread() is threading.main_thread()
         with (workdir / LOG_NAME).open("wb") as log_file:
             # Own session: a Ctrl-C on the terminal must not kill NATS before KPC drained into it.

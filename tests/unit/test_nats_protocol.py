@@ -96,7 +96,8 @@ def test_info_without_optional_fields_has_the_defaults() -> None:
 
 
 def test_operations_are_case_insensitive() -> None:
-    assert parse(b"ping\r\nmsg s 3 1\r\nx\r\n") == [Ping(), Delivery(3, InboundMessage("s", "", b"x"))]
+    assert parse(b"ping\r\nmsg s 3 1\r\nx\r\n") == [
+        Ping(), Delivery(3, InboundMessage("s", "", b"x"))]
 
 
 def test_hmsg_with_a_status_is_dropped() -> None:
@@ -144,7 +145,8 @@ _STREAM_EVENTS = [  # +OK and the 503 status yield nothing
 def test_a_stream_split_anywhere_gives_the_same_events(cuts: list[int]) -> None:
     bounds = [0, *sorted(cuts), len(_STREAM)]
     parser = ServerStreamParser()
-    events = [e for start, end in itertools.pairwise(bounds) for e in parser.feed(_STREAM[start:end])]
+    events = [event for start, end in itertools.pairwise(bounds)
+              for event in parser.feed(_STREAM[start:end])]
     assert events == _STREAM_EVENTS
 
 
@@ -203,7 +205,8 @@ _protocol_pieces = st.one_of(
 
 
 @given(st.lists(_protocol_pieces, max_size=40), st.lists(st.integers(0, 400), max_size=5))
-def test_arbitrary_bytes_only_raise_nats_protocol_error(pieces: list[bytes], cuts: list[int]) -> None:
+def test_arbitrary_bytes_only_raise_nats_protocol_error(pieces: list[bytes],
+                                                        cuts: list[int]) -> None:
     data = b"".join(pieces)
     bounds = [0, *sorted(min(cut, len(data)) for cut in cuts), len(data)]
     parser = ServerStreamParser()
@@ -301,7 +304,8 @@ def connect_options(frame: bytes) -> dict[str, object]:
 
 
 def test_connect_frame_with_user_and_password() -> None:
-    options = connect_options(connect_frame("kpc-1", "0.1", parse_url("nats://u:p@h").credentials()))
+    credentials = parse_url("nats://u:p@h").credentials()
+    options = connect_options(connect_frame("kpc-1", "0.1", credentials))
     assert options["user"] == "u" and options["pass"] == "p"
     assert "auth_token" not in options
     assert options["verbose"] is False and options["headers"] is False
