@@ -429,3 +429,26 @@ async def test_shutdown_during_outage_fails_pending_confirmed_publishes(
                 nursery.start_soon(publish, gateway)
                 await trio.sleep(0.1)
     assert len(errors) == 1
+
+
+@pytest.mark.xfail(strict=True, reason="nats-server relays subjects that are not UTF-8; the "
+                   "parser's UnicodeDecodeError ends the whole gateway (not even the connection)")
+async def test_a_subject_that_is_not_utf8_does_not_end_the_gateway(
+    nats_server: NatsServerProcess, subject: str
+) -> None:
+    async with open_nats_gateway([nats_server.url], reconnect_wait=0.05) as gateway:
+        messages = await gateway.subscribe(f"{subject}.>")
+        await connected(gateway)
+        await gateway.sync()
+        # nats-py only publishes str subjects: another client speaks raw NATS.
+        other = await trio.open_tcp_stream("127.0.0.1", nats_server.port)
+        async with other:
+            await other.send_all(b'CONNECT {"verbose":false}\r\nPUB %s.\xff 3\r\nbad\r\nPING\r\n'
+                                 % subject.encode())
+            with trio.fail_after(10):
+                while b"PONG" not in await other.receive_some(4096):
+                    pass
+        await gateway.publish_confirmed([OutboundMessage(f"{subject}.after", b"after")])
+        with trio.fail_after(10):
+            while (await messages.receive()).payload != b"after":
+                pass
