@@ -132,7 +132,7 @@ async def scripted_nats(info: bytes = INFO) -> AsyncIterator[ScriptedServer]:
 
 
 @asynccontextmanager
-async def connected_gateway(urls: list[str]) -> AsyncIterator[NatsGateway]:
+async def undrained_gateway(urls: list[str]) -> AsyncIterator[NatsGateway]:
     """A gateway that reconnects quickly; it is cancelled, not drained, at the end (the
     scripted server would have to play the drain too)."""
     with trio.CancelScope() as scope:
@@ -169,7 +169,7 @@ async def start_confirmed_publish(nursery: trio.Nursery, gateway: NatsGateway) -
 
 
 async def test_a_batch_unconfirmed_when_the_connection_closes_is_published_again() -> None:
-    async with scripted_nats() as server, connected_gateway([server.url]) as gateway, \
+    async with scripted_nats() as server, undrained_gateway([server.url]) as gateway, \
             trio.open_nursery() as nursery:
         first = await server.accept()
         await first.handshake()
@@ -194,7 +194,7 @@ async def test_a_pong_that_never_comes_drops_the_connection_and_publishes_again(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(nats_gateway, "CONFIRM_TIMEOUT", 0.2)
-    async with scripted_nats() as server, connected_gateway([server.url]) as gateway, \
+    async with scripted_nats() as server, undrained_gateway([server.url]) as gateway, \
             trio.open_nursery() as nursery:
         silent = await server.accept()
         await silent.handshake()
@@ -214,7 +214,7 @@ async def test_a_pong_that_never_comes_drops_the_connection_and_publishes_again(
 
 
 async def test_subscriptions_go_again_with_every_connect_and_receive_messages() -> None:
-    async with scripted_nats() as server, connected_gateway([server.url]) as gateway:
+    async with scripted_nats() as server, undrained_gateway([server.url]) as gateway:
         # Before the gateway's first checkpoint: the first CONNECT carries it too.
         messages = await gateway.subscribe("kaa.v1.replica.r1.>", queue="kpc")
         first = await server.accept()
@@ -236,7 +236,7 @@ async def test_subscriptions_go_again_with_every_connect_and_receive_messages() 
 
 
 async def test_the_servers_ping_is_answered_and_its_info_updates_max_payload() -> None:
-    async with scripted_nats() as server, connected_gateway([server.url]) as gateway:
+    async with scripted_nats() as server, undrained_gateway([server.url]) as gateway:
         connection = await server.accept()
         await connection.handshake()
         await eventually(lambda: gateway.connected)
@@ -251,7 +251,7 @@ async def test_the_servers_ping_is_answered_and_its_info_updates_max_payload() -
 async def test_a_server_sending_garbage_is_dropped_and_reconnected_to(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async with scripted_nats() as server, connected_gateway([server.url]) as gateway:
+    async with scripted_nats() as server, undrained_gateway([server.url]) as gateway:
         first = await server.accept()
         await first.handshake()
         await eventually(lambda: gateway.connected)
@@ -269,7 +269,7 @@ async def test_a_server_sending_garbage_is_dropped_and_reconnected_to(
 async def test_a_message_with_a_subject_that_is_not_utf8_only_costs_the_connection(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async with scripted_nats() as server, connected_gateway([server.url]) as gateway:
+    async with scripted_nats() as server, undrained_gateway([server.url]) as gateway:
         await gateway.subscribe(">")
         first = await server.accept()
         _, subscriptions = await first.handshake()
@@ -287,7 +287,7 @@ async def test_the_next_url_is_tried_when_the_first_is_unreachable(
         closed.bind((HOST, 0))
         unreachable = f"{HOST}:{closed.getsockname()[1]}"
         async with scripted_nats() as server, \
-                connected_gateway([f"nats://{unreachable}", server.url]) as gateway:
+                undrained_gateway([f"nats://{unreachable}", server.url]) as gateway:
             connection = await server.accept()
             await connection.handshake()
             await eventually(lambda: gateway.connected)
@@ -302,7 +302,7 @@ async def test_a_tls_url_to_a_server_without_tls_is_refused_with_a_clear_error(
 ) -> None:
     async with scripted_nats() as server:
         url = server.url.replace("nats://", "tls://")
-        async with connected_gateway([url]) as gateway:
+        async with undrained_gateway([url]) as gateway:
             await eventually(lambda: bool(logged(caplog, "nats_error")))
             assert not gateway.connected
     assert "offers none" in str(logged(caplog, "nats_error")[0]["error"])
