@@ -56,6 +56,7 @@ from kpc_trio.nats_protocol import (
     subject_problem,
     unsub_frame,
 )
+from kpc_trio.net.socket_stream import LeanSocketStream
 
 __all__ = [
     "InboundMessage", "MessageRejectedError", "NatsGateway", "NatsPort", "NatsUnavailableError",
@@ -68,9 +69,9 @@ log = get_logger(__name__)
 PUBLISH_WAIT_LIMIT = 5.0
 BATCH_MAX_MESSAGES = 1000
 CONFIRM_TIMEOUT = 5.0  # a PONG slower than this: the connection is dead, publish the batch again
+WATCH_INTERVAL = 0.5  # how often the oldest unanswered PING is checked against CONFIRM_TIMEOUT
 CONNECT_TIMEOUT = 2.0  # TCP, TLS and the server's answer to CONNECT (nats-py's default)
 PING_INTERVAL = 120.0  # keepalive, as nats-py and the Java client
-MAX_OUTSTANDING_PINGS = 2
 RECEIVE_SIZE = 64 * 1024
 
 
@@ -116,6 +117,10 @@ _STREAM_ERRORS = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 def _describe(exc: BaseException) -> str:
+    if not str(exc) and exc.__cause__ is not None:
+        # trio.SSLStream raises a bare BrokenResourceError: the ssl error (an untrusted
+        # certificate...) is its cause.
+        return f"{type(exc).__name__}: {_describe(exc.__cause__)}"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
@@ -218,7 +223,7 @@ class _Connection:
 
     Writers (publisher, the reader's PONG, subscribe, keepalive) take turns through a FIFO lock,
     so each write goes out whole. The server answers PINGs in order, so each PING's waiter sits
-    in a FIFO; losing the connection wakes them all, to fail.
+    in a FIFO with the time it was sent; losing the connection wakes them all, to fail.
     """
 
     stream: trio.abc.Stream
@@ -226,52 +231,67 @@ class _Connection:
     info: ServerInfo
     parser: ServerStreamParser
     _send_lock: trio.StrictFIFOLock = attrs.field(factory=trio.StrictFIFOLock)
-    _pongs: deque[trio.Event] = attrs.field(factory=deque)
+    _pongs: deque[tuple[float, trio.Event]] = attrs.field(factory=deque)
     #: Set once the connection is dead: nothing written to it counts any more.
     lost: trio.Event = attrs.field(factory=trio.Event)
     #: The server answered CONNECT with its PONG.
     accepted: bool = False
     #: The -ERR the server answered CONNECT with.
     refusal: str | None = None
+    _writing_since: float | None = None
 
     async def write(self, data: bytes, *, ping: bool = False) -> trio.Event | None:
         """Write `data` (plus a PING whose PONG sets the returned event, if `ping`)."""
         if self.lost.is_set():
             raise _ConnectionLostError("the connection to NATS is lost")
-        pong = None
-        async with self._send_lock:
+        lock = self._send_lock
+        if lock.locked():
+            await lock.acquire()
+        else:
+            lock.acquire_nowait()  # send_all checkpoints: no need for acquire()'s own
+        try:
+            self._writing_since = trio.current_time()
+            pong = None
             if ping:
                 pong = trio.Event()
-                self._pongs.append(pong)
+                self._pongs.append((self._writing_since, pong))
                 data += PING
             try:
-                await self.stream.send_all(data)
+                # A write cancelled halfway would leave half a frame on the wire, garbling
+                # everything after it; a stuck one is ended by `_watch` closing the connection.
+                with trio.CancelScope(shield=True):
+                    await self.stream.send_all(data)
             except _STREAM_ERRORS as exc:
                 self.lose()
                 raise _ConnectionLostError(_describe(exc)) from None
-        return pong
+            return pong
+        finally:
+            self._writing_since = None
+            lock.release()
 
-    async def confirm(self, data: bytes = b"", timeout: float = CONFIRM_TIMEOUT) -> None:
-        """Write `data` and return once the server has processed it (and all written before)."""
+    async def confirm(self, data: bytes = b"") -> None:
+        """Write `data` and return once the server has processed it (and all written before).
+        A server that does not answer is caught by `_watch`, which loses the connection."""
         pong = await self.write(data, ping=True)
         assert pong is not None
-        with trio.move_on_after(timeout):
-            await pong.wait()
-        if not pong.is_set():
-            self.lose()
-            raise _ConnectionLostError(f"no PONG from NATS within {timeout:g}s")
+        await pong.wait()
         if self.lost.is_set():
             raise _ConnectionLostError("disconnected before the server confirmed")
 
     def pong_arrived(self) -> None:
         if self._pongs:
-            self._pongs.popleft().set()
+            self._pongs.popleft()[1].set()
+
+    def stalled_for(self, now: float) -> float:
+        """How long the oldest PING has waited for its PONG, or the current write to finish."""
+        since = min(self._pongs[0][0] if self._pongs else now, self._writing_since or now)
+        return now - since
 
     def lose(self) -> None:
         """Mark the connection dead and wake every confirmation waiting on it (they fail)."""
         self.lost.set()
         while self._pongs:
-            self._pongs.popleft().set()
+            self._pongs.popleft()[1].set()
 
 
 # -- the gateway ----------------------------------------------------------------------------------
@@ -308,6 +328,7 @@ class NatsGateway:
     _subscriptions: dict[int, _Subscription] = attrs.field(factory=dict)
     _next_sid: int = 1
     _in_flight: Sequence[_Item] = ()
+    _direct_deliveries: int = 0  # publish_confirmed calls writing themselves (none in flight)
     _publisher_done: trio.Event = attrs.field(factory=trio.Event)
     _stopping: bool = False  # our own shutdown: losing the connection is no outage
     _closed: bool = False
@@ -336,7 +357,24 @@ class NatsGateway:
         if fail_fast and not self._connected:
             raise NatsUnavailableError("NATS is not connected (fail_fast): retry once it is back")
         group = _ConfirmedGroup(messages)
-        await self._room.wait_for(len(messages))
+        if (self._connected and not self._in_flight and not self._direct_deliveries
+                and self._room.queued == 0):
+            # Nothing is being published: write from here, saving two task switches on the way
+            # of a lone request. Nothing queued can be overtaken, and whatever comes meanwhile
+            # queues for the publisher, so under load batches form as usual.
+            self._direct_deliveries += 1
+            try:
+                await self._deliver_now([group])
+            finally:
+                self._direct_deliveries -= 1
+        else:
+            await self._hand_over(group)
+        if group.error is not None:
+            raise group.error
+
+    async def _hand_over(self, group: _ConfirmedGroup) -> None:
+        """Queue `group` for the publisher and wait until it is settled."""
+        await self._room.wait_for(len(group.messages))
         try:
             self._enqueue(group)
         except trio.ClosedResourceError:
@@ -344,8 +382,6 @@ class NatsGateway:
                 "the NATS gateway is draining or closed: publish before shutting it down"
             ) from None
         await group.done.wait()
-        if group.error is not None:
-            raise group.error
 
     async def publish(self, messages: Sequence[OutboundMessage]) -> bool:
         """At most once, with backpressure: waits while the outbox is full (NATS busy), but
@@ -450,14 +486,16 @@ class NatsGateway:
         try:
             while batch := await self._next_batch():
                 self._in_flight = batch
-                started = time.perf_counter()
-                outcome = await self._deliver(batch)
+                await self._deliver_now(batch)
                 self._in_flight = ()
-                self._settle(batch, outcome)
-                if self._on_batch is not None:
-                    self._on_batch(self.last_batch_size, time.perf_counter() - started)
         finally:
             self._publisher_done.set()
+
+    async def _deliver_now(self, batch: Sequence[_Item]) -> None:
+        started = time.perf_counter()
+        self._settle(batch, await self._deliver(batch))
+        if self._on_batch is not None:
+            self._on_batch(self.last_batch_size, time.perf_counter() - started)
 
     async def _next_batch(self) -> list[_Item]:
         """The first item plus whatever queued up meanwhile, up to the size cap.
@@ -607,20 +645,31 @@ class NatsGateway:
         except (*_STREAM_ERRORS, _ConnectionLostError) as exc:
             log.info("nats_connection_broken", server=connection.server.display,
                      error=_describe(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug here must cost the connection, not KPC
+            log.exception("nats_reader_failed", server=connection.server.display,
+                          error=repr(exc))
         finally:
             connection.lose()
 
-    async def _keep_alive(self, connection: _Connection) -> None:
-        """A connection silent for MAX_OUTSTANDING_PINGS intervals is dead (a peer gone without
-        a FIN, a stuck server): drop it, so confirmed publishes can go to a live one."""
+    async def _watch(self, connection: _Connection) -> None:
+        """Drop a connection whose server stopped answering PINGs (a peer gone without a FIN, a
+        stuck server), so confirmed publishes go again to a live one. An idle connection gets a
+        keepalive PING every PING_INTERVAL. One timer here, none per batch."""
+        last_keepalive = trio.current_time()
         while True:
-            await trio.sleep(PING_INTERVAL)
-            try:
-                await connection.confirm(timeout=PING_INTERVAL * MAX_OUTSTANDING_PINGS)
-            except _ConnectionLostError as exc:
+            await trio.sleep(WATCH_INTERVAL)
+            now = trio.current_time()
+            if connection.stalled_for(now) > CONFIRM_TIMEOUT:
                 log.warning("nats_stale_connection", server=connection.server.display,
-                            error=_describe(exc))
+                            error=f"no PONG (or write) within {CONFIRM_TIMEOUT:g}s")
+                connection.lose()
                 return
+            if now - last_keepalive >= PING_INTERVAL:
+                last_keepalive = now
+                try:
+                    await connection.write(b"", ping=True)
+                except _ConnectionLostError:
+                    return  # the reader ends too
 
     # -- connection -------------------------------------------------------------------------------
 
@@ -655,7 +704,7 @@ class NatsGateway:
                     self._set_connected(True)
                     log.info("nats_connected", server=server.display,
                              max_payload=info.max_payload)
-                    nursery.start_soon(self._keep_alive, connection)
+                    nursery.start_soon(self._watch, connection)
                     await connection.lost.wait()
                 nursery.cancel_scope.cancel()
         finally:
@@ -682,9 +731,12 @@ class NatsGateway:
         frames += b"".join(sub_frame(s.subject, s.queue, s.sid)
                            for s in self._subscriptions.values())
         try:
-            await connection.confirm(frames, timeout=CONNECT_TIMEOUT)
+            with trio.move_on_after(CONNECT_TIMEOUT) as waiting:
+                await connection.confirm(frames)
         except _ConnectionLostError as exc:
             return connection.refusal or _describe(exc)
+        if waiting.cancelled_caught:
+            return f"no answer to CONNECT within {CONNECT_TIMEOUT:g}s"
         connection.accepted = True
         return None
 
@@ -736,17 +788,19 @@ async def _open_stream(
     server: NatsServerAddress,
 ) -> tuple[trio.abc.Stream, ServerInfo, ServerStreamParser]:
     """TCP, the server's INFO, then TLS if the URL or the server asks for it."""
-    stream: trio.abc.Stream = await trio.open_tcp_stream(server.host, server.port)
+    # The lean stream: a third less CPU per read and write than trio.SocketStream's helpers.
+    stream: trio.abc.Stream = LeanSocketStream.take_over(
+        await trio.open_tcp_stream(server.host, server.port))
     try:
         parser = ServerStreamParser()
         info = await _read_info(stream, parser)
-        if server.tls or info.tls_required:
+        if server.tls and not info.offers_tls():
+            raise _ServerRefusedError("the URL asks for TLS (tls://) but the server offers none")
+        if info.tls_required or server.tls:
             tls = trio.SSLStream(stream, ssl.create_default_context(),
                                  server_hostname=server.host)
             await tls.do_handshake()
             stream = tls
-        elif server.tls:
-            raise _ServerRefusedError("the URL asks for TLS (tls://) but the server offers none")
         return stream, info, parser
     except BaseException:
         await trio.aclose_forcefully(stream)

@@ -96,7 +96,9 @@ def parse_url(url: str) -> NatsServerAddress:
     if parts.scheme not in ("nats", "tls"):
         raise NatsUrlError(f"NATS URL {redact_url(url)!r}: the scheme must be nats:// or tls://")
     try:
-        port = parts.port or DEFAULT_PORT
+        port = DEFAULT_PORT if parts.port is None else parts.port
+        if port == 0:
+            raise ValueError
     except ValueError:
         raise NatsUrlError(f"NATS URL {redact_url(url)!r}: the port is not a number "
                            "from 1 to 65535") from None
@@ -186,16 +188,21 @@ class ServerInfo:
     max_payload: int = DEFAULT_MAX_PAYLOAD
     tls_required: bool = False
     server_name: str = ""
+    tls_available: bool = False  # TLS offered but optional (nats-server `allow_non_tls`)
+
+    def offers_tls(self) -> bool:
+        return self.tls_required or self.tls_available
 
     @classmethod
     def from_json(cls, text: bytes) -> ServerInfo:
         try:
             fields = json.loads(text)
             max_payload = int(fields.get("max_payload", DEFAULT_MAX_PAYLOAD))
-        except (ValueError, TypeError, AttributeError) as exc:
+        except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
             raise NatsProtocolError(f"unreadable INFO from the server: {exc}") from None
         return cls(max_payload, bool(fields.get("tls_required", False)),
-                   str(fields.get("server_name", fields.get("server_id", ""))))
+                   str(fields.get("server_name", fields.get("server_id", ""))),
+                   bool(fields.get("tls_available", False)))
 
 
 @attrs.frozen
@@ -298,8 +305,11 @@ def _message_frame(op: bytes, arguments: bytes, buffer: bytearray,
         raise NatsProtocolError(f"{op.decode()} payload is not followed by CRLF")
     if headers_size and _is_status(buffer[start:start + headers_size]):
         return None, end + 2
-    reply = fields[2].decode() if len(fields) == 4 else ""
-    message = InboundMessage(fields[0].decode(), reply, bytes(buffer[start + headers_size:end]))
+    # nats-server relays subjects that are not UTF-8: the message still goes to its subscription
+    # (matched by sid), its subject shown with replacement characters.
+    reply = fields[2].decode(errors="replace") if len(fields) == 4 else ""
+    message = InboundMessage(fields[0].decode(errors="replace"), reply,
+                             bytes(buffer[start + headers_size:end]))
     return Delivery(sid, message), end + 2
 
 

@@ -431,8 +431,6 @@ async def test_shutdown_during_outage_fails_pending_confirmed_publishes(
     assert len(errors) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="nats-server relays subjects that are not UTF-8; the "
-                   "parser's UnicodeDecodeError ends the whole gateway (not even the connection)")
 async def test_a_subject_that_is_not_utf8_does_not_end_the_gateway(
     nats_server: NatsServerProcess, subject: str
 ) -> None:

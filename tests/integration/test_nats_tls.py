@@ -93,9 +93,6 @@ async def test_an_untrusted_certificate_keeps_the_gateway_disconnected(
     assert changes == []
 
 
-@pytest.mark.xfail(strict=True, reason="trio.SSLStream wraps the ssl error in a "
-                   "BrokenResourceError without a message, and _describe() logs only its type: "
-                   "the log does not say the certificate failed verification")
 async def test_an_untrusted_certificate_is_named_in_the_log(
     tls_nats: NatsServerProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
