@@ -301,3 +301,26 @@ async def test_a_tls_url_to_a_server_without_tls_is_refused_with_a_clear_error(
             await eventually(lambda: bool(logged(caplog, "nats_error")))
             assert not gateway.connected
     assert "offers none" in str(logged(caplog, "nats_error")[0]["error"])
+
+
+async def test_a_handler_subscription_is_called_in_place_and_survives_its_own_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    handled: list[InboundMessage] = []
+
+    def handler(message: InboundMessage) -> None:
+        if message.payload == b"boom":
+            raise RuntimeError("a bug in the handler")
+        handled.append(message)
+
+    async with scripted_nats() as server, undrained_gateway([server.url]) as gateway:
+        await gateway.subscribe_handler("kaa.replies", handler)
+        connection = await server.accept()
+        _, subscriptions = await connection.handshake()
+        assert subscriptions[0].args[0] == "kaa.replies"
+        frames = b"MSG kaa.replies %(sid)s 4\r\nboom\r\nMSG kaa.replies %(sid)s 2\r\nok\r\n"
+        await connection.send(frames % {b"sid": subscriptions[0].args[-1].encode()})
+        await eventually(lambda: bool(handled))
+        assert handled == [InboundMessage("kaa.replies", "", b"ok")]
+        assert gateway.connected
+    assert "a bug in the handler" in str(logged(caplog, "nats_handler_failed")[0]["error"])

@@ -63,3 +63,14 @@ async def test_a_reset_connection_reads_as_broken() -> None:
     with pytest.raises(trio.BrokenResourceError):
         await server.receive_some()
     await server.aclose()
+
+
+async def test_send_nowait_sends_what_the_kernel_takes_without_waiting() -> None:
+    client, server = await _connected_pair()
+    assert client.send_nowait(b"hello") == 5
+    assert await server.receive_some() == b"hello"
+    clogged, _ = await _clogged_pair()
+    assert clogged.send_nowait(b"more") == 0  # a full buffer: nothing sent, no waiting
+    await client.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        client.send_nowait(b"late")
