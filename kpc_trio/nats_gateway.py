@@ -239,6 +239,11 @@ class _Connection:
     #: The -ERR the server answered CONNECT with.
     refusal: str | None = None
     _writing_since: float | None = None
+    _send_nowait: Callable[[bytes], int] | None = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        lean = isinstance(self.stream, LeanSocketStream)
+        self._send_nowait = self.stream.send_nowait if lean else None  # TLS: no such shortcut
 
     async def write(self, data: bytes, *, ping: bool = False) -> trio.Event | None:
         """Write `data` (plus a PING whose PONG sets the returned event, if `ping`)."""
@@ -257,10 +262,13 @@ class _Connection:
                 self._pongs.append((self._writing_since, pong))
                 data += PING
             try:
-                # A write cancelled halfway would leave half a frame on the wire, garbling
-                # everything after it; a stuck one is ended by `_watch` closing the connection.
-                with trio.CancelScope(shield=True):
-                    await self.stream.send_all(data)
+                # Most writes fit the socket buffer: sent with no scheduler round at all.
+                sent = self._send_nowait(data) if self._send_nowait is not None else 0
+                if sent < len(data):
+                    # A write cancelled halfway would leave half a frame on the wire, garbling
+                    # everything after it; a stuck one is ended by `_watch` closing the connection.
+                    with trio.CancelScope(shield=True):
+                        await self.stream.send_all(memoryview(data)[sent:])
             except _STREAM_ERRORS as exc:
                 self.lose()
                 raise _ConnectionLostError(_describe(exc)) from None

@@ -334,10 +334,13 @@ class Session:
         batch.acknowledgements.clear()
         # The reading task writes its own acknowledgements (no writer task to start per read);
         # a client that does not read them is not read from either.
-        if self._writer is None and not self._writing_inline:
+        if self._writer is None and not self._writing_inline and self._conn.pending_output:
+            unsent = self._send_now()
+            if unsent is None:
+                return
             self._writing_inline = True
             try:
-                await self._send_pending()  # cancelled with the reading: no scope of its own
+                await self._send_pending(unsent)  # cancelled with the reading: no scope of its own
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.terminate("connection_lost")
             finally:

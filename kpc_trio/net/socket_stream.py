@@ -56,6 +56,7 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
         if max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
         await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
         while True:
             try:
                 data = self.socket.recv(max_bytes)
@@ -64,13 +65,17 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
             except OSError as exc:
                 raise _stream_error(exc) from exc
             else:
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                # As trio's sockets: the wait was the schedule point; without one, yield here
+                # (a second yield would cost a whole scheduler round on every message).
+                if not waited:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 return data
             # Inline, not `_wait`: idle connections wait here, and every coroutine frame counts.
             try:
                 await trio.lowlevel.wait_readable(self.socket)
             except OSError as exc:
                 raise _stream_error(exc) from exc
+            waited = True
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._eof_sent:

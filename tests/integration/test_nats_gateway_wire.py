@@ -322,5 +322,6 @@ async def test_a_handler_subscription_is_called_in_place_and_survives_its_own_fa
         await connection.send(frames % {b"sid": subscriptions[0].args[-1].encode()})
         await eventually(lambda: bool(handled))
         assert handled == [InboundMessage("kaa.replies", "", b"ok")]
-        assert gateway.connected
+        await eventually(lambda: gateway.connected)
     assert "a bug in the handler" in str(logged(caplog, "nats_handler_failed")[0]["error"])
+    assert not logged(caplog, "nats_reader_failed")  # the connection was kept
