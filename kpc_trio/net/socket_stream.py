@@ -30,7 +30,7 @@ def _stream_error(exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourc
 class LeanSocketStream(trio.abc.HalfCloseableStream):
     """`trio.abc.HalfCloseableStream` over a connected stdlib TCP socket, which it owns."""
 
-    __slots__ = ("socket", "_sending", "_eof_sent")
+    __slots__ = ("socket", "_sending", "_eof_sent", "_drained")
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -42,6 +42,7 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
         self.socket = sock
         self._sending = False  # receiving needs no flag: wait_readable refuses a second waiter
         self._eof_sent = False
+        self._drained = False  # the last read took less than asked: the socket is empty
 
     @classmethod
     def take_over(cls, stream: trio.SocketStream) -> LeanSocketStream:
@@ -55,27 +56,33 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
             max_bytes = DEFAULT_RECEIVE_SIZE
         if max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
-        await trio.lowlevel.checkpoint_if_cancelled()
-        waited = False
+        # After a read that emptied the socket, wait first: a recv now would only fail (EAGAIN
+        # and an exception) before the wait anyway, on every message.
+        waited = self._drained
+        if not waited:
+            await trio.lowlevel.checkpoint_if_cancelled()
         while True:
+            if waited:
+                # Inline, not `_wait`: idle connections wait here, and every frame counts.
+                if self.socket.fileno() == -1:
+                    raise trio.ClosedResourceError("this socket was already closed")
+                try:
+                    await trio.lowlevel.wait_readable(self.socket)
+                except OSError as exc:
+                    raise _stream_error(exc) from exc
             try:
                 data = self.socket.recv(max_bytes)
             except BlockingIOError:
-                pass  # wait below, not in here: the exception and its traceback would stay alive
+                waited = True  # and wait outside this block: the exception would stay alive
+                continue
             except OSError as exc:
                 raise _stream_error(exc) from exc
-            else:
-                # As trio's sockets: the wait was the schedule point; without one, yield here
-                # (a second yield would cost a whole scheduler round on every message).
-                if not waited:
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                return data
-            # Inline, not `_wait`: idle connections wait here, and every coroutine frame counts.
-            try:
-                await trio.lowlevel.wait_readable(self.socket)
-            except OSError as exc:
-                raise _stream_error(exc) from exc
-            waited = True
+            self._drained = len(data) < max_bytes
+            # As trio's sockets: the wait was the schedule point; without one, yield here
+            # (a second yield would cost a whole scheduler round on every message).
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._eof_sent:
