@@ -240,6 +240,9 @@ class ServerStreamParser:
 
     def __init__(self) -> None:
         self._buffer = bytearray()
+        # The server refuses larger publishes, so a larger MSG is a broken server: refused
+        # rather than buffered without bound. Follows max_payload of the server's INFO.
+        self._max_message = DEFAULT_MAX_PAYLOAD
 
     def feed(self, data: bytes) -> list[ServerEvent]:
         """Parse everything complete; raises NatsProtocolError for bytes that are not NATS."""
@@ -259,7 +262,7 @@ class ServerStreamParser:
                 op, _, arguments = line.partition(b" ")
                 op = op.upper()
                 if op == b"MSG" or op == b"HMSG":
-                    frame = _message_frame(op, arguments, buffer, end + 2)
+                    frame = _message_frame(op, arguments, buffer, end + 2, self._max_message)
                     if frame is None:
                         break  # the payload has not fully arrived
                     event, position = frame
@@ -272,7 +275,9 @@ class ServerStreamParser:
                 elif op == b"PONG":
                     events.append(_PONG_EVENT)
                 elif op == b"INFO":
-                    events.append(ServerInfo.from_json(arguments))
+                    info = ServerInfo.from_json(arguments)
+                    self._max_message = info.max_payload
+                    events.append(info)
                 elif op == b"-ERR":
                     events.append(ServerError(arguments.decode(errors="replace").strip(" '")))
                 elif op != b"+OK":
@@ -282,8 +287,8 @@ class ServerStreamParser:
         return events
 
 
-def _message_frame(op: bytes, arguments: bytes, buffer: bytearray,
-                   start: int) -> tuple[Delivery | None, int] | None:
+def _message_frame(op: bytes, arguments: bytes, buffer: bytearray, start: int,
+                   max_message: int) -> tuple[Delivery | None, int] | None:
     """A MSG/HMSG whose control line ended at `start`: (event or None if dropped, next position),
     or None while the payload is incomplete."""
     fields = arguments.split()
@@ -298,6 +303,9 @@ def _message_frame(op: bytes, arguments: bytes, buffer: bytearray,
             raise ValueError
     except (ValueError, IndexError):
         raise NatsProtocolError(f"malformed {op.decode()} {arguments[:80]!r}") from None
+    if total > max_message:
+        raise NatsProtocolError(f"{op.decode()} of {total} bytes exceeds the server's "
+                                f"max_payload of {max_message} bytes")
     end = start + total
     if len(buffer) < end + 2:
         return None

@@ -325,3 +325,11 @@ def test_subjects_with_whitespace_have_a_problem(subject: str) -> None:
 
 def test_an_ordinary_subject_has_no_problem() -> None:
     assert subject_problem("kaa.v1.service.dcx.esp.ClientData") is None
+
+
+def test_a_message_larger_than_the_servers_max_payload_is_refused_before_it_is_buffered() -> None:
+    parser = ServerStreamParser()
+    assert parser.feed(b'INFO {"max_payload":1024}\r\nMSG s 1 1024\r\n') == [
+        ServerInfo(max_payload=1024)]
+    with pytest.raises(NatsProtocolError, match="exceeds the server's max_payload of 1024"):
+        ServerStreamParser().feed(b'INFO {"max_payload":1024}\r\nMSG s 1 1025\r\n')
