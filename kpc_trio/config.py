@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import attrs
 import yaml
 
+from kpc_trio.nats_protocol import NatsUrlError, parse_url
 from kpc_trio.presence import DisconnectPolicy
 
 DEFAULT_CONFIG_PATH = "/srv/kpc/service-config.yml"
@@ -43,7 +44,9 @@ class ConfigError(Exception):
 
 
 class InvalidValue(Exception):
-    """Raised by a value type; the loader turns it into a ConfigError naming the key and origin."""
+    """Raised by a value type; the loader turns it into a ConfigError naming the key and origin.
+    A message, if given, replaces the generic "expected ..., got <value>" (which would print a
+    secret such as a NATS password)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,6 +220,22 @@ class Inherited:
 
 
 @attrs.frozen
+class NatsUrls(Text):
+    """Comma-separated NATS URLs, each checked now rather than when NATS is first dialled."""
+
+    meaning: str = "comma-separated nats:// or tls:// URLs"
+
+    def parse(self, raw: object) -> str:
+        text = super().parse(raw)
+        for url in filter(None, map(str.strip, text.split(","))):
+            try:
+                parse_url(url)
+            except NatsUrlError as exc:
+                raise InvalidValue(f"expected {self.meaning}; {exc}") from None
+        return text
+
+
+@attrs.frozen
 class TextList:
     label: str = "list of strings"
 
@@ -328,8 +347,8 @@ class ManagementSettings:
 
 @attrs.frozen
 class NatsSettings:
-    urls: str = setting("", Text(), "Comma-separated NATS URLs (may carry credentials); "
-                                    "empty starts an embedded nats-server.")
+    urls: str = setting("", NatsUrls(), "Comma-separated NATS URLs, `nats://` or `tls://` (may "
+                                        "carry credentials); empty starts an embedded nats-server.")
 
 
 @attrs.frozen
@@ -649,9 +668,9 @@ def _expand_dotted(raw: object, path: str, origin: _Origin) -> dict[str, object]
 def _parse_setting(spec: Setting, raw: object, path: str, where: str) -> Any:
     try:
         return spec.value_type.parse(raw)
-    except InvalidValue:
-        raise ConfigError(f"{path}: expected {spec.value_type.expected()}, got {raw!r} "
-                          f"(from {where})", key_path=path) from None
+    except InvalidValue as exc:
+        problem = str(exc) or f"expected {spec.value_type.expected()}, got {raw!r}"
+        raise ConfigError(f"{path}: {problem} (from {where})", key_path=path) from None
 
 
 def _build(node: type, raw: object, path: str, origin: _Origin) -> Any:

@@ -643,3 +643,25 @@ def test_configuration_doc_contains_the_current_reference() -> None:
         f"{DOC} is out of date: regenerate the table with\n  {REGENERATE}\n"
         "and paste it between the BEGIN/END config_reference() markers"
     )
+
+
+@pytest.mark.parametrize(
+    ("urls", "problem"),
+    [
+        ("ftp://nats:4222", "the scheme must be nats:// or tls://"),
+        ("nats://kpc:s3cret@nats:99999", "the port is not a number from 1 to 65535"),
+        ("nats://nats:4222,nats://:4222", "names no host"),
+    ],
+)
+def test_a_nats_url_that_cannot_be_dialled_is_refused_at_load_without_its_password(
+    urls: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError, match="nats.urls") as refused:
+        load_config(None, env={"NATS_URLS": urls})
+    assert problem in str(refused.value)
+    assert "s3cret" not in str(refused.value)
+
+
+def test_nats_urls_may_mix_plain_tls_and_bare_hosts() -> None:
+    config = load_config(None, env={"NATS_URLS": "nats://a:4222, tls://b , c"})
+    assert config.nats.urls == "nats://a:4222, tls://b , c"
