@@ -8,7 +8,12 @@ trailing bytes (a newer writer may append optional fields).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from kpc_trio.kaa.records import ExtensionData, RecordDecodeError
+
+T = TypeVar("T")
 
 _MAX_VARINT_SHIFT = 63  # a long takes at most 10 bytes
 
@@ -23,29 +28,14 @@ def read_extension_data(data: bytes) -> ExtensionData:
         correlation_id, position = _string(data, 0)
         timestamp, position = _long(data, position)
         timeout, position = _long(data, position)
-        app_version_name, position = _optional_string(data, position)
-        extension_instance_name, position = _optional_string(data, position)
-        endpoint_id, position = _optional_string(data, position)
+        app_version_name, position = _optional(_string, data, position)
+        extension_instance_name, position = _optional(_string, data, position)
+        endpoint_id, position = _optional(_string, data, position)
         resource_path, position = _string(data, position)
-        branch, position = _long(data, position)  # ["int", "null"]
-        request_id = None
-        if branch == 0:
-            request_id, position = _long(data, position)
-        elif branch != 1:
-            raise _Malformed(f"requestId union branch {branch}")
-        branch, position = _long(data, position)  # ["bytes", "null"]
-        payload = None
-        if branch == 0:
-            payload, position = _bytes(data, position)
-        elif branch != 1:
-            raise _Malformed(f"payload union branch {branch}")
+        request_id, position = _optional(_long, data, position)
+        payload, position = _optional(_bytes, data, position)
         status_code, position = _long(data, position)
-        branch, position = _long(data, position)  # ["null", "string"]
-        reason_phrase = None
-        if branch == 1:
-            reason_phrase, position = _string(data, position)
-        elif branch != 0:
-            raise _Malformed(f"reasonPhrase union branch {branch}")
+        reason_phrase, position = _optional(_string, data, position, null_first=True)
     except (_Malformed, IndexError, UnicodeDecodeError) as exc:
         reason = "truncated" if isinstance(exc, IndexError) else str(exc)
         raise RecordDecodeError(
@@ -84,11 +74,13 @@ def _string(data: bytes, position: int) -> tuple[str, int]:
     return raw.decode(), position
 
 
-def _optional_string(data: bytes, position: int) -> tuple[str | None, int]:
-    """["string", "null"]."""
+def _optional(read: Callable[[bytes, int], tuple[T, int]], data: bytes, position: int, *,
+              null_first: bool = False) -> tuple[T | None, int]:
+    """A union of null and one type: ["<type>", "null"], or ["null", "<type>"] if `null_first`."""
+    value_branch, null_branch = (1, 0) if null_first else (0, 1)
     branch, position = _long(data, position)
-    if branch == 0:
-        return _string(data, position)
-    if branch != 1:
+    if branch == value_branch:
+        return read(data, position)
+    if branch != null_branch:
         raise _Malformed(f"union branch {branch}")
     return None, position
