@@ -697,6 +697,8 @@ class NatsGateway:
             except (*_STREAM_ERRORS, trio.TooSlowError, NatsProtocolError, ssl.SSLError,
                     _ServerRefusedError, _ConnectionLostError) as exc:
                 log.warning("nats_error", server=server.display, error=_describe(exc))
+            except Exception as exc:  # noqa: BLE001 - a bug must cost a reconnect, not KPC
+                log.exception("nats_connection_failed", server=server.display, error=repr(exc))
 
     async def _serve(self, server: NatsServerAddress) -> None:
         """One connection's life: open, handshake, serve until it breaks."""

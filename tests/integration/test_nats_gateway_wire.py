@@ -325,3 +325,22 @@ async def test_a_handler_subscription_is_called_in_place_and_survives_its_own_fa
         await eventually(lambda: gateway.connected)
     assert "a bug in the handler" in str(logged(caplog, "nats_handler_failed")[0]["error"])
     assert not logged(caplog, "nats_reader_failed")  # the connection was kept
+
+
+async def test_an_unexpected_error_in_a_connection_costs_a_reconnect_not_the_gateway(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    handshake = NatsGateway._handshake
+    failures = iter([RuntimeError("a bug in the handshake")])
+
+    async def first_handshake_fails(self: NatsGateway, connection: object) -> str | None:
+        for failure in failures:
+            raise failure
+        return await handshake(self, connection)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(NatsGateway, "_handshake", first_handshake_fails)
+    async with scripted_nats() as server, undrained_gateway([server.url]) as gateway:
+        await server.accept()  # the connection the bug ends
+        await (await server.accept()).handshake()
+        await eventually(lambda: gateway.connected)
+    assert "a bug in the handshake" in str(logged(caplog, "nats_connection_failed")[0]["error"])
