@@ -294,7 +294,11 @@ class Session:
             index += 1
             if isinstance(event, Publish):
                 batch.publishes += 1
-                await self._on_message(event, batch)
+                if event.packet_id is not None:
+                    # Also for rejected messages: the PUBLISH itself was received and answered.
+                    batch.acknowledgements.append(event.packet_id)
+                if not self._relay_identified(event, batch):
+                    await self._on_message(event, batch)
                 if len(batch.outgoing) >= self._ctx.limits.max_inflight:
                     await self._confirm(batch)
             elif isinstance(event, ConnectReceived):
@@ -391,10 +395,24 @@ class Session:
     def _count_refusal(self, reason: str) -> None:
         self._ctx.metrics.connect_refusals.labels(self.peer.transport, reason).inc()
 
+    def _relay_identified(self, event: Publish, batch: _Batch) -> bool:
+        """Relay `event` if its route is valid and its endpoint known without waiting (a cached
+        token): the common case, with no coroutine per message. False leaves the message,
+        untouched, to `_on_message`."""
+        try:
+            route = self._ctx.relay.route(event.topic)
+        except Kp1Error:
+            return False
+        binding = None
+        if route.token is not None:
+            binding = self._identify_cached(route, batch)
+            if binding is None:
+                return False
+        self._relay(event, route, binding, batch)
+        return True
+
     async def _on_message(self, event: Publish, batch: _Batch) -> None:
-        if event.packet_id is not None:
-            # Also for rejected messages: the PUBLISH itself was received and answered.
-            batch.acknowledgements.append(event.packet_id)
+        """Relay `event` once its endpoint is identified, or answer why it cannot be."""
         try:
             route = self._ctx.relay.route(event.topic)
             binding = await self._identify(route, batch) if route.token is not None else None
@@ -404,6 +422,10 @@ class Session:
         except TokenValidationError as err:
             self._answer_error(event, route.request_id, err.status_code, err.reason_phrase)
             return
+        self._relay(event, route, binding, batch)
+
+    def _relay(self, event: Publish, route: Route, binding: EndpointBinding | None,
+               batch: _Batch) -> None:
         endpoint_id = None
         if binding is not None:
             endpoint_id = binding.endpoint_id
@@ -436,14 +458,31 @@ class Session:
 
     async def _identify(self, route: Route, batch: _Batch) -> EndpointBinding:
         """Resolve the route's token to an endpoint, binding the endpoint to this session."""
+        binding = self._identify_cached(route, batch)
+        if binding is None:
+            assert route.token is not None
+            app_name = self._app_name(route)
+            identity = await self._ctx.resolver.identify(app_name, route.token)
+            binding = self._binding_for(identity, route, app_name)
+        return binding
+
+    def _identify_cached(self, route: Route, batch: _Batch) -> EndpointBinding | None:
+        """`_identify` if the token's validation is cached, else None."""
         assert route.token is not None
-        app_name = self._ctx.relay.registry.app_name(route.app_version)
-        assert app_name is not None  # parse_topic rejects unknown appversions
+        app_name = self._app_name(route)
         identity = self._ctx.resolver.identify_cached(app_name, route.token, batch.now)
         if identity is None:
-            identity = await self._ctx.resolver.identify(app_name, route.token)
-        else:
-            batch.token_cache_hits += 1
+            return None
+        batch.token_cache_hits += 1
+        return self._binding_for(identity, route, app_name)
+
+    def _app_name(self, route: Route) -> str:
+        app_name = self._ctx.relay.registry.app_name(route.app_version)
+        assert app_name is not None  # parse_topic rejects unknown appversions
+        return app_name
+
+    def _binding_for(self, identity: EndpointIdentity, route: Route,
+                     app_name: str) -> EndpointBinding:
         binding = self._endpoints.get(identity.endpoint_id)
         if binding is None or binding.token != route.token \
                 or binding.app_version != route.app_version:
