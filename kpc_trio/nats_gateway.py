@@ -774,6 +774,8 @@ class NatsGateway:
 
     def _close(self) -> None:
         """No more traffic: fail what waits, end every subscription's channel."""
+        if not self._closed:
+            log.info("nats_closed")
         self._closed = True
         self._outbox_send.close()
         self._connected = False
