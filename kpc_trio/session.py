@@ -209,10 +209,14 @@ class Session:
                                 self._set_reason("connection_closed")
                             break
                         self._bytes_in.inc(len(data))
+                        events = conn.receive_data(data)
                         deadline = self._reading_scope.deadline
-                        self._reading_scope.deadline = math.inf  # handling is never timed out
-                        # Also without events: replies such as PINGRESP wait for the writer.
-                        await self._handle_events(conn.receive_data(data))
+                        # Also without events: replies such as PINGRESP wait for the writer. A
+                        # PUBACK alone needs nothing but the keepalive below.
+                        if events or conn.pending_output:
+                            self._reading_scope.deadline = math.inf  # handling is never timed out
+                            await self._handle_events(events)
+                        del events  # an idle connection must not hold on to its last packets
                         if conn.state is ConnectionState.CONNECTED:
                             deadline = (trio.current_time() + conn.keepalive * KEEPALIVE_FACTOR
                                         if conn.keepalive else math.inf)
