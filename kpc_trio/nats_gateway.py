@@ -22,6 +22,7 @@ nats-py still serves the simulated Kaa side and the tests, an independent client
 from __future__ import annotations
 
 import itertools
+import math
 import ssl
 import time
 from collections import deque
@@ -228,7 +229,6 @@ class _Connection:
 
     stream: trio.abc.Stream
     server: NatsServerAddress
-    info: ServerInfo
     parser: ServerStreamParser
     _send_lock: trio.StrictFIFOLock = attrs.field(factory=trio.StrictFIFOLock)
     _pongs: deque[tuple[float, trio.Event]] = attrs.field(factory=deque)
@@ -372,7 +372,7 @@ class NatsGateway:
             # queues for the publisher, so under load batches form as usual.
             self._direct_deliveries += 1
             try:
-                await self._deliver_now([group])
+                await self._publish_batch([group])
             finally:
                 self._direct_deliveries -= 1
         else:
@@ -494,12 +494,13 @@ class NatsGateway:
         try:
             while batch := await self._next_batch():
                 self._in_flight = batch
-                await self._deliver_now(batch)
+                await self._publish_batch(batch)
                 self._in_flight = ()
         finally:
             self._publisher_done.set()
 
-    async def _deliver_now(self, batch: Sequence[_Item]) -> None:
+    async def _publish_batch(self, batch: Sequence[_Item]) -> None:
+        """Write `batch`, then settle its groups and count it."""
         started = time.perf_counter()
         self._settle(batch, await self._deliver(batch))
         if self._on_batch is not None:
@@ -636,7 +637,6 @@ class NatsGateway:
             else:  # the answer to CONNECT: _maintain_connection reports it
                 connection.refusal = event.message
         elif isinstance(event, ServerInfo):
-            connection.info = event
             self._max_payload = event.max_payload
 
     async def _read(self, connection: _Connection) -> None:
@@ -689,9 +689,9 @@ class NatsGateway:
         last_attempt: dict[NatsServerAddress, float] = {}
         for attempt in itertools.count():
             server = self._servers[attempt % len(self._servers)]
-            since = time.monotonic() - last_attempt.get(server, -self._reconnect_wait)
+            since = trio.current_time() - last_attempt.get(server, -math.inf)
             await trio.sleep(max(0.0, self._reconnect_wait - since))
-            last_attempt[server] = time.monotonic()
+            last_attempt[server] = trio.current_time()
             try:
                 await self._serve(server)
             except (*_STREAM_ERRORS, trio.TooSlowError, NatsProtocolError, ssl.SSLError,
@@ -704,7 +704,7 @@ class NatsGateway:
         """One connection's life: open, handshake, serve until it breaks."""
         with trio.fail_after(CONNECT_TIMEOUT):
             stream, info, parser = await _open_stream(server)
-        connection = _Connection(stream, server, info, parser)
+        connection = _Connection(stream, server, parser)
         self._max_payload = info.max_payload
         try:
             async with trio.open_nursery() as nursery:
@@ -713,7 +713,7 @@ class NatsGateway:
                 if refusal is None:
                     self._set_connected(True)
                     log.info("nats_connected", server=server.display,
-                             max_payload=info.max_payload)
+                             server_name=info.server_name, max_payload=info.max_payload)
                     nursery.start_soon(self._watch, connection)
                     await connection.lost.wait()
                 nursery.cancel_scope.cancel()

@@ -344,7 +344,7 @@ class Session:
         # a client that does not read them is not read from either.
         if self._writer is None and not self._writing_inline and self._conn.pending_output:
             unsent = self._send_now()
-            if unsent is None:
+            if not unsent:
                 return
             self._writing_inline = True
             try:
@@ -621,34 +621,34 @@ class Session:
         if (self._writer is None and not self._writing_inline and self._conn.pending_output
                 and self._writer_nursery is not None):
             unsent = self._send_now()
-            if unsent is None:
+            if not unsent:
                 return
             self._writer = writer = _Writer()
             self._writer_nursery.start_soon(self._write_pending, writer, unsent)
 
-    def _send_now(self) -> bytes | None:
-        """What a plain TCP socket did not take without waiting (None: all sent, or the
-        connection is gone); other transports write in the writer task."""
-        if not isinstance(self._stream, LeanSocketStream):
-            return b""
+    def _send_now(self) -> bytes:
+        """Send the pending output as far as a plain TCP socket takes it without waiting;
+        returns what is left to write (b"": nothing, or the connection is gone). Other
+        transports leave it all to a task."""
         data = self._conn.data_to_send()
+        if not isinstance(self._stream, LeanSocketStream):
+            return data
         try:
             sent = self._stream.send_nowait(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.terminate("connection_lost")
-            return None
+            return b""
         self._bytes_out.inc(sent)
-        return data[sent:] or None
+        return data[sent:]
 
-    async def _send_pending(self, unsent: bytes = b"") -> None:
-        if unsent:
-            await self._stream.send_all(unsent)
-            self._bytes_out.inc(len(unsent))
-        while data := self._conn.data_to_send():
+    async def _send_pending(self, data: bytes) -> None:
+        """Write `data`, then whatever the connection queues meanwhile."""
+        while data:
             await self._stream.send_all(data)
             self._bytes_out.inc(len(data))
+            data = self._conn.data_to_send()
 
-    async def _write_pending(self, writer: _Writer, unsent: bytes = b"") -> None:
+    async def _write_pending(self, writer: _Writer, unsent: bytes) -> None:
         try:
             with writer.scope:
                 await self._send_pending(unsent)

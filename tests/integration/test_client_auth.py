@@ -22,6 +22,7 @@ from kpc_trio.net import Peer
 from kpc_trio.net.certificate import ClientCertificate, parse_certificate
 from kpc_trio.simulator import BasicCredentials, CertificateCredentials, SimulatedKaa
 from kpc_trio.simulator.kaa_side import open_simulated_kaa
+from tests.integration.waiting import eventually
 
 _names = itertools.count()
 
@@ -53,12 +54,6 @@ def certificate_credentials(
 ) -> CertificateCredentials:
     return CertificateCredentials(issuer=certificate.issuer,
                                   serial_number=certificate.serial_number, **fields)
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 10) -> None:
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(0.01)
 
 
 @contextlib.asynccontextmanager

@@ -24,6 +24,7 @@ from kpc_trio.nats_gateway import (
     open_nats_gateway,
     redact_url,
 )
+from tests.integration.waiting import eventually, logged
 
 _subject_ids = count()
 
@@ -83,12 +84,6 @@ class AsyncioPeer:
 def peer(nats_server: NatsServerProcess) -> Iterator[AsyncioPeer]:
     with AsyncioPeer(nats_server.url) as client:
         yield client
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 10) -> None:
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(0.01)
 
 
 async def connected(gateway: NatsGateway) -> NatsGateway:
@@ -298,8 +293,8 @@ async def test_wrong_credentials_keep_the_gateway_disconnected(
     url = server.url.replace("s3cret", "wrong")
 
     def refusals() -> int:
-        return sum("Authorization" in str(getattr(record, "kpc_fields", {}).get("error"))
-                   for record in caplog.records if record.getMessage() == "nats_error")
+        return sum("Authorization" in str(fields.get("error"))
+                   for fields in logged(caplog, "nats_error"))
 
     async with open_nats_gateway([url], reconnect_wait=0.05) as gateway:
         await eventually(lambda: refusals() >= 2)  # refused, and refused again on retry

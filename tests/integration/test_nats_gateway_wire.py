@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -16,7 +16,13 @@ import trio
 import trio.testing
 
 from kpc_trio import nats_gateway
-from kpc_trio.nats_gateway import InboundMessage, NatsGateway, OutboundMessage, open_nats_gateway
+from kpc_trio.nats_gateway import (
+    InboundMessage,
+    NatsGateway,
+    OutboundMessage,
+    open_nats_gateway,
+)
+from tests.integration.waiting import eventually, logged
 
 HOST = "127.0.0.1"
 DEADLINE = 10  # bounds every wait: a regression fails instead of hanging
@@ -44,7 +50,8 @@ class ScriptedConnection:
         await self.stream.send_all(data)
 
     async def _fill(self) -> None:
-        data = await self.stream.receive_some(65536)
+        with trio.fail_after(DEADLINE):  # a gateway that never sends fails the test, not hangs it
+            data = await self.stream.receive_some(65536)
         if not data:
             raise EOFError("the gateway closed the connection")
         self._buffer += data
@@ -139,17 +146,6 @@ async def undrained_gateway(urls: list[str]) -> AsyncIterator[NatsGateway]:
         async with open_nats_gateway(urls, reconnect_wait=RECONNECT_WAIT) as gateway:
             yield gateway
             scope.cancel()
-
-
-def logged(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, object]]:
-    return [getattr(record, "kpc_fields", {}) for record in caplog.records
-            if record.getMessage() == event]
-
-
-async def eventually(condition: Callable[[], bool]) -> None:
-    with trio.fail_after(DEADLINE):
-        while not condition():
-            await trio.sleep(0.01)
 
 
 MESSAGE = OutboundMessage("kaa.v1.service.dcx.esp.ClientData", b"data\r\n", reply="inbox.1")

@@ -6,7 +6,7 @@ SSL_CERT_FILE: each test points it at the CA it means the gateway to trust.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ import trustme
 
 from kpc_trio.embedded_nats import NatsServerProcess, NatsServerStartError
 from kpc_trio.nats_gateway import NatsGateway, OutboundMessage, open_nats_gateway
+from tests.integration.waiting import eventually, logged
 
 HOST = "127.0.0.1"
 DEADLINE = 10
@@ -45,14 +46,7 @@ def trust(ca: trustme.CA, directory: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def nats_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [str(getattr(record, "kpc_fields", {}).get("error")) for record in caplog.records
-            if record.getMessage() == "nats_error"]
-
-
-async def eventually(condition: Callable[[], bool]) -> None:
-    with trio.fail_after(DEADLINE):
-        while not condition():
-            await trio.sleep(0.01)
+    return [str(fields.get("error")) for fields in logged(caplog, "nats_error")]
 
 
 async def round_trip(gateway: NatsGateway, subject: str) -> bytes:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import attrs
 import trio
@@ -13,6 +13,7 @@ from kpc_trio.nats_gateway import NatsGateway, OutboundMessage, open_nats_gatewa
 from kpc_trio.revocation import RevocationListener
 from kpc_trio.simulator import SimulatedKaa
 from kpc_trio.simulator.kaa_side import open_simulated_kaa
+from tests.integration.waiting import eventually
 
 
 @attrs.define
@@ -26,12 +27,6 @@ class RecordingHandler:
 
     def on_credentials_revoked(self, credentials_id: str, tenant_id: str | None) -> None:
         self.calls.append(("credentials", credentials_id, str(tenant_id)))
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 10) -> None:
-    with trio.fail_after(timeout):
-        while not condition():
-            await trio.sleep(0.01)
 
 
 async def _synced(gateway: NatsGateway) -> None:

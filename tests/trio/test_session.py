@@ -65,6 +65,11 @@ class Client:
     async def send(self, *packets: object) -> None:
         await self.stream.send_all(b"".join(encode(p) for p in packets))  # type: ignore[arg-type]
 
+    async def connect(self, client_id: str, keepalive: int) -> None:
+        """CONNECT with a clean session; the server must accept it."""
+        await self.send(Connect("MQTT", 4, client_id, True, keepalive=keepalive))
+        assert await self.next_packet() == ConnAck(ConnAckCode.ACCEPTED)
+
     async def next_packet(self) -> object | None:
         """The next packet from the server, None once the server closed the connection."""
         while (packet := self.decoder.next_packet()) is None:
@@ -102,8 +107,7 @@ async def test_keepalive_is_enforced_at_one_and_a_half_times_the_clients_value(
     finished: dict[Session, float] = {}
     async with trio.open_nursery() as nursery:
         session, client = await start_session(nursery, context, finished)
-        await client.send(Connect("MQTT", 4, "dev-1", True, keepalive=10))
-        assert await client.next_packet() == ConnAck(ConnAckCode.ACCEPTED)
+        await client.connect("dev-1", keepalive=10)
         await trio.sleep(14)  # within 1.5 x 10 s: a PINGREQ keeps the connection
         await client.send(PingReq())
         assert await client.next_packet() == PingResp()
@@ -117,8 +121,7 @@ async def test_keepalive_zero_means_no_timeout(context, autojump_clock):
     finished: dict[Session, float] = {}
     async with trio.open_nursery() as nursery:
         session, client = await start_session(nursery, context, finished)
-        await client.send(Connect("MQTT", 4, "dev-1", True, keepalive=0))
-        assert await client.next_packet() == ConnAck(ConnAckCode.ACCEPTED)
+        await client.connect("dev-1", keepalive=0)
         await trio.sleep(24 * 3600)
         assert session not in finished
         await client.stream.aclose()
@@ -129,11 +132,9 @@ async def test_a_second_connection_with_the_same_client_id_takes_over(context, a
     finished: dict[Session, float] = {}
     async with trio.open_nursery() as nursery:
         first, old = await start_session(nursery, context, finished)
-        await old.send(Connect("MQTT", 4, "same-id", True, keepalive=60))
-        assert await old.next_packet() == ConnAck(ConnAckCode.ACCEPTED)
+        await old.connect("same-id", keepalive=60)
         second, new = await start_session(nursery, context, finished)
-        await new.send(Connect("MQTT", 4, "same-id", True, keepalive=60))
-        assert await new.next_packet() == ConnAck(ConnAckCode.ACCEPTED)
+        await new.connect("same-id", keepalive=60)
         assert await old.next_packet() is None  # the old connection is closed
         assert first.close_reason == "takeover"
         assert second not in finished
@@ -160,8 +161,7 @@ async def test_stop_reading_ends_an_idle_session_as_a_shutdown(context, autojump
     finished: dict[Session, float] = {}
     async with trio.open_nursery() as nursery:
         session, client = await start_session(nursery, context, finished)
-        await client.send(Connect("MQTT", 4, "dev-1", True, keepalive=0))
-        assert await client.next_packet() == ConnAck(ConnAckCode.ACCEPTED)
+        await client.connect("dev-1", keepalive=0)
         await trio.sleep(5)
         session.stop_reading()
         assert await client.next_packet() is None

@@ -1,0 +1,21 @@
+"""Waiting for what a test cannot await directly, and reading the events it logged."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import trio
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 10) -> None:
+    """Poll `condition` until it holds; fail after `timeout` seconds."""
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(0.01)
+
+
+def logged(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, object]]:
+    """The fields of every `event` logged so far, in order."""
+    return [getattr(record, "kpc_fields", {}) for record in caplog.records
+            if record.getMessage() == event]
