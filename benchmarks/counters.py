@@ -97,7 +97,7 @@ def _count_nats(url: str, subject: str, count: multiprocessing.sharedctypes.Sync
     nats-py would spend ~10 µs per message (a Msg object and a callback each): at 60k msg/s most
     of a core taken from the server being measured on this 2-core machine. Counting frames on the
     raw protocol costs a tenth of that, like the byte-counting MQTT counter below. Not
-    `kpc_trio.nats_protocol.ServerStreamParser` either: it builds two objects per message and
+    `kpc_trio.nats.protocol.ServerStreamParser` either: it builds two objects per message and
     validates every frame (2.5 against 0.7 µs per message here).
     """
     address = urlsplit(url)

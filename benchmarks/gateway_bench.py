@@ -19,8 +19,8 @@ import trio
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from kpc_trio.embedded_nats import NatsServerProcess
-from kpc_trio.nats_gateway import NatsGateway, OutboundMessage, open_nats_gateway
+from kpc_trio.nats.embedded import NatsServerProcess
+from kpc_trio.nats.gateway import NatsGateway, OutboundMessage, open_nats_gateway
 
 PAYLOAD = b"x" * 100
 CONFIRMED_BATCH = 100

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import trio
 
-from kpc_trio.embedded_nats import NatsServerProcess
 from kpc_trio.mqtt import codec
 from kpc_trio.mqtt.packets import Connect
+from kpc_trio.nats.embedded import NatsServerProcess
 from tests.integration.kpc_harness import make_config
 from tests.integration.kpc_process import running_kpc
 

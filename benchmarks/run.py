@@ -26,11 +26,16 @@ from benchmarks import report
 from benchmarks.cases import CASES, KPC, QUICK, Bench, CaseError, Sizes
 from benchmarks.counters import Counter, start_mqtt_counter, start_nats_counter
 from benchmarks.servers import (
-    AMQTT_DEFAULT, KaaSideProcess, ServerProcess, amqtt_server, kpc_server, mosquitto_server,
+    AMQTT_DEFAULT,
+    KaaSideProcess,
+    ServerProcess,
+    amqtt_server,
+    kpc_server,
+    mosquitto_server,
 )
 from benchmarks.workload import EXTENSION, wire_size_qos0
-from kpc_trio.embedded_nats import NatsServerProcess
 from kpc_trio.kaa import subjects
+from kpc_trio.nats.embedded import NatsServerProcess
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -13,7 +13,11 @@ from typing import Protocol
 
 import wsproto
 from wsproto.events import (
-    AcceptConnection, BytesMessage, CloseConnection, RejectConnection, Request,
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    RejectConnection,
+    Request,
 )
 
 HOST = "127.0.0.1"

@@ -16,8 +16,8 @@ import trio
 from kpc_trio.kaa import records, subjects
 from kpc_trio.logs import get_logger
 from kpc_trio.metrics import Metrics
-from kpc_trio.nats_gateway import NatsGateway
-from kpc_trio.nats_requests import (
+from kpc_trio.nats.gateway import NatsGateway
+from kpc_trio.nats.requests import (
     CorrelatedRequests,
     ProviderTimeoutError,
     ProviderUnavailableError,

@@ -18,11 +18,16 @@ import trio
 
 from kpc_trio import __version__
 from kpc_trio.config import Config, ConfigError, load_config, render_effective_config
-from kpc_trio.embedded_nats import NatsServerNotFoundError, NatsServerStartError
 from kpc_trio.license import (
-    DEFAULT_PATH, PASSWORD_ENV, PATH_ENV, LicenseError, LicenseInfo, load_license,
+    DEFAULT_PATH,
+    PASSWORD_ENV,
+    PATH_ENV,
+    LicenseError,
+    LicenseInfo,
+    load_license,
 )
 from kpc_trio.logs import configure_logging, get_logger
+from kpc_trio.nats.embedded import NatsServerNotFoundError, NatsServerStartError
 from kpc_trio.net import TlsConfigError
 
 log = get_logger("kpc_trio")

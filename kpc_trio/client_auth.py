@@ -27,8 +27,8 @@ from kpc_trio.config import AuthSettings
 from kpc_trio.kaa import records, subjects
 from kpc_trio.logs import get_logger
 from kpc_trio.mqtt.packets import ConnAckCode, Connect
-from kpc_trio.nats_gateway import NatsPort
-from kpc_trio.nats_requests import (
+from kpc_trio.nats.gateway import NatsPort
+from kpc_trio.nats.requests import (
     CorrelatedRequests,
     ProviderTimeoutError,
     ProviderUnavailableError,

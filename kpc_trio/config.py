@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import attrs
 import yaml
 
-from kpc_trio.nats_protocol import NatsUrlError, parse_url
+from kpc_trio.nats.protocol import NatsUrlError, parse_url
 from kpc_trio.presence import DisconnectPolicy
 
 DEFAULT_CONFIG_PATH = "/srv/kpc/service-config.yml"

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from kpc_trio.kaa import records, subjects
 from kpc_trio.logs import get_logger
-from kpc_trio.nats_gateway import NatsGateway, OutboundMessage
+from kpc_trio.nats.gateway import NatsGateway, OutboundMessage
 
 log = get_logger(__name__)
 

@@ -14,8 +14,8 @@ import attrs
 import trio
 
 from kpc_trio.config import Config
-from kpc_trio.embedded_nats import open_embedded_nats
 from kpc_trio.logs import get_logger
+from kpc_trio.nats.embedded import open_embedded_nats
 from kpc_trio.service import open_kpc
 from kpc_trio.simulator import DEMO_ENDPOINTS, run_demo_side
 

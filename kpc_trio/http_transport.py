@@ -20,7 +20,7 @@ from kpc_trio.kaa import kp1, records
 from kpc_trio.kaa.kp1 import Kp1Error
 from kpc_trio.logs import get_logger
 from kpc_trio.metrics import Metrics
-from kpc_trio.nats_gateway import NatsGateway, NatsUnavailableError
+from kpc_trio.nats.gateway import NatsGateway, NatsUnavailableError
 from kpc_trio.relay import Relay, reason_for
 
 log = get_logger(__name__)

@@ -115,4 +115,4 @@ def _is_der_sequence(data: bytes) -> bool:
 
 
 def _utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)

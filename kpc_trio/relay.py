@@ -15,8 +15,7 @@ import attrs
 
 from kpc_trio.kaa import kp1, records, subjects
 from kpc_trio.kaa.kp1 import ApplicationRegistry, Route
-from kpc_trio.nats_gateway import OutboundMessage
-
+from kpc_trio.nats.gateway import OutboundMessage
 
 MAX_REMEMBERED_ROUTES = 10_000
 

@@ -13,7 +13,7 @@ import trio
 
 from kpc_trio.kaa import records, subjects
 from kpc_trio.logs import get_logger
-from kpc_trio.nats_gateway import InboundMessage, NatsPort
+from kpc_trio.nats.gateway import InboundMessage, NatsPort
 
 log = get_logger(__name__)
 

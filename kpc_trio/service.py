@@ -27,7 +27,6 @@ from kpc_trio.auth import EndpointTokenResolver
 from kpc_trio.client_auth import NatsClientAuthenticator
 from kpc_trio.config import Config
 from kpc_trio.connectivity import ConnectivityEvents
-from kpc_trio.embedded_nats import open_embedded_nats
 from kpc_trio.health import Health
 from kpc_trio.http_transport import HttpTransport, ReplyWaiters, kp1_error_response
 from kpc_trio.httpd import HttpLimits, management_routes, rest_routes, serve_http
@@ -37,9 +36,15 @@ from kpc_trio.kaa.extension_data import read_extension_data
 from kpc_trio.kaa.kp1 import ApplicationRegistry
 from kpc_trio.logs import get_logger
 from kpc_trio.metrics import Metrics
-from kpc_trio.nats_gateway import InboundMessage, NatsGateway, open_nats_gateway
+from kpc_trio.nats.embedded import open_embedded_nats
+from kpc_trio.nats.gateway import InboundMessage, NatsGateway, open_nats_gateway
 from kpc_trio.net import (
-    HandshakeFailureReason, Peer, build_server_ssl_context, serve_tcp, serve_tls, serve_websocket,
+    HandshakeFailureReason,
+    Peer,
+    build_server_ssl_context,
+    serve_tcp,
+    serve_tls,
+    serve_websocket,
 )
 from kpc_trio.presence import Expiry, IdleTracker, run_idle_sweeper
 from kpc_trio.relay import Relay, is_expired

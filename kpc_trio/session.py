@@ -25,16 +25,16 @@ from kpc_trio.kaa.kp1 import Kp1Error, Route, error_payload
 from kpc_trio.logs import get_logger, set_log_source
 from kpc_trio.metrics import Metrics
 from kpc_trio.mqtt.connection import (
-    ConnectReceived,
     ConnectionState,
+    ConnectReceived,
     DisconnectReceived,
     ServerConnection,
     Subscribed,
     Unsubscribed,
 )
 from kpc_trio.mqtt.errors import LocalProtocolError, ProtocolError
-from kpc_trio.mqtt.packets import Connect, ConnAckCode, Publish, QoS
-from kpc_trio.nats_gateway import NatsGateway, OutboundMessage
+from kpc_trio.mqtt.packets import ConnAckCode, Connect, Publish, QoS
+from kpc_trio.nats.gateway import NatsGateway, OutboundMessage
 from kpc_trio.net import Peer
 from kpc_trio.net.socket_stream import LeanSocketStream
 from kpc_trio.presence import IdleTracker

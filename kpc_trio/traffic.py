@@ -16,7 +16,7 @@ import trio
 
 from kpc_trio.kaa import records
 from kpc_trio.logs import get_logger
-from kpc_trio.nats_gateway import OutboundMessage
+from kpc_trio.nats.gateway import OutboundMessage
 
 log = get_logger(__name__)
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from kpc_trio.embedded_nats import NatsServerProcess
+from kpc_trio.nats.embedded import NatsServerProcess
 
 
 @pytest.fixture(scope="session")

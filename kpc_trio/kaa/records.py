@@ -9,7 +9,6 @@ no schema fingerprint, as every Kaa service expects (spec 4.7).
 from __future__ import annotations
 
 import functools
-
 import json
 import operator
 import re

@@ -177,7 +177,7 @@ class SimulatedKaa:
                 ),
                 _CONNECT_TIMEOUT,
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise SimulatorError(
                 f"no NATS server answered at {self.nats_url} within {_CONNECT_TIMEOUT}s; "
                 "start nats-server first or fix the URL"

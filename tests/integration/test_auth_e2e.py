@@ -22,7 +22,13 @@ from kpc_trio.simulator.kaa_side import SimulatedKaa, open_simulated_kaa
 from kpc_trio.simulator.token_provider import EndpointRecord
 from tests.clients.paho_device import PahoDevice
 from tests.integration.kpc_harness import (
-    APP, APP_VERSION, ENDPOINTS, call, make_config, open_device, push_data,
+    APP,
+    APP_VERSION,
+    ENDPOINTS,
+    call,
+    make_config,
+    open_device,
+    push_data,
 )
 from tests.integration.test_transports_e2e import (
     HOST,

@@ -31,7 +31,7 @@ def kpc_trio(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 def write_license(path: Path, *, days_valid: float, password: str = PASSWORD) -> Path:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kpc-trio test license")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     not_after = now + datetime.timedelta(days=days_valid)
     certificate = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())

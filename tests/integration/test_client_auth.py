@@ -14,10 +14,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from kpc_trio.client_auth import ANONYMOUS, AuthOutcome, NatsClientAuthenticator
-from kpc_trio.embedded_nats import NatsServerProcess
 from kpc_trio.kaa import records
 from kpc_trio.mqtt.packets import ConnAckCode, Connect
-from kpc_trio.nats_gateway import NatsGateway, open_nats_gateway
+from kpc_trio.nats.embedded import NatsServerProcess
+from kpc_trio.nats.gateway import NatsGateway, open_nats_gateway
 from kpc_trio.net import Peer
 from kpc_trio.net.certificate import ClientCertificate, parse_certificate
 from kpc_trio.simulator import BasicCredentials, CertificateCredentials, SimulatedKaa

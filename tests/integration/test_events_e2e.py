@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from kpc_trio.kaa import subjects
-from kpc_trio.nats_gateway import InboundMessage, open_nats_gateway
+from kpc_trio.nats.gateway import InboundMessage, open_nats_gateway
 from kpc_trio.service import KpcService, open_kpc
 from kpc_trio.simulator.kaa_side import open_simulated_kaa
 from tests.clients.paho_device import PahoDevice

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
-from kpc_trio.httpd import Request, management_routes
 import trio
 import trustme
 
+from kpc_trio.httpd import Request, management_routes
 from kpc_trio.service import open_kpc
 from kpc_trio.simulator.kaa_side import open_simulated_kaa
 from tests.integration.http_probe import HttpReply, http_get, metric_value

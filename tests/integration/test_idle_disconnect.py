@@ -24,7 +24,12 @@ from kpc_trio.simulator import SimulatedKaa
 from kpc_trio.simulator.kaa_side import open_simulated_kaa
 from kpc_trio.simulator.recording import WaitTimeoutError
 from tests.integration.kpc_harness import (
-    APP, APP_VERSION, BASE_CONFIG, ENDPOINTS, call, open_device,
+    APP,
+    APP_VERSION,
+    BASE_CONFIG,
+    ENDPOINTS,
+    call,
+    open_device,
 )
 
 EP1 = ENDPOINTS[0]

@@ -14,8 +14,8 @@ import trio
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from kpc_trio.embedded_nats import NatsServerProcess
-from kpc_trio.nats_gateway import (
+from kpc_trio.nats.embedded import NatsServerProcess
+from kpc_trio.nats.gateway import (
     InboundMessage,
     MessageRejectedError,
     NatsGateway,

@@ -15,8 +15,8 @@ import pytest
 import trio
 import trio.testing
 
-from kpc_trio import nats_gateway
-from kpc_trio.nats_gateway import (
+from kpc_trio.nats import gateway as nats_gateway
+from kpc_trio.nats.gateway import (
     InboundMessage,
     NatsGateway,
     OutboundMessage,

@@ -19,7 +19,12 @@ from kpc_trio.service import open_kpc
 from kpc_trio.simulator.kaa_side import open_simulated_kaa
 from tests.integration.http_probe import http_get, metric_value
 from tests.integration.kpc_harness import (
-    APP_VERSION, ENDPOINTS, call, make_config, open_device, push_data,
+    APP_VERSION,
+    ENDPOINTS,
+    call,
+    make_config,
+    open_device,
+    push_data,
 )
 from tests.integration.qos1_load import CountingPublisher, all_acknowledged
 

@@ -13,8 +13,8 @@ import pytest
 import trio
 import trustme
 
-from kpc_trio.embedded_nats import NatsServerProcess, NatsServerStartError
-from kpc_trio.nats_gateway import NatsGateway, OutboundMessage, open_nats_gateway
+from kpc_trio.nats.embedded import NatsServerProcess, NatsServerStartError
+from kpc_trio.nats.gateway import NatsGateway, OutboundMessage, open_nats_gateway
 from tests.integration.waiting import eventually, logged
 
 HOST = "127.0.0.1"

@@ -10,7 +10,12 @@ import trio
 from kpc_trio.service import open_kpc
 from kpc_trio.simulator.kaa_side import open_simulated_kaa
 from tests.integration.kpc_harness import (
-    APP_VERSION, ENDPOINTS, call, make_config, open_device, push_data,
+    APP_VERSION,
+    ENDPOINTS,
+    call,
+    make_config,
+    open_device,
+    push_data,
 )
 
 EP1, EP2 = ENDPOINTS[0], ENDPOINTS[1]

@@ -14,12 +14,17 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import trio
 
-from kpc_trio.embedded_nats import NatsServerProcess
+from kpc_trio.nats.embedded import NatsServerProcess
 from kpc_trio.simulator.kaa_side import SimulatedKaa, open_simulated_kaa
 from kpc_trio.simulator.token_provider import EndpointRecord
 from tests.clients.paho_device import PahoDevice
 from tests.integration.kpc_harness import (
-    APP_VERSION, ENDPOINTS, call, make_config, open_device, push_data,
+    APP_VERSION,
+    ENDPOINTS,
+    call,
+    make_config,
+    open_device,
+    push_data,
 )
 from tests.integration.kpc_process import KpcProcess, running_kpc
 

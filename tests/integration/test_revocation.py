@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import attrs
 import trio
 
-from kpc_trio.embedded_nats import NatsServerProcess
-from kpc_trio.nats_gateway import NatsGateway, OutboundMessage, open_nats_gateway
+from kpc_trio.nats.embedded import NatsServerProcess
+from kpc_trio.nats.gateway import NatsGateway, OutboundMessage, open_nats_gateway
 from kpc_trio.revocation import RevocationListener
 from kpc_trio.simulator import SimulatedKaa
 from kpc_trio.simulator.kaa_side import open_simulated_kaa

@@ -13,8 +13,8 @@ import trio
 from nats.aio.client import Client as NatsClient
 from nats.aio.subscription import Subscription
 
-from kpc_trio.embedded_nats import NatsServerProcess
 from kpc_trio.kaa import records
+from kpc_trio.nats.embedded import NatsServerProcess
 from kpc_trio.simulator import (
     INVALID_TOKEN_REASON,
     EndpointRecord,

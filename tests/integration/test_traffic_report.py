@@ -21,12 +21,18 @@ import fastavro
 import trio
 
 from kpc_trio.kaa import subjects
-from kpc_trio.nats_gateway import InboundMessage, open_nats_gateway
+from kpc_trio.nats.gateway import InboundMessage, open_nats_gateway
 from kpc_trio.service import KpcService, open_kpc
 from kpc_trio.simulator import BasicCredentials, SimulatedKaa
 from kpc_trio.simulator.kaa_side import open_simulated_kaa
 from tests.integration.kpc_harness import (
-    APP, APP_VERSION, ENDPOINTS, call, make_config, open_device, push_data,
+    APP,
+    APP_VERSION,
+    ENDPOINTS,
+    call,
+    make_config,
+    open_device,
+    push_data,
 )
 
 EP1, EP2 = ENDPOINTS[0], ENDPOINTS[1]

@@ -202,7 +202,7 @@ async def test_mutual_tls_accepts_a_valid_client_certificate(nats_server, tmp_pa
 async def test_mutual_tls_rejects_a_bad_client_certificate(nats_server, tmp_path, kaa, ca,
                                                            tls_files, device_certs, which,
                                                            version):
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     certificate = {
         "untrusted": lambda: trustme.CA().issue_cert("device-1.example"),
         "expired": lambda: ca.issue_cert("device-1.example",

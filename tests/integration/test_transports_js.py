@@ -16,7 +16,11 @@ import trio
 from kpc_trio.service import KpcService, open_kpc
 from kpc_trio.simulator.kaa_side import SimulatedKaa, open_simulated_kaa
 from tests.integration.browser_harness import (
-    CHROMIUM, JS_DIR, MQTT_BUNDLE, open_headless_chromium, open_page_server,
+    CHROMIUM,
+    JS_DIR,
+    MQTT_BUNDLE,
+    open_headless_chromium,
+    open_page_server,
 )
 from tests.integration.kpc_harness import APP_VERSION, ENDPOINTS, make_config
 

@@ -21,9 +21,9 @@ import trio.testing
 
 from kpc_trio.config import Config, load_config
 from kpc_trio.connectivity import ConnectivityEvents
-from kpc_trio.kaa import records, subjects
-from kpc_trio.nats_gateway import OutboundMessage
 from kpc_trio.hub import Hub
+from kpc_trio.kaa import records, subjects
+from kpc_trio.nats.gateway import OutboundMessage
 from kpc_trio.presence import IdleTracker, run_idle_sweeper
 from kpc_trio.service import KpcService
 

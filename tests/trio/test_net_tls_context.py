@@ -103,8 +103,8 @@ def test_parse_certificate_gives_rfc4514_names_and_base10_serial() -> None:
         ]
     )
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "device-1")])
-    not_before = datetime.datetime(2024, 1, 1, tzinfo=datetime.timezone.utc)
-    not_after = datetime.datetime(2034, 1, 1, tzinfo=datetime.timezone.utc)
+    not_before = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
+    not_after = datetime.datetime(2034, 1, 1, tzinfo=datetime.UTC)
     der = (
         x509.CertificateBuilder()
         .subject_name(subject)

@@ -16,7 +16,7 @@ from kpc_trio.kaa.kp1 import ApplicationRegistry
 from kpc_trio.metrics import Metrics
 from kpc_trio.mqtt.codec import Decoder, encode
 from kpc_trio.mqtt.packets import ConnAck, ConnAckCode, Connect, PingReq, PingResp
-from kpc_trio.nats_gateway import OutboundMessage
+from kpc_trio.nats.gateway import OutboundMessage
 from kpc_trio.net import Peer
 from kpc_trio.presence import DisconnectPolicy, IdleTracker
 from kpc_trio.relay import Relay

@@ -13,8 +13,8 @@ import trio.testing
 from kpc_trio.client_auth import NatsClientAuthenticator
 from kpc_trio.config import AuthSettings
 from kpc_trio.kaa import records
-from kpc_trio.nats_gateway import InboundMessage, OutboundMessage
-from kpc_trio.nats_requests import (
+from kpc_trio.nats.gateway import InboundMessage, OutboundMessage
+from kpc_trio.nats.requests import (
     CorrelatedRequests,
     ProviderTimeoutError,
     ProviderUnavailableError,

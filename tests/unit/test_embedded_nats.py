@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kpc_trio import embedded_nats
-from kpc_trio.embedded_nats import NatsServerNotFoundError, NatsServerProcess, open_embedded_nats
+from kpc_trio.nats import embedded as embedded_nats
+from kpc_trio.nats.embedded import NatsServerNotFoundError, NatsServerProcess, open_embedded_nats
 
 
 def accepts(port: int) -> bool:

@@ -13,7 +13,7 @@ from cryptography.x509.oid import NameOID
 
 from kpc_trio.license import PASSWORD_ENV, LicenseError, LicenseInfo, load_license
 
-NOW = datetime.datetime(2030, 6, 1, 12, 0, tzinfo=datetime.timezone.utc)
+NOW = datetime.datetime(2030, 6, 1, 12, 0, tzinfo=datetime.UTC)
 DAY = datetime.timedelta(days=1)
 PASSWORD = "s3cret"
 

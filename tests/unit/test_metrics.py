@@ -75,7 +75,7 @@ def test_license_expiry_is_nan_without_license_and_tracks_it_otherwise() -> None
     metrics = Metrics()
     assert math.isnan(samples(metrics)[("kpc_license_expiry_remaining_seconds", ())])
 
-    expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=30)
+    expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=30)
     metrics.track_license(LicenseInfo(subject="CN=x", not_after=expires))
 
     remaining = samples(metrics)[("kpc_license_expiry_remaining_seconds", ())]

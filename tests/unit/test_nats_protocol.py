@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kpc_trio.nats_protocol import (
+from kpc_trio.nats.protocol import (
     DEFAULT_MAX_PAYLOAD,
     DEFAULT_PORT,
     MAX_CONTROL_LINE,

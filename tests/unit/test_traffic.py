@@ -8,7 +8,7 @@ import trio
 import trio.testing
 
 from kpc_trio.kaa import records
-from kpc_trio.nats_gateway import OutboundMessage
+from kpc_trio.nats.gateway import OutboundMessage
 from kpc_trio.traffic import TrafficMeter, run_traffic_reports
 
 SUBJECT = "kaa.v1.events.kpc.endpoint.traffic-reporting.payload"

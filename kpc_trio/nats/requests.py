@@ -17,7 +17,7 @@ import trio
 
 from kpc_trio.kaa import records
 from kpc_trio.logs import get_logger
-from kpc_trio.nats_gateway import InboundMessage, NatsPort, OutboundMessage
+from kpc_trio.nats.gateway import InboundMessage, NatsPort, OutboundMessage
 
 log = get_logger(__name__)
 

@@ -35,7 +35,7 @@ import trio
 
 from kpc_trio import __version__
 from kpc_trio.logs import get_logger
-from kpc_trio.nats_protocol import (
+from kpc_trio.nats.protocol import (
     DEFAULT_MAX_PAYLOAD,
     PING,
     PONG,
