@@ -183,6 +183,21 @@ class SimulatedKaa:
                 "start nats-server first or fix the URL"
             ) from None
 
+    @property
+    def nats_connected(self) -> bool:
+        """Whether the simulator's NATS connection is up (False while nats-py reconnects)."""
+        nc = self._nc
+        return nc is not None and nc.is_connected
+
+    def sync(self) -> None:
+        """Return once the NATS server processed everything sent so far, subscriptions renewed
+        by a reconnect included (a PING answered after them)."""
+        self._call(self._flush())
+
+    async def _flush(self) -> None:
+        assert self._nc is not None  # set before the loop accepts calls
+        await self._nc.flush()
+
     def _call(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run `coro` on the simulator's loop and wait for it (from any other thread)."""
         if self._loop is None:

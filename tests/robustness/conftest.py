@@ -3,7 +3,7 @@ and the leak check every robustness test ends with."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import trio
@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from kpc_trio.service import KpcService, open_kpc
 from kpc_trio.simulator.kaa_side import SimulatedKaa, open_simulated_kaa
 from tests.integration.kpc_harness import ENDPOINTS, make_config
+from tests.robustness.model_system import ModelSystem, running_system
 from tests.robustness.raw_client import SERVER_DEADLINE
 
 CONNECT_TIMEOUT = 0.5
@@ -42,6 +43,14 @@ def limits() -> dict[str, str]:
 async def kpc(nats_server, tmp_path, kaa, limits) -> AsyncIterator[KpcService]:
     async with open_kpc(make_config(tmp_path, nats_server.url, env=limits)) as service:
         yield service
+
+
+@pytest.fixture(scope="module")
+def model_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelSystem]:
+    """`kpc-trio run` with a private nats-server, for the model tests (started once per module:
+    a process start costs about a second, and every example cleans up after itself)."""
+    with running_system(tmp_path_factory.mktemp("model")) as system:
+        yield system
 
 
 @pytest.fixture

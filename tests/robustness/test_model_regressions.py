@@ -1,0 +1,69 @@
+"""What the model test (test_model.py) found, replayed as fixed sequences of its actions.
+
+Each test is the shrunk failing sequence, seen from outside: devices on raw sockets, the simulated
+Kaa side, the service's log and /metrics. Tests of bugs not fixed on this branch are strict xfails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.robustness.kpc_model import UNAWARE_EXTENSION, SystemModel, Target
+from tests.robustness.model_system import ModelSystem
+
+
+@pytest.fixture
+def model(model_system: ModelSystem) -> Iterator[SystemModel]:
+    model = SystemModel(model_system)
+    yield model
+    model.teardown()
+
+
+@pytest.mark.xfail(strict=True, reason="issue 12 bug 1: a cached token rejection kills the "
+                   "connection (session_failed, TokenValidationError from identify_cached)")
+def test_a_rejected_token_used_again_is_answered_and_the_connection_stays(model):
+    device = model.client_ids[0]
+    rejected = Target("dcx", model.rejected_tokens[0], "json")
+    model.connect(device)
+    model.publish([(device, rejected, 0, 0)])
+    model.settle()
+    model.publish([(device, rejected, 1, 1)])  # the rejection is cached now
+    model.settle()
+
+
+@pytest.mark.xfail(strict=True, reason="issue 12 bug 1: a revoked token's cached rejection "
+                   "kills the connection")
+def test_a_revoked_token_used_twice_is_answered_and_the_connection_stays(model):
+    device = model.client_ids[0]
+    revoked = Target("cex", model.endpoints[0].token, "json")
+    model.connect(device)
+    model.publish([(device, revoked, 1, None)])
+    model.settle()
+    model.revoke_token(0)
+    model.settle()
+    for request_id in (1, 2):
+        model.publish([(device, revoked, 1, request_id)])
+        model.settle()
+
+
+@pytest.mark.xfail(strict=True, reason="issue 12 bug 2: endpoint-unaware replies are matched "
+                   "by (appversion, extension, request id) only and cross devices")
+def test_unaware_requests_of_two_devices_with_one_request_id_get_their_own_replies(model):
+    first, second = model.client_ids[:2]
+    model.connect(first)
+    model.connect(second)
+    model.publish([(first, Target(UNAWARE_EXTENSION, None, "time"), 0, 2),
+                   (second, Target(UNAWARE_EXTENSION, None, "time"), 2, 2)])
+    model.settle()
+
+
+@pytest.mark.xfail(strict=True, reason="issue 12 bug 2: a device's unaware requests with one "
+                   "request id on two resource paths share a pending entry: one reply is lost")
+def test_unaware_requests_of_one_device_on_two_paths_with_one_request_id_both_answered(model):
+    device = model.client_ids[0]
+    model.connect(device)
+    model.publish([(device, Target(UNAWARE_EXTENSION, None, "time"), 2, 3),
+                   (device, Target(UNAWARE_EXTENSION, None, "config"), 0, 3)])
+    model.settle()
