@@ -14,23 +14,31 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    initialize,
     invariant,
     precondition,
     rule,
     run_state_machine_as_test,
 )
 
-from tests.robustness.kpc_model import AWARE_EXTENSIONS, UNAWARE_EXTENSION, SystemModel, Target
+from tests.robustness.kpc_model import (
+    AWARE_EXTENSIONS,
+    UNAWARE_EXTENSION,
+    Send,
+    SystemModel,
+    Target,
+)
 from tests.robustness.model_system import ModelSystem
 
 EXPLORING = "KPC_MODEL_EXAMPLES" in os.environ
-EXAMPLES = int(os.environ.get("KPC_MODEL_EXAMPLES", "8"))
-STEPS = int(os.environ.get("KPC_MODEL_STEPS", "25"))
+EXAMPLES = int(os.environ.get("KPC_MODEL_EXAMPLES", "40"))
+STEPS = int(os.environ.get("KPC_MODEL_STEPS", "30"))
 
 # ---- Known bugs of issue 12 that the model finds, kept out of its way until the fixes are merged
 # (regression tests in test_model_regressions.py). Lift this by setting it to False; meanwhile
@@ -50,23 +58,28 @@ class KpcMachine(RuleBasedStateMachine):
         self._unique_request_ids = itertools.count(100)
         self.restarted = False
 
-    def _token(self, data: st.DataObject, shown: set[str]) -> str | None:
+    def _token(self, data: st.DataObject, shown: set[str],
+               avoid: Callable[[str], bool] = lambda token: False) -> str | None:
         """A token to use: valid, revoked or rejected (see AVOID_KNOWN_BUGS); None if there is
-        none left to use."""
+        none left to use. `shown`: tokens the current step used already."""
         model = self.model
-        tokens = model.tokens
+        tokens = [t for t in model.tokens if not avoid(t)]
         if AVOID_KNOWN_BUGS:
             tokens = [t for t in tokens if model.endpoint_of(t) is not None
                       or t not in model.used_rejected | shown]
         if not tokens:
             return None
         token = data.draw(st.sampled_from(tokens), label="token")
-        if model.endpoint_of(token) is None:
-            shown.add(token)
         return token
 
     def _client(self, data: st.DataObject) -> str:
         return data.draw(st.sampled_from(sorted(self.model.devices)), label="client")
+
+    @initialize(credentials=st.lists(st.none() | st.integers(0, 1), min_size=2, max_size=2))
+    def two_devices(self, credentials: list[int | None]) -> None:
+        """Examples start with devices, so that publishing is among the first steps."""
+        for client_id, entry in zip(self.model.client_ids, credentials, strict=False):
+            self.model.connect(client_id, entry)
 
     @rule(data=st.data())
     def connect(self, data: st.DataObject) -> None:
@@ -77,30 +90,77 @@ class KpcMachine(RuleBasedStateMachine):
         wrong = credentials is not None and data.draw(st.booleans(), label="wrong_password")
         model.connect(client_id, credentials, wrong)
 
+    def _target(self, data: st.DataObject, shown: set[str],
+                avoid: Callable[[str], bool] = lambda token: False) -> Target:
+        """Mostly a valid route; sometimes one KPC must refuse (bad input between good)."""
+        kind = data.draw(st.sampled_from(["aware", "unaware", "refused"]), label="target")
+        token = self._token(data, shown, avoid) if kind != "unaware" else None
+        if kind == "refused":
+            return data.draw(st.sampled_from([
+                Target("dcx", token or "tok", "json", app_version="no_such_v1"),
+                Target("not-allowed", None, "json")]), label="refused")
+        if token is not None:
+            return Target(data.draw(st.sampled_from(AWARE_EXTENSIONS), label="extension"),
+                          token, "json")
+        return Target(UNAWARE_EXTENSION, None,
+                      data.draw(st.sampled_from(["time", "config"]), label="resource"))
+
+    def _request_id(self, data: st.DataObject, target: Target) -> int | None:
+        request_id = data.draw(REQUEST_IDS, label="request_id")
+        if request_id is not None and target.extension == UNAWARE_EXTENSION and AVOID_KNOWN_BUGS:
+            return next(self._unique_request_ids)
+        return request_id
+
     @precondition(lambda self: self.model.devices)
     @rule(data=st.data(), count=st.integers(1, 4))
     def publish(self, data: st.DataObject, count: int) -> None:
-        sends, topics, shown = [], set(), set()
+        model = self.model
+        sends: list[Send] = []
         for _ in range(count):
             client_id = self._client(data)
-            token = self._token(data, shown) if data.draw(st.booleans(), label="aware") else None
-            if token is not None:
-                target = Target(data.draw(st.sampled_from(AWARE_EXTENSIONS), label="extension"),
-                                token, "json")
-            else:
-                target = Target(UNAWARE_EXTENSION, None,
-                                data.draw(st.sampled_from(["time", "config"]), label="resource"))
-            qos = data.draw(QOS, label="qos")
-            request_id = data.draw(REQUEST_IDS, label="request_id")
-            if request_id is not None and target.token is None and AVOID_KNOWN_BUGS:
-                request_id = next(self._unique_request_ids)
+
+            def used_by_another(token: str, client_id: str = client_id) -> bool:
+                """Two connections identifying one endpoint in one step: which one holds it
+                after depends on the order KPC reads them in, which the model cannot know."""
+                endpoint = model.endpoint_of(token)
+                return endpoint is not None and any(
+                    c != client_id and model.endpoint_of(t.token or "") == endpoint
+                    for c, t, _, _ in sends)
+
+            target = self._target(data, {t for _, sent, _, _ in sends if (t := sent.token)},
+                                  used_by_another)
+            request_id = self._request_id(data, target)
             # One device never has two requests of one topic in flight: it could not tell
             # their answers apart either.
-            if request_id is not None and (client_id, target.topic(""), request_id) in topics:
-                continue
-            topics.add((client_id, target.topic(""), request_id))
-            sends.append((client_id, target, qos, request_id))
-        self.model.publish(sends)
+            if request_id is None or (client_id, target.topic, request_id) not in {
+                    (c, t.topic, r) for c, t, _, r in sends}:
+                sends.append((client_id, target, data.draw(QOS, label="qos"), request_id))
+        model.publish(sends)
+
+    @precondition(lambda self: self.model.devices)
+    @rule(data=st.data(), count=st.integers(1, 3), how=st.sampled_from(["close", "reset"]))
+    def publish_and_leave(self, data: st.DataObject, count: int, how: str) -> None:
+        """A device publishes and is gone before the answers come."""
+        model = self.model
+        client_id = self._client(data)
+        device = model.devices[client_id]
+
+        def held_elsewhere(token: str) -> bool:
+            endpoint = model.endpoint_of(token)
+            return endpoint is not None and model.holder.get(
+                endpoint.endpoint_id, device) is not device
+
+        sends: list[tuple[Target, int, int | None]] = []
+        for _ in range(count):
+            target = self._target(data, {t for sent, _, _ in sends if (t := sent.token)},
+                                  held_elsewhere)
+            request_id = self._request_id(data, target)
+            if target.token and model.status[target.extension] != 200:
+                request_id = None  # an error answer would not say whose it is
+            if request_id is None or (target.topic, request_id) not in {
+                    (t.topic, r) for t, _, r in sends}:
+                sends.append((target, data.draw(QOS, label="qos"), request_id))
+        model.publish_and_leave(client_id, sends, how)
 
     @precondition(lambda self: self.model.devices)
     @rule(data=st.data(), qos=QOS)
@@ -114,16 +174,21 @@ class KpcMachine(RuleBasedStateMachine):
     def disconnect(self, data: st.DataObject, how: str) -> None:
         self.model.disconnect(self._client(data), how)
 
-    @rule(endpoint=st.integers(0, 2))
-    def push(self, endpoint: int) -> None:
-        self.model.push(endpoint)
+    @rule(endpoint=st.none() | st.integers(0, 2), status=st.sampled_from([200, 200, 404]))
+    def push(self, endpoint: int | None, status: int) -> None:
+        self.model.push(endpoint, status)
+
+    @rule(extension=st.sampled_from([*AWARE_EXTENSIONS, UNAWARE_EXTENSION]),
+          status=st.sampled_from([200, 400, 500]))
+    def extension_answers(self, extension: str, status: int) -> None:
+        self.model.extension_answers(extension, status)
 
     @precondition(lambda self: len(self.model.revoked) < len(self.model.endpoints))
     @rule(data=st.data())
     def revoke_token(self, data: st.DataObject) -> None:
         model = self.model
         candidates = [n for n, e in enumerate(model.endpoints) if e.token not in model.revoked]
-        model.revoke_token(data.draw(st.sampled_from(candidates), label="endpoint"))
+        model.revoke_token(data.draw(st.sampled_from(candidates), label="token"))
 
     @rule(credentials=st.integers(0, 1))
     def revoke_credentials(self, credentials: int) -> None:
@@ -134,13 +199,14 @@ class KpcMachine(RuleBasedStateMachine):
     @rule(data=st.data(), count=st.integers(0, 3))
     def restart_nats(self, data: st.DataObject, count: int) -> None:
         """NATS restarts while devices publish what must wait for it: QoS 1/2 messages for
-        endpoints whose token KPC has cached, or for the unaware extension."""
+        endpoints they hold (KPC has their tokens cached), or for the unaware extension."""
         model = self.model
         self.restarted = True
-        tokens = sorted(t for t in model.validated if model.endpoint_of(t) is not None)
         sends = []
         for _ in range(count if model.devices else 0):
             client_id = self._client(data)
+            # Tokens of endpoints it holds: validated (cached), and nothing roams.
+            tokens = sorted(model.devices[client_id].tokens.values())
             token = data.draw(st.none() | st.sampled_from(tokens) if tokens else st.none(),
                               label="token")
             target = (Target(UNAWARE_EXTENSION, None, "time") if token is None

@@ -64,6 +64,24 @@ def test_unaware_requests_of_two_devices_with_one_request_id_get_their_own_repli
 def test_unaware_requests_of_one_device_on_two_paths_with_one_request_id_both_answered(model):
     device = model.client_ids[0]
     model.connect(device)
+    model.extension_answers(UNAWARE_EXTENSION, 200, delay=0.5)  # both wait for an answer
     model.publish([(device, Target(UNAWARE_EXTENSION, None, "time"), 2, 3),
                    (device, Target(UNAWARE_EXTENSION, None, "config"), 0, 3)])
+    model.settle()
+
+
+@pytest.mark.xfail(strict=True, reason="endpoint-aware replies are routed by endpoint id to the "
+                   "connection holding the endpoint when the reply comes, not to the connection "
+                   "that sent the request (found by the model test)")
+def test_a_reply_goes_to_the_connection_that_asked_though_its_endpoint_moved(model):
+    first, second = model.client_ids[:2]
+    token = model.endpoints[2].token
+    model.connect(first)
+    model.connect(second)
+    model.publish([(first, Target("dcx", token, "json"), 1, None)])  # first holds the endpoint
+    model.settle()
+    model.extension_answers("dcx", 200, delay=1.0)
+    model.publish([(first, Target("dcx", token, "json"), 1, 0)])
+    model.wait_relayed()  # the request waits at the extension
+    model.publish([(second, Target("cex", token, "json"), 1, None)])  # the endpoint moves
     model.settle()
