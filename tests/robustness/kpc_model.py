@@ -47,7 +47,7 @@ from tests.robustness.model_device import (
 from tests.robustness.model_system import ModelSystem
 
 #: Deadline for what the model waits for; it only stops a hang, it measures nothing.
-SETTLE_TIMEOUT = 15.0
+SETTLE_TIMEOUT = 10.0
 POLL = 0.01  # select() timeout while waiting for the simulated Kaa side (another thread)
 AWARE_EXTENSIONS = ("dcx", "cex")
 UNAWARE_EXTENSION = "tsx"

@@ -37,7 +37,7 @@ from tests.robustness.kpc_model import (
 from tests.robustness.model_system import ModelSystem
 
 EXPLORING = "KPC_MODEL_EXAMPLES" in os.environ
-EXAMPLES = int(os.environ.get("KPC_MODEL_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("KPC_MODEL_EXAMPLES", "30"))
 STEPS = int(os.environ.get("KPC_MODEL_STEPS", "30"))
 
 # ---- Known bugs of issue 12 that the model finds, kept out of its way until the fixes are merged
@@ -45,6 +45,10 @@ STEPS = int(os.environ.get("KPC_MODEL_STEPS", "30"))
 # KPC_MODEL_KNOWN_BUGS=1 lets the model run into them.
 #  * A cached token rejection kills the connection: a rejected or revoked token is used once only.
 #  * Endpoint-unaware replies cross devices: unaware request ids are unique within an example.
+# Not a bug restriction but the model's limit: in one step, an endpoint is used by one device only
+# (which connection holds it after would depend on the order KPC reads them in). It also keeps the
+# model away from endpoint-aware replies following their endpoint to another connection (see
+# test_model_regressions.py), which needs a request in flight while the endpoint moves.
 AVOID_KNOWN_BUGS = os.environ.get("KPC_MODEL_KNOWN_BUGS") != "1"
 
 REQUEST_IDS = st.none() | st.integers(0, 3)  # small: devices count from 0 and collide
