@@ -39,8 +39,11 @@ from kpc_trio.metrics import Metrics
 from kpc_trio.nats.embedded import open_embedded_nats
 from kpc_trio.nats.gateway import InboundMessage, NatsGateway, open_nats_gateway
 from kpc_trio.net import (
+    EdgeSettings,
     HandshakeFailureReason,
     Peer,
+    ProxyMode,
+    TrustedProxies,
     build_server_ssl_context,
     serve_tcp,
     serve_tls,
@@ -166,15 +169,16 @@ class KpcService:
 
     async def _start_http(self, nursery: trio.Nursery) -> None:
         tls = self.config.kaa.kpc.transports.mqtt.tls
+        management, server = self.config.management, self.config.server
         apps = {
             "management": (management_routes(self.metrics, self.health),
-                           self.config.management.port),
+                           management.host, management.port),
             "rest": (rest_routes(tls_cert_file=tls.cert_file if tls.enabled else None),
-                     self.config.server.port),
+                     server.host, server.port),
         }
-        for name, (routes, port) in apps.items():
+        for name, (routes, host, port) in apps.items():
             self.ports[name] = await nursery.start(
-                functools.partial(serve_http, routes, host=None, port=port))
+                functools.partial(serve_http, routes, host=host or None, port=port))
 
     async def _serve_with(self, gateway: NatsGateway,
                           task_status: trio.TaskStatus[dict[str, int]]) -> None:
@@ -308,17 +312,28 @@ class KpcService:
         """Start every enabled MQTT listener; each reports its bound port (0 = pick one)."""
         mqtt = self.config.kaa.kpc.transports.mqtt
         handler = self._handle_connection
+        edge = EdgeSettings(
+            trusted_proxies=TrustedProxies.from_config(
+                self.config.kaa.kpc.transports.trusted_proxies),
+            max_connection_rate=mqtt.max_connection_rate,
+            connection_rate_burst=mqtt.connection_rate_burst,
+            on_refused=self._count_refusal,
+        )
         starters = {}
         if mqtt.tcp.enabled:
             starters["mqtt_tcp"] = functools.partial(
                 serve_tcp, handler, host=mqtt.tcp.host, port=mqtt.tcp.port,
-                handler_nursery=sessions_nursery)
+                handler_nursery=sessions_nursery, edge=attrs.evolve(
+                    edge, proxy_mode=ProxyMode(mqtt.tcp.proxy_protocol),
+                    header_timeout=mqtt.connect_timeout))
         if mqtt.tls.enabled:
             starters["mqtt_tls"] = functools.partial(
                 serve_tls, handler, host=mqtt.tls.host, port=mqtt.tls.port,
                 ssl_context=self._tls_context(), handshake_timeout=mqtt.tls.handshake_timeout,
                 on_handshake_failure=self._count_handshake_failure,
-                handler_nursery=sessions_nursery)
+                handler_nursery=sessions_nursery, edge=attrs.evolve(
+                    edge, proxy_mode=ProxyMode(mqtt.tls.proxy_protocol),
+                    max_concurrent_handshakes=mqtt.tls.max_concurrent_handshakes))
         if mqtt.websocket.enabled:
             starters["mqtt_websocket"] = functools.partial(
                 serve_websocket, handler, host=mqtt.websocket.host,
@@ -343,6 +358,9 @@ class KpcService:
             error_response=kp1_error_response, handler_nursery=requests_nursery,
             limits=HttpLimits(max_body_bytes=http.max_body_size),
         ))
+
+    def _count_refusal(self, transport: str, reason: str) -> None:
+        self.metrics.connect_refusals.labels(transport, reason).inc()
 
     def _count_handshake_failure(self, reason: HandshakeFailureReason) -> None:
         self.metrics.tls_handshake_failures.labels(reason.name.lower()).inc()

@@ -16,6 +16,7 @@ from typing import NoReturn, TypeVar
 import trio
 
 from kpc_trio.logs import get_logger
+from kpc_trio.net.edge import NO_POLICY, Edge, EdgeSettings
 from kpc_trio.net.peer import ConnectionHandler, Peer, format_address
 from kpc_trio.net.socket_stream import LeanSocketListener, LeanSocketStream
 
@@ -64,8 +65,10 @@ async def run_accept_loop(
     *,
     transport: str,
     handler_nursery: trio.Nursery,
+    admit: Callable[[], bool] | None = None,
 ) -> NoReturn:
-    """Accept forever, starting `on_accept(stream)` in `handler_nursery` for each connection."""
+    """Accept forever, starting `on_accept(stream)` in `handler_nursery` for each connection
+    that `admit()` lets in (the others are closed at once: no task, no reading)."""
     task_name = f"{transport} connection"
     async with listener:
         while True:
@@ -81,6 +84,9 @@ async def run_accept_loop(
                 )
                 await trio.sleep(ACCEPT_RETRY_DELAY)
                 continue
+            if admit is not None and not admit():
+                await trio.aclose_forcefully(stream)
+                continue
             # A shared name: trio would otherwise build one string per connection task.
             handler_nursery.start_soon(on_accept, stream, name=task_name)
 
@@ -93,6 +99,7 @@ async def serve_socket_listeners(
     port: int,
     handler_nursery: trio.Nursery,
     task_status: trio.TaskStatus[BoundAddress],
+    admit: Callable[[], bool] | None = None,
 ) -> NoReturn:
     """Bind `host:port` and run one accept loop per bound socket.
 
@@ -112,6 +119,7 @@ async def serve_socket_listeners(
                     on_accept,
                     transport=transport,
                     handler_nursery=handler_nursery,
+                    admit=admit,
                 )
             )
         task_status.started(tuple(listeners[0].socket.getsockname()[:2]))
@@ -124,9 +132,12 @@ async def serve_tcp(
     host: str,
     port: int,
     handler_nursery: trio.Nursery,
+    edge: EdgeSettings = NO_POLICY,
     task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
-    """Plain MQTT over TCP: each connection goes to `handler` as is."""
+    """Plain MQTT over TCP: each connection `edge` admits goes to `handler` as is, after its
+    PROXY protocol header if `edge` asks for one."""
+    policy = Edge(edge, "tcp")
 
     def on_accept(stream: LeanSocketStream) -> Awaitable[None]:
         # The connection's task runs the handler itself, which owns (closes) the stream: no
@@ -134,7 +145,17 @@ async def serve_tcp(
         address = peer_address(stream)
         if address is None:
             return trio.aclose_forcefully(stream)
+        if policy.reads_proxy_header:
+            return _serve_proxied(stream, address)
         return handler(stream, Peer(transport="tcp", address=address))
+
+    async def _serve_proxied(stream: LeanSocketStream, address: str) -> None:
+        deadline = trio.current_time() + edge.header_timeout
+        client = await policy.client_address(stream.socket, address, deadline)
+        if client is None:
+            await trio.aclose_forcefully(stream)
+            return
+        await handler(stream, Peer(transport="tcp", address=client))
 
     await serve_socket_listeners(
         on_accept,
@@ -143,4 +164,5 @@ async def serve_tcp(
         port=port,
         handler_nursery=handler_nursery,
         task_status=task_status,
+        admit=policy.admit_nowait if edge.max_connection_rate else None,
     )
