@@ -1,0 +1,254 @@
+"""Issue 17: the edge of the network, seen from the devices and the load balancer in front.
+
+- PROXY protocol v1/v2 (hand-written headers) from a trusted proxy: the session and its log
+  lines carry the forwarded address; from an untrusted address the header is refused
+  (`required`) or never read (`optional`); `required` without a header closes, counted.
+- Connection-rate limit: a burst far over it is refused (closed, counted) while devices already
+  connected keep their round trips.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from pathlib import Path
+
+import pytest
+import trio
+import trustme
+
+from kpc_trio.mqtt.packets import ConnAck, ConnAckCode, PubAck, Publish, QoS
+from kpc_trio.service import KpcService, open_kpc
+from tests.integration.kpc_harness import APP_VERSION, ENDPOINTS, make_config
+from tests.integration.waiting import logged
+from tests.robustness.conftest import LIMITS, eventually, sample
+from tests.robustness.raw_client import SERVER_DEADLINE, RawClient
+
+# CONNECT, MQTT 3.1.1, clean session, keepalive 0, client id "dev-1"; and its CONNACK.
+CONNECT = bytes.fromhex("101100044d5154540402000000056465762d31")
+CONNACK_ACCEPTED = bytes.fromhex("20020000")
+# v1: the client 203.0.113.7:56324 reached the proxy's 192.0.2.1:1883.
+PROXY_V1 = b"PROXY TCP4 203.0.113.7 192.0.2.1 56324 1883\r\n"
+# v2: signature, PROXY command, TCP over IPv4, 12 address bytes:
+# 198.51.100.9:40000 -> 192.0.2.1:8883.
+PROXY_V2 = bytes.fromhex("0d0a0d0a000d0a515549540a" "21" "11" "000c"
+                         "c6336409" "c0000201" "9c40" "22b3")
+# v2 LOCAL (the proxy's own health check): no address.
+PROXY_V2_LOCAL = bytes.fromhex("0d0a0d0a000d0a515549540a" "20" "00" "0000")
+TRUSTED = {"KAA_KPC_TRANSPORTS_TRUSTED_PROXIES": "127.0.0.0/8"}
+UNTRUSTED = {"KAA_KPC_TRANSPORTS_TRUSTED_PROXIES": "10.0.0.0/8, fd00::/8"}
+
+
+def with_proxy(mode: str, trust: dict[str, str]) -> dict[str, str]:
+    return {**LIMITS, **trust, "KAA_KPC_TRANSPORTS_MQTT_TCP_PROXY_PROTOCOL": mode}
+
+
+@pytest.fixture
+def limits(request: pytest.FixtureRequest) -> dict[str, str]:
+    return getattr(request, "param", LIMITS)
+
+
+async def connack_after(port: int, *chunks: bytes) -> tuple[bytes, RawClient]:
+    """Send the chunks one by one; what the server answered before closing (or a CONNACK)."""
+    client = await RawClient.open(port)
+    for chunk in chunks:
+        await client.send(chunk)
+    received = b""
+    with trio.fail_after(SERVER_DEADLINE):
+        while len(received) < len(CONNACK_ACCEPTED):
+            try:
+                data = await client.stream.receive_some(64)
+            except trio.BrokenResourceError:
+                data = b""
+            if not data:
+                break
+            received += data
+    return received, client
+
+
+def session_addresses(kpc: KpcService) -> set[str]:
+    return {session.peer.address for session in kpc.sessions}
+
+
+@pytest.mark.parametrize("limits", [with_proxy("required", TRUSTED)], indirect=True)
+@pytest.mark.parametrize(("header", "address"), [(PROXY_V1, "203.0.113.7:56324"),
+                                                 (PROXY_V2, "198.51.100.9:40000")])
+async def test_proxy_header_from_trusted_proxy_gives_the_client_address(
+        kpc, port, caplog, header, address):
+    caplog.set_level(logging.INFO)
+    # Header and CONNECT in separate writes, and in one: both are read the same.
+    for chunks in ((header, CONNECT), (header + CONNECT,)):
+        received, client = await connack_after(port, *chunks)
+        assert received == CONNACK_ACCEPTED
+        await eventually(lambda: address in session_addresses(kpc), "session has the address")
+        connected = logged(caplog, "client_connected")
+        assert connected[-1]["peer"] == address and connected[-1]["client_id"] == "dev-1"
+        await client.aclose()
+        await eventually(lambda: not kpc.sessions, "session ended")
+
+
+@pytest.mark.parametrize("limits", [with_proxy("required", TRUSTED)], indirect=True)
+async def test_proxy_local_header_keeps_the_proxy_address(kpc, port):
+    received, client = await connack_after(port, PROXY_V2_LOCAL + CONNECT)
+    assert received == CONNACK_ACCEPTED
+    await eventually(lambda: len(kpc.sessions) == 1, "session open")
+    assert next(iter(session_addresses(kpc))).startswith("127.0.0.1:")
+    await client.aclose()
+
+
+@pytest.mark.parametrize("limits", [with_proxy("required", TRUSTED)], indirect=True)
+@pytest.mark.parametrize(("first_bytes", "reason"), [
+    (CONNECT, "proxy_header_missing"),
+    (b"PROXY TCP4 203.0.113.7 nonsense\r\n" + CONNECT, "proxy_header_malformed"),
+    (b"PROXY TCP4 999.0.113.7 192.0.2.1 1 2\r\n" + CONNECT, "proxy_header_malformed"),
+    (bytes.fromhex("0d0a0d0a000d0a515549540a" "31" "11" "000c") + bytes(12),
+     "proxy_header_malformed"),  # version 3
+])
+async def test_required_proxy_header_missing_or_malformed_closes_and_counts(
+        kpc, port, first_bytes, reason):
+    # Good connections before and after: one bad header affects nobody else.
+    for attempt in range(2):
+        received, client = await connack_after(port, first_bytes)
+        assert received == b""
+        await client.aclose()
+        assert sample(kpc, "kpc_connect_refusals_total", transport="tcp",
+                      reason=reason) == attempt + 1
+        received, client = await connack_after(port, PROXY_V1 + CONNECT)
+        assert received == CONNACK_ACCEPTED
+        await client.aclose()
+
+
+@pytest.mark.parametrize("limits", [with_proxy("required", UNTRUSTED)], indirect=True)
+async def test_required_proxy_header_from_untrusted_address_is_refused(kpc, port):
+    received, client = await connack_after(port, PROXY_V1 + CONNECT)
+    assert received == b""
+    await client.aclose()
+    assert sample(kpc, "kpc_connect_refusals_total", transport="tcp",
+                  reason="untrusted_proxy") == 1
+    assert not kpc.sessions
+
+
+@pytest.mark.parametrize("limits", [with_proxy("optional", UNTRUSTED)], indirect=True)
+async def test_optional_proxy_header_from_untrusted_address_is_never_honoured(
+        kpc, port, caplog):
+    # A spoofed header is not read: it is not MQTT, so the connection ends as a bad client.
+    received, client = await connack_after(port, PROXY_V1 + CONNECT)
+    assert received == b""
+    await client.aclose()
+    assert all(fields.get("peer") != "203.0.113.7:56324"
+               for fields in logged(caplog, "protocol_violation"))
+    # A plain device from the same address is served with its socket address.
+    received, client = await connack_after(port, CONNECT)
+    assert received == CONNACK_ACCEPTED
+    await eventually(lambda: len(kpc.sessions) == 1, "session open")
+    assert next(iter(session_addresses(kpc))).startswith("127.0.0.1:")
+    await client.aclose()
+
+
+@pytest.mark.parametrize("limits", [with_proxy("optional", TRUSTED)], indirect=True)
+async def test_optional_proxy_header_is_used_when_present(kpc, port):
+    for chunks, address in (((PROXY_V2, CONNECT), "198.51.100.9:40000"),
+                            ((CONNECT,), "127.0.0.1:")):
+        received, client = await connack_after(port, *chunks)
+        assert received == CONNACK_ACCEPTED
+        await eventually(lambda: len(kpc.sessions) == 1, "session open")
+        assert next(iter(session_addresses(kpc))).startswith(address)
+        await client.aclose()
+        await eventually(lambda: not kpc.sessions, "session ended")
+
+
+async def test_proxy_header_before_tls(nats_server, kaa, tmp_path: Path, caplog):
+    caplog.set_level(logging.INFO)
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert_file, key_file = tmp_path / "server.pem", tmp_path / "server.key"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    config = make_config(tmp_path, nats_server.url, env={
+        **LIMITS, **TRUSTED,
+        "KAA_KPC_TRANSPORTS_MQTT_TLS_ENABLED": "true",
+        "KAA_KPC_TRANSPORTS_MQTT_TLS_HOST": "127.0.0.1",
+        "KAA_KPC_TRANSPORTS_MQTT_TLS_PORT": "0",
+        "KAA_KPC_TRANSPORTS_MQTT_TLS_CERT_FILE": str(cert_file),
+        "KAA_KPC_TRANSPORTS_MQTT_TLS_KEY_FILE": str(key_file),
+        "KAA_KPC_TRANSPORTS_MQTT_TLS_CLIENT_AUTH": "none",
+        "KAA_KPC_TRANSPORTS_MQTT_TLS_PROXY_PROTOCOL": "required",
+    })
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    async with open_kpc(config) as kpc:
+        port = kpc.ports["mqtt_tls"]
+        tcp = await trio.open_tcp_stream("127.0.0.1", port)
+        await tcp.send_all(PROXY_V2)
+        tls = trio.SSLStream(tcp, context, server_hostname="localhost")
+        await tls.send_all(CONNECT)
+        with trio.fail_after(SERVER_DEADLINE):
+            assert await tls.receive_some(4) == CONNACK_ACCEPTED
+        await eventually(lambda: "198.51.100.9:40000" in session_addresses(kpc), "session")
+        assert logged(caplog, "client_connected")[-1]["peer"] == "198.51.100.9:40000"
+        await trio.aclose_forcefully(tls)
+        # Without the header: closed before any TLS, counted.
+        bare = await trio.open_tcp_stream("127.0.0.1", port)
+        tls = trio.SSLStream(bare, context, server_hostname="localhost")
+        with pytest.raises(trio.BrokenResourceError), trio.fail_after(SERVER_DEADLINE):
+            await tls.do_handshake()
+        assert sample(kpc, "kpc_connect_refusals_total", transport="tls",
+                      reason="proxy_header_missing") == 1
+
+
+RATE = 20
+
+
+@pytest.mark.parametrize("limits", [{**LIMITS,
+                                     "KAA_KPC_TRANSPORTS_MQTT_MAX_CONNECTION_RATE": str(RATE),
+                                     "KAA_KPC_TRANSPORTS_MQTT_CONNECTION_RATE_BURST": "5"}],
+                         indirect=True)
+async def test_connection_burst_over_the_rate_is_refused_while_devices_keep_working(kpc, port):
+    devices = []
+    for n in range(2):
+        device = await RawClient.open(port)
+        assert await device.handshake(f"device-{n}") == ConnAck(ConnAckCode.ACCEPTED)
+        devices.append(device)
+    attempts, outcomes = 2000, {"accepted": 0, "refused": 0}
+    round_trips = 0
+    storm_over = trio.Event()
+
+    async def attempt(limiter: trio.CapacityLimiter) -> None:
+        async with limiter:
+            received, client = await connack_after(port, CONNECT)
+            outcomes["accepted" if received == CONNACK_ACCEPTED else "refused"] += 1
+            await client.aclose()
+
+    async def keep_round_tripping(device: RawClient, n: int) -> None:
+        nonlocal round_trips
+        endpoint = ENDPOINTS[n]
+        packet_id = 0
+        while not storm_over.is_set() or packet_id < 5:
+            packet_id += 1
+            topic = f"kp1/{APP_VERSION}/dcx/{endpoint.token}/json/{packet_id}"
+            await device.send(Publish(topic, b"{}", QoS.AT_LEAST_ONCE, packet_id=packet_id))
+            answers = []
+            with trio.fail_after(SERVER_DEADLINE):
+                while len(answers) < 2:
+                    packet = await device.next_packet()
+                    assert packet is not None, "a connected device was dropped"
+                    answers.append(packet)
+            assert PubAck(packet_id) in answers
+            assert any(isinstance(p, Publish) and p.topic == topic + "/status" for p in answers)
+            round_trips += 1
+
+    async with trio.open_nursery() as nursery:
+        for n, device in enumerate(devices):
+            nursery.start_soon(keep_round_tripping, device, n)
+        async with trio.open_nursery() as storm:
+            limiter = trio.CapacityLimiter(50)
+            for _ in range(attempts):
+                storm.start_soon(attempt, limiter)
+        storm_over.set()
+    assert outcomes["accepted"] + outcomes["refused"] == attempts
+    assert outcomes["refused"] > attempts // 2, outcomes
+    refused = sample(kpc, "kpc_connect_refusals_total", transport="tcp", reason="connection_rate")
+    assert refused == outcomes["refused"]
+    assert round_trips >= 10
+    for device in devices:
+        await device.aclose()
