@@ -251,6 +251,8 @@ class KpcService:
                 connect_timeout=mqtt.connect_timeout,
                 max_outbox_bytes=mqtt.max_outbox_bytes,
                 max_inflight=mqtt.max_inflight,
+                max_publish_rate=mqtt.max_publish_rate,
+                max_receive_rate=mqtt.max_receive_rate,
             ),
             authenticator=NatsClientAuthenticator.from_config(
                 gateway, kpc.auth, replica_id=self.replica_id),

@@ -17,7 +17,7 @@ import pytest
 import trio
 import trustme
 
-from kpc_trio.mqtt.packets import ConnAck, ConnAckCode, PubAck, Publish, QoS
+from kpc_trio.mqtt.packets import ConnAck, ConnAckCode, PingResp, PubAck, Publish, QoS
 from kpc_trio.service import KpcService, open_kpc
 from tests.integration.kpc_harness import APP_VERSION, ENDPOINTS, make_config
 from tests.integration.waiting import logged
@@ -252,3 +252,45 @@ async def test_connection_burst_over_the_rate_is_refused_while_devices_keep_work
     assert round_trips >= 10
     for device in devices:
         await device.aclose()
+
+
+PUBLISH_RATE = 40
+FLOOD = 160
+
+
+PUBLISH_LIMITS = {**LIMITS, "KAA_KPC_TRANSPORTS_MQTT_MAX_PUBLISH_RATE": str(PUBLISH_RATE)}
+
+
+@pytest.mark.parametrize("limits", [PUBLISH_LIMITS], indirect=True)
+async def test_device_over_its_publish_rate_is_slowed_not_dropped(kpc, kaa, port):
+    device = await RawClient.open(port)
+    assert await device.handshake("flooder") == ConnAck(ConnAckCode.ACCEPTED)
+    topic = f"kp1/{APP_VERSION}/tsx/{ENDPOINTS[0].token}/json"
+    started = trio.current_time()
+    # Flat out: every PUBLISH in the socket at once, QoS 1.
+    await device.send(*(Publish(topic, b'{"n": %d}' % n, QoS.AT_LEAST_ONCE, packet_id=n)
+                        for n in range(1, FLOOD + 1)))
+    relayed: list[tuple[float, int]] = []  # (seconds since start, ClientData seen on NATS)
+    with trio.fail_after(SERVER_DEADLINE + FLOOD / PUBLISH_RATE):
+        while not relayed or relayed[-1][1] < FLOOD:
+            await trio.sleep(0.05)
+            relayed.append((trio.current_time() - started, len(kaa.received("tsx"))))
+    # The first second's burst, then the rate (a generous bound: this measures a limit).
+    for elapsed, count in relayed:
+        assert count <= PUBLISH_RATE * (1 + elapsed) * 1.25 + 10, (elapsed, count)
+    assert relayed[-1][0] >= (FLOOD - PUBLISH_RATE) / PUBLISH_RATE * 0.75
+    # Every message acknowledged, none lost, the connection still up.
+    acknowledged = set()
+    with trio.fail_after(SERVER_DEADLINE):
+        while len(acknowledged) < FLOOD:
+            packet = await device.next_packet()
+            assert isinstance(packet, PubAck), packet
+            acknowledged.add(packet.packet_id)
+    assert acknowledged == set(range(1, FLOOD + 1))
+    payloads = {record.payload for record in kaa.received("tsx")}
+    assert payloads == {b'{"n": %d}' % n for n in range(1, FLOOD + 1)}
+    assert len(kpc.sessions) == 1
+    await device.send(bytes.fromhex("c000"))  # PINGREQ: still served
+    with trio.fail_after(SERVER_DEADLINE):
+        assert await device.next_packet() == PingResp()
+    await device.aclose()
