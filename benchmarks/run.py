@@ -1,7 +1,7 @@
 """Benchmark kpc_trio against mosquitto and amqtt on this machine, side by side.
 
-    python -m benchmarks.run [--quick] [--cases qos1,qos0,roundtrip,rss,tls_ws] [--repeat N]
-                             [--no-peers] [--amqtt PATH]
+    python -m benchmarks.run [--quick] [--cases qos1,qos0,roundtrip,rss,tls_idle,tls_ws]
+                             [--repeat N] [--no-peers] [--amqtt PATH]
 
 Starts nats-server, the simulated Kaa side, kpc_trio and the peers as child processes, runs every
 case --repeat times per server, prints medians, spread and ratios, and writes
@@ -75,7 +75,8 @@ def _start_everything(stack: contextlib.ExitStack, workdir: Path, no_peers: bool
     stack.callback(token_provider.stop)
     candidates: list[ServerProcess | str] = [kpc_server(workdir, nats.url, cert_file, key_file)]
     if not no_peers:
-        candidates += [mosquitto_server(workdir), amqtt_server(workdir, amqtt)]
+        candidates += [mosquitto_server(workdir, cert_file, key_file),
+                       amqtt_server(workdir, amqtt)]
     servers: list[ServerProcess] = []
     for candidate in candidates:
         if isinstance(candidate, str):

@@ -340,7 +340,8 @@ class KpcService:
             starters["mqtt_websocket"] = functools.partial(
                 serve_websocket, handler, host=mqtt.websocket.host,
                 port=mqtt.websocket.port, path=mqtt.websocket.path,
-                max_packet_size=mqtt.max_packet_size, handler_nursery=sessions_nursery)
+                max_packet_size=mqtt.max_packet_size, trusted_proxies=edge.trusted_proxies,
+                handler_nursery=sessions_nursery)
         for name, serve in starters.items():
             _, self.ports[name] = await listeners_nursery.start(serve)
 
@@ -359,6 +360,8 @@ class KpcService:
             serve_http, {}, host=http.host, port=http.port, fallback=transport.handle,
             error_response=kp1_error_response, handler_nursery=requests_nursery,
             limits=HttpLimits(max_body_bytes=http.max_body_size),
+            trusted_proxies=TrustedProxies.from_config(
+                self.config.kaa.kpc.transports.trusted_proxies),
         ))
 
     def _count_refusal(self, transport: str, reason: str) -> None:

@@ -39,6 +39,9 @@ class TrustedProxies:
         return any(ip in network for network in self.networks)
 
 
+NO_PROXIES = TrustedProxies()
+
+
 def host_of(address: str) -> str:
     """The host part of "host:port" / "[v6]:port"; a bare IP as is."""
     if address.startswith("["):

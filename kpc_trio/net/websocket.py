@@ -22,6 +22,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
 from kpc_trio.logs import get_logger
+from kpc_trio.net.forwarded import NO_PROXIES, TrustedProxies, forwarded_client
 from kpc_trio.net.listeners import (
     GRACEFUL_CLOSE_TIMEOUT,
     BoundAddress,
@@ -159,6 +160,8 @@ class WebSocketSettings:
     path: str = "/ws"
     max_packet_size: int = DEFAULT_MAX_PACKET_SIZE
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    #: Whose X-Forwarded-For / Forwarded header names the client (an ingress in front).
+    trusted_proxies: TrustedProxies = NO_PROXIES
 
 
 async def run_websocket_connection(
@@ -173,8 +176,9 @@ async def run_websocket_connection(
     """
     # Hosts trio-websocket's frame reader for this one connection.
     async with trio.open_nursery() as protocol_nursery:
-        connection = await _upgrade(protocol_nursery, stream, peer, settings)
-        if connection is not None:
+        upgraded = await _upgrade(protocol_nursery, stream, peer, settings)
+        if upgraded is not None:
+            connection, peer = upgraded
             async with closing_stream(WebSocketStream(connection)) as websocket_stream:
                 await handler(websocket_stream, peer)
         # The frame reader would otherwise wait on a socket that our caller closes after us.
@@ -183,8 +187,9 @@ async def run_websocket_connection(
 
 async def _upgrade(
     nursery: trio.Nursery, stream: trio.abc.Stream, peer: Peer, settings: WebSocketSettings
-) -> WebSocketConnection | None:
-    """The open connection, or None if the upgrade was refused, abandoned or too slow."""
+) -> tuple[WebSocketConnection, Peer] | None:
+    """The open connection and the client (named by a trusted proxy's forwarding headers, if
+    any), or None if the upgrade was refused, abandoned or too slow."""
     with trio.move_on_after(settings.handshake_timeout):
         try:
             request = await wrap_server_stream(
@@ -198,9 +203,13 @@ async def _upgrade(
                     404, body=f"MQTT over WebSocket is served on {settings.path}\n".encode()
                 )
                 return None
-            return await request.accept(
+            connection = await request.accept(
                 subprotocol=select_subprotocol(request.proposed_subprotocols)
             )
+            headers = [(name.decode("latin-1"), value.decode("latin-1"))
+                       for name, value in request.headers]
+            client = forwarded_client(headers, peer.address, settings.trusted_proxies)
+            return connection, peer if client is None else attrs.evolve(peer, address=client)
         except ConnectionClosed:
             log.info("websocket_upgrade_abandoned", address=peer.address)
             return None
@@ -218,6 +227,7 @@ async def serve_websocket(
     path: str = "/ws",
     max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    trusted_proxies: TrustedProxies = NO_PROXIES,
     handler_nursery: trio.Nursery,
     task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
@@ -226,7 +236,8 @@ async def serve_websocket(
     Messages above one MQTT packet of `max_packet_size` close the connection with 1009.
     """
     settings = WebSocketSettings(
-        path=path, max_packet_size=max_packet_size, handshake_timeout=handshake_timeout
+        path=path, max_packet_size=max_packet_size, handshake_timeout=handshake_timeout,
+        trusted_proxies=trusted_proxies,
     )
 
     async def on_accept(tcp_stream: LeanSocketStream) -> None:

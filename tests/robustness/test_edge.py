@@ -3,8 +3,10 @@
 - PROXY protocol v1/v2 (hand-written headers) from a trusted proxy: the session and its log
   lines carry the forwarded address; from an untrusted address the header is refused
   (`required`) or never read (`optional`); `required` without a header closes, counted.
+- X-Forwarded-For / Forwarded on WebSocket and HTTP: believed from a trusted proxy only.
 - Connection-rate limit: a burst far over it is refused (closed, counted) while devices already
   connected keep their round trips.
+- Per-connection publish rate: a flooding device is slowed to it, not dropped, loses nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 import trustme
+from trio_websocket import open_websocket_url
 
 from kpc_trio.mqtt.packets import ConnAck, ConnAckCode, PingResp, PubAck, Publish, QoS
 from kpc_trio.service import KpcService, open_kpc
@@ -294,3 +297,50 @@ async def test_device_over_its_publish_rate_is_slowed_not_dropped(kpc, kaa, port
     with trio.fail_after(SERVER_DEADLINE):
         assert await device.next_packet() == PingResp()
     await device.aclose()
+
+
+def with_listeners(trust: dict[str, str]) -> dict[str, str]:
+    return {**LIMITS, **trust,
+            "KAA_KPC_TRANSPORTS_MQTT_WEBSOCKET_ENABLED": "true",
+            "KAA_KPC_TRANSPORTS_MQTT_WEBSOCKET_HOST": "127.0.0.1",
+            "KAA_KPC_TRANSPORTS_MQTT_WEBSOCKET_PORT": "0",
+            "KAA_KPC_TRANSPORTS_HTTP_ENABLED": "true",
+            "KAA_KPC_TRANSPORTS_HTTP_HOST": "127.0.0.1",
+            "KAA_KPC_TRANSPORTS_HTTP_PORT": "0"}
+
+
+FORWARDING = [
+    # A client-written entry first, then what the trusted ingress appended.
+    [("X-Forwarded-For", "192.0.2.66, 203.0.113.7")],
+    [("Forwarded", 'for=192.0.2.66, for="203.0.113.7"')],
+]
+
+
+@pytest.mark.parametrize("limits", [with_listeners(TRUSTED), with_listeners(UNTRUSTED)],
+                         ids=["trusted", "untrusted"], indirect=True)
+@pytest.mark.parametrize("headers", FORWARDING, ids=["x-forwarded-for", "forwarded"])
+async def test_forwarded_client_address_on_websocket_and_http(kpc, limits, headers, caplog):
+    caplog.set_level(logging.DEBUG)
+    trusted = "127.0.0.0/8" in limits.values()
+    expected = "203.0.113.7" if trusted else "127.0.0.1:"
+    url = f"ws://127.0.0.1:{kpc.ports['mqtt_websocket']}/ws"
+    extra = [(name.encode(), value.encode()) for name, value in headers]
+    async with open_websocket_url(url, subprotocols=["mqtt"], extra_headers=extra) as ws:
+        await ws.send_message(CONNECT)
+        with trio.fail_after(SERVER_DEADLINE):
+            assert await ws.get_message() == CONNACK_ACCEPTED
+        await eventually(lambda: len(kpc.sessions) == 1, "session open")
+        assert next(iter(session_addresses(kpc))).startswith(expected)
+        assert logged(caplog, "client_connected")[-1]["peer"].startswith(expected)
+    # 1/KP over HTTP: every log line of the request carries the client.
+    http = await trio.open_tcp_stream("127.0.0.1", kpc.ports["http"])
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    await http.send_all(f"POST /kp1/nope HTTP/1.1\r\nHost: kpc\r\nContent-Length: 0\r\n{head}"
+                        "Connection: close\r\n\r\n".encode())
+    response = b""
+    with trio.fail_after(SERVER_DEADLINE):
+        while chunk := await http.receive_some(4096):
+            response += chunk
+    assert response.startswith(b"HTTP/1.1 400 ")
+    assert logged(caplog, "http_request")[-1]["peer"].startswith(expected)
+    await http.aclose()
