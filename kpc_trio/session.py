@@ -401,15 +401,19 @@ class Session:
 
     def _relay_identified(self, event: Publish, batch: _Batch) -> bool:
         """Relay `event` if its route is valid and its endpoint known without waiting (a cached
-        token): the common case, with no coroutine per message. False leaves the message,
-        untouched, to `_on_message`."""
+        token): the common case, with no coroutine per message. A cached token rejection is
+        answered here. False leaves the message, untouched, to `_on_message`."""
         try:
             route = self._ctx.relay.route(event.topic)
         except Kp1Error:
             return False
         binding = None
         if route.token is not None:
-            binding = self._identify_cached(route, batch)
+            try:
+                binding = self._identify_cached(route, batch)
+            except TokenValidationError as err:  # a cached rejection: answered like the first
+                self._answer_error(event, route.request_id, err.status_code, err.reason_phrase)
+                return True
             if binding is None:
                 return False
         self._relay(event, route, binding, batch)
