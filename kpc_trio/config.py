@@ -463,6 +463,9 @@ class EspSettings:
     with_config_name: bool = setting(True, Boolean(),
                                      "Encode ClientData with the `configName` field (false = the "
                                      "legacy schema).")
+    response_timeout: float = setting(30.0, Duration(positive=True),
+                                      "How long a request to an endpoint-unaware extension waits "
+                                      "for its reply; a later reply is dropped.")
 
 
 @attrs.frozen

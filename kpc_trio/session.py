@@ -19,7 +19,7 @@ import trio
 from kpc_trio.auth import EndpointIdentity, EndpointTokenResolver, TokenValidationError
 from kpc_trio.client_auth import ANONYMOUS, AuthOutcome
 from kpc_trio.connectivity import ConnectivityEvents
-from kpc_trio.hub import Hub, UnawareRequestKey
+from kpc_trio.hub import Hub
 from kpc_trio.kaa import records
 from kpc_trio.kaa.kp1 import Kp1Error, Route, error_payload
 from kpc_trio.logs import get_logger, set_log_source
@@ -445,8 +445,13 @@ class Session:
                 self._ctx.traffic.received(self.auth.tenant_id, binding.app_name, endpoint_id,
                                            len(event.payload))
         correlation_id = self._ctx.relay.next_correlation_id()
-        message = self._ctx.relay.client_data_message(route, endpoint_id, event.payload,
-                                                      correlation_id)
+        relayed_route = route
+        if route.request_id is not None and endpoint_id is None:
+            # Devices' own ids are not unique among them: the extension sees one of KPC's.
+            relayed_route = attrs.evolve(route, request_id=self._ctx.hub.expect_unaware_reply(
+                self, route.app_version, route.extension, route.request_id, batch.now))
+        message = self._ctx.relay.client_data_message(relayed_route, endpoint_id,
+                                                      event.payload, correlation_id)
         if len(message.payload) > self._ctx.gateway.max_payload:
             # NATS would refuse the whole batch: refuse this one message instead.
             self._ctx.metrics.messages_dropped.labels("too_large_for_nats").inc()
@@ -548,10 +553,9 @@ class Session:
         return True
 
     def _remember_request(self, route: Route, endpoint_id: str | None, qos: QoS) -> None:
+        """The QoS of the response, keyed by what the reply carries (the device's request id,
+        also for endpoint-unaware requests: the service maps KPC's back before delivering)."""
         assert route.request_id is not None
-        if endpoint_id is None:
-            key = UnawareRequestKey(route.app_version, route.extension, route.request_id)
-            self._ctx.hub.expect_unaware_reply(key, self)
         if qos is not QoS.AT_MOST_ONCE:
             if self._request_qos is None:
                 self._request_qos = {}
