@@ -49,7 +49,7 @@ from kpc_trio.net import (
 from kpc_trio.presence import Expiry, IdleTracker, run_idle_sweeper
 from kpc_trio.relay import Relay, is_expired
 from kpc_trio.revocation import RevocationListener
-from kpc_trio.session import Session, SessionContext, SessionLimits
+from kpc_trio.session import Session, SessionContext, SessionLimits, run_refusal
 from kpc_trio.traffic import TrafficMeter, run_traffic_reports
 
 log = get_logger(__name__)
@@ -367,11 +367,11 @@ class KpcService:
         assert self._context is not None and self._sessions_nursery is not None
         limit = self.config.kaa.kpc.transports.mqtt.max_connections
         if limit and len(self.sessions) >= limit:
-            # Refused before reading anything: under a connection storm this is the cheapest.
+            # Refused without a session: under a connection storm this is the cheapest.
             self.metrics.connect_refusals.labels(peer.transport, "max_connections").inc()
             log.warning("connection_refused", reason="max_connections", peer=peer.address,
                         limit=limit)
-            return trio.aclose_forcefully(stream)
+            return run_refusal(stream, self.config.kaa.kpc.transports.mqtt.connect_timeout)
         return Session(stream, peer, self._context).run(self._sessions_nursery)
 
     def _dispatch_extension_data(self, message: InboundMessage) -> None:

@@ -24,6 +24,7 @@ from kpc_trio.kaa import records
 from kpc_trio.kaa.kp1 import Kp1Error, Route, error_payload
 from kpc_trio.logs import get_logger, set_log_source
 from kpc_trio.metrics import Metrics
+from kpc_trio.mqtt.codec import encode
 from kpc_trio.mqtt.connection import (
     ConnectionState,
     ConnectReceived,
@@ -33,7 +34,7 @@ from kpc_trio.mqtt.connection import (
     Unsubscribed,
 )
 from kpc_trio.mqtt.errors import LocalProtocolError, ProtocolError
-from kpc_trio.mqtt.packets import ConnAckCode, Connect, Publish, QoS
+from kpc_trio.mqtt.packets import ConnAck, ConnAckCode, Connect, PacketType, Publish, QoS
 from kpc_trio.nats.gateway import NatsGateway, OutboundMessage
 from kpc_trio.net import Peer
 from kpc_trio.net.socket_stream import LeanSocketStream
@@ -59,6 +60,29 @@ class SessionLimits:
     max_outbox_bytes: int = 1_048_576
     #: QoS 1/2 messages relayed but not yet confirmed by NATS before a connection stops reading.
     max_inflight: int = 100
+
+
+#: The first byte of a CONNECT packet (type 1, no flags).
+CONNECT_FIRST_BYTE = bytes([PacketType.CONNECT << 4])
+#: CONNACK 3 (server unavailable), the same bytes in MQTT 3.1 and 3.1.1.
+SERVER_UNAVAILABLE_CONNACK = encode(ConnAck(ConnAckCode.SERVER_UNAVAILABLE))
+
+
+async def run_refusal(stream: trio.abc.Stream, connect_timeout: float) -> None:
+    """Answer a connection KPC has no room for (`max-connections`): CONNACK 3 to its CONNECT,
+    then close. No session and nothing decoded beyond the packet type: under a connection storm
+    a refusal must cost less than a connection. A client that sends no CONNECT within the
+    connect timeout, or something else first, is closed without an answer, as a session would.
+    """
+    try:
+        with trio.move_on_after(connect_timeout):
+            first = await stream.receive_some(RECEIVE_SIZE)
+            if first[:1] == CONNECT_FIRST_BYTE:
+                await stream.send_all(SERVER_UNAVAILABLE_CONNACK)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 class ClientAuthenticator(Protocol):
