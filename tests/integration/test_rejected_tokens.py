@@ -8,6 +8,7 @@ id, the acknowledgements of the read, and the connection left up.
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import trio
@@ -39,6 +40,7 @@ async def kpc(nats_server, tmp_path, kaa):
 @pytest.mark.parametrize("qos", [0, 1])
 async def test_every_message_with_a_rejected_token_is_answered_and_the_connection_stays(
         kaa, kpc, caplog, qos):
+    caplog.set_level(logging.INFO, logger="kpc_trio")  # client_disconnected is an info event
     rejected = f"kp1/{APP_VERSION}/dcx/{REJECTED}/json"
     valid = f"kp1/{APP_VERSION}/dcx/{EP1.token}/json"
     async with open_device(kpc.ports["mqtt_tcp"]) as device:
