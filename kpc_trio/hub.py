@@ -79,7 +79,9 @@ class Hub(Generic[S]):
     # Devices choose request ids themselves (tutorial clients count from 0), so many pending
     # requests share one. Each gets a request id of KPC's own on NATS instead, unique among the
     # pending ones; the reply carries it back and is mapped to the device's id and session.
-    # All expire after the same timeout, so the oldest (first in order) expire first.
+    # All expire after the same timeout, so the oldest (first in order) expire first. A request
+    # without a request id is fire and forget: nothing is remembered, and an extension's reply to
+    # it (no endpoint id, no request id) names no device and is dropped as not routed.
     def expect_unaware_reply(self, session: S, app_version: str, extension: str,
                              device_request_id: int, now: float) -> int:
         """Remember a request until `now + unaware_timeout`; return the request id to put in
