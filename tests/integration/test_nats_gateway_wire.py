@@ -15,7 +15,8 @@ import pytest
 import trio
 import trio.testing
 
-from kpc_trio.nats import gateway as nats_gateway
+from kpc_trio.nats import connection as nats_connection
+from kpc_trio.nats.connection import ConnectOptions, NatsConnection
 from kpc_trio.nats.gateway import (
     InboundMessage,
     NatsGateway,
@@ -140,10 +141,11 @@ async def scripted_nats(info: bytes = INFO) -> AsyncIterator[ScriptedServer]:
 
 @asynccontextmanager
 async def undrained_gateway(urls: list[str]) -> AsyncIterator[NatsGateway]:
-    """A gateway that reconnects quickly; it is cancelled, not drained, at the end (the
-    scripted server would have to play the drain too)."""
+    """A gateway that reconnects quickly, trying the URLs in the order given; it is cancelled,
+    not drained, at the end (the scripted server would have to play the drain too)."""
+    options = ConnectOptions(reconnect_wait=RECONNECT_WAIT, randomize=False)
     with trio.CancelScope() as scope:
-        async with open_nats_gateway(urls, reconnect_wait=RECONNECT_WAIT) as gateway:
+        async with open_nats_gateway(urls, options=options) as gateway:
             yield gateway
             scope.cancel()
 
@@ -189,7 +191,7 @@ async def test_a_batch_unconfirmed_when_the_connection_closes_is_published_again
 async def test_a_pong_that_never_comes_drops_the_connection_and_publishes_again(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(nats_gateway, "CONFIRM_TIMEOUT", 0.2)
+    monkeypatch.setattr(nats_connection, "CONFIRM_TIMEOUT", 0.2)
     async with scripted_nats() as server, undrained_gateway([server.url]) as gateway, \
             trio.open_nursery() as nursery:
         silent = await server.accept()
@@ -326,15 +328,15 @@ async def test_a_handler_subscription_is_called_in_place_and_survives_its_own_fa
 async def test_an_unexpected_error_in_a_connection_costs_a_reconnect_not_the_gateway(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    handshake = NatsGateway._handshake
+    handshake = NatsConnection._handshake
     failures = iter([RuntimeError("a bug in the handshake")])
 
-    async def first_handshake_fails(self: NatsGateway, connection: object) -> str | None:
+    async def first_handshake_fails(self: NatsConnection, connection: object) -> str | None:
         for failure in failures:
             raise failure
         return await handshake(self, connection)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(NatsGateway, "_handshake", first_handshake_fails)
+    monkeypatch.setattr(NatsConnection, "_handshake", first_handshake_fails)
     async with scripted_nats() as server, undrained_gateway([server.url]) as gateway:
         await server.accept()  # the connection the bug ends
         await (await server.accept()).handshake()
