@@ -71,7 +71,7 @@ def current_server(kpc: KpcService) -> str:
 
 
 def each_grew(publishers: list[CountingPublisher], counts: list[int]) -> bool:
-    return all(len(p.acknowledged) >= count + LOAD for p, count in zip(publishers, counts))
+    return all(len(p.acknowledged) >= count + LOAD for p, count in zip(publishers, counts, strict=True))
 
 
 @asynccontextmanager
@@ -86,12 +86,12 @@ async def loaded_kpc(tmp_path: Path, kpc_member: NatsServerProcess,
         port = kpc.ports["mqtt_tcp"]
         topic = f"kp1/{APP_VERSION}/dcx/{{}}/json"
         devices = [await nursery.start(_device, port) for _ in range(DEVICES)]
-        for device, endpoint in zip(devices, ENDPOINTS):
+        for device, endpoint in zip(devices, ENDPOINTS, strict=True):
             # Validated first: a slow validation would answer an early message with a 504.
             await call(device.publish, topic.format(endpoint.token) + "/1", b"warm-up", qos=1)
             assert (await call(device.expect, 15)).topic.endswith("/1/status")
         publishers = [CountingPublisher(device, topic.format(endpoint.token), f"dev{n}").start()
-                      for n, (device, endpoint) in enumerate(zip(devices, ENDPOINTS))]
+                      for n, (device, endpoint) in enumerate(zip(devices, ENDPOINTS, strict=True))]
         ready = ReadyRecorder(kpc)
         nursery.start_soon(ready.run)
         try:
