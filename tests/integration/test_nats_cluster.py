@@ -71,7 +71,8 @@ def current_server(kpc: KpcService) -> str:
 
 
 def each_grew(publishers: list[CountingPublisher], counts: list[int]) -> bool:
-    return all(len(p.acknowledged) >= count + LOAD for p, count in zip(publishers, counts, strict=True))
+    return all(len(p.acknowledged) >= count + LOAD
+               for p, count in zip(publishers, counts, strict=True))
 
 
 @asynccontextmanager
