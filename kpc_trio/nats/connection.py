@@ -591,8 +591,12 @@ class NatsConnection:
                     ServerRefusedError, ConnectionLostError) as exc:
                 entry.failures += 1
                 kind = ServerError(str(exc)).kind if isinstance(exc, ServerRefusedError) else ""
+                error = describe(exc)
+                if isinstance(exc, trio.TooSlowError):
+                    error = (f"no INFO or TLS handshake within {CONNECT_TIMEOUT:g}s (a server "
+                             "with TLS handshake_first needs nats.tls.handshake-first)")
                 log.warning("nats_error", server=entry.address.display, kind=kind or "connect",
-                            error=describe(exc))
+                            error=error)
                 continue
             except Exception as exc:  # noqa: BLE001 - a bug must cost a reconnect, not KPC
                 entry.failures += 1
