@@ -555,22 +555,34 @@ class NatsConnection:
                 link = await self._connect_next(nursery, avoid)
                 previous = self.current
                 self._take_over(link, nursery)
+                nursery.start_soon(self._leave_when_lost, link)
                 if previous is not None:  # the lame duck, left only now
                     nursery.start_soon(self._retire, previous)
                 await _first_of(link.lost, link.lame_duck)
                 avoid = None
-                if not link.lost.is_set():
+                if link.lost.is_set():
+                    self._leave(link)
+                else:
                     log.warning("nats_lame_duck", server=link.server.display,
                                 server_name=link.info.server_name)
                     self._emit(LameDuck(link.server.display))
                     avoid = link.server
-                    continue
-                self._set_current(None)
-                self._pool.demote(link.server)
-                if self.stopping:
-                    log.info("nats_disconnected", server=link.server.display, reason="closed")
-                else:
-                    log.warning("nats_disconnected", server=link.server.display)
+
+    async def _leave_when_lost(self, link: Link) -> None:
+        """A lame duck lost while the next connection is being made: disconnected meanwhile."""
+        await link.lost.wait()
+        self._leave(link)
+
+    def _leave(self, link: Link) -> None:
+        """`link` broke: if it was in use, KPC is disconnected until the next one."""
+        if self.current is not link:
+            return
+        self._set_current(None)
+        self._pool.demote(link.server)
+        if self.stopping:
+            log.info("nats_disconnected", server=link.server.display, reason="closed")
+        else:
+            log.warning("nats_disconnected", server=link.server.display)
 
     async def _connect_next(self, nursery: trio.Nursery, avoid: NatsServerAddress | None
                             ) -> Link:
@@ -578,10 +590,6 @@ class NatsConnection:
         (`avoid`), the old connection stays in use; if it is lost meanwhile, the move is an
         ordinary reconnect."""
         while True:
-            current = self.current
-            if current is not None and current.lost.is_set():  # the lame duck closed first
-                self._set_current(None)
-                log.warning("nats_disconnected", server=current.server.display)
             entry, wait = self._pool.take(avoid)
             await trio.sleep(wait)
             entry.last_attempt = trio.current_time()
