@@ -47,6 +47,7 @@ from kpc_trio.nats.protocol import (
     Ping,
     Pong,
     ServerError,
+    ServerEvent,
     ServerInfo,
     ServerStreamParser,
     connect_frame,
@@ -617,10 +618,12 @@ class NatsConnection:
     async def _open_link(self, nursery: trio.Nursery, server: NatsServerAddress) -> Link:
         """A connection confirmed by the server: its reader and watcher run in `nursery`."""
         with trio.fail_after(CONNECT_TIMEOUT):
-            stream, info, parser = await _open_stream(server, self._options.tls)
+            stream, info, parser, rest = await _open_stream(server, self._options.tls)
         link = Link(stream, server, parser, info)
         self.max_payload = info.max_payload
         await nursery.start(self._run_link, link)
+        for event in rest:  # what came with the INFO: a `-ERR 'maximum connections exceeded'`
+            await self._dispatch(link, event)
         if info.connect_urls:
             self._server_info(link, info)
         try:
@@ -735,7 +738,7 @@ async def _first_of(*events: trio.Event) -> None:
 
 async def _open_stream(
     server: NatsServerAddress, tls: TlsOptions,
-) -> tuple[trio.abc.Stream, ServerInfo, ServerStreamParser]:
+) -> tuple[trio.abc.Stream, ServerInfo, ServerStreamParser, list[ServerEvent]]:
     """TCP, the server's INFO, then TLS if the URL or the server asks for it (TLS first with
     `handshake_first`)."""
     # The lean stream: a third less CPU per read and write than trio.SocketStream's helpers.
@@ -745,13 +748,14 @@ async def _open_stream(
         parser = ServerStreamParser()
         if tls.handshake_first:
             stream = await _start_tls(stream, server, tls)
-            return stream, await _read_info(stream, parser), parser
-        info = await _read_info(stream, parser)
+            info, rest = await _read_info(stream, parser)
+            return stream, info, parser, rest
+        info, rest = await _read_info(stream, parser)
         if server.tls and not info.offers_tls():
             raise ServerRefusedError("the URL asks for TLS (tls://) but the server offers none")
         if info.tls_required or server.tls:
             stream = await _start_tls(stream, server, tls)
-        return stream, info, parser
+        return stream, info, parser, rest
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
@@ -764,7 +768,9 @@ async def _start_tls(stream: trio.abc.Stream, server: NatsServerAddress, tls: Tl
     return secure
 
 
-async def _read_info(stream: trio.abc.Stream, parser: ServerStreamParser) -> ServerInfo:
+async def _read_info(stream: trio.abc.Stream, parser: ServerStreamParser
+                     ) -> tuple[ServerInfo, list[ServerEvent]]:
+    """The server's INFO, and what else came in the same read."""
     while True:
         data = await stream.receive_some(RECEIVE_SIZE)
         if not data:
@@ -773,4 +779,4 @@ async def _read_info(stream: trio.abc.Stream, parser: ServerStreamParser) -> Ser
         if events:
             if not isinstance(events[0], ServerInfo):
                 raise NatsProtocolError(f"expected INFO first, got {events[0]!r}")
-            return events[0]
+            return events[0], events[1:]

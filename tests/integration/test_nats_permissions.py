@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from kpc_trio.nats.embedded import HOST, NatsServerProcess
+from kpc_trio.nats.gateway import open_nats_gateway
 from kpc_trio.service import open_kpc
 from kpc_trio.simulator.kaa_side import open_simulated_kaa
 from tests.integration.http_probe import http_get
@@ -91,3 +94,16 @@ async def test_a_refused_reply_subscription_makes_kpc_unready(
     refused = {entry["subject"] for entry in logged(caplog, "nats_subscription_refused")}
     assert refused and all(subject.startswith("kaa.v1.replica.") for subject in refused)
     assert logged(caplog, "not_ready")[0]["reason"] == "nats_subscription_refused"
+
+
+async def test_maximum_connections_exceeded_is_logged_as_such(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with NatsServerProcess(config="max_connections: 1\n") as server, \
+            socket.create_connection((HOST, server.port)):  # takes the only connection
+        with trio.CancelScope() as scope:  # cancelled, not drained: there is no connection
+            async with open_nats_gateway([server.url], reconnect_wait=0.05) as gateway:
+                await eventually(lambda: bool(logged(caplog, "nats_error")))
+                assert not gateway.connected
+                scope.cancel()
+    assert logged(caplog, "nats_error")[0]["kind"] == "maximum_connections"
