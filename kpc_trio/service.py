@@ -162,6 +162,9 @@ class KpcService:
     async def serve(self, *, task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED
                     ) -> None:
         self.metrics.endpoints_online.set_function(lambda: self.hub.endpoint_count)
+        # Its files are checked before anything listens.
+        options = nats_connect_options(
+            self.config, f"{self.config.service.instance.name}-{self.replica_id}")
         async with trio.open_nursery() as http_nursery:
             # Metrics, health and REST live until the very end: readiness reports the shutdown.
             await self._start_http(http_nursery)
@@ -169,8 +172,6 @@ class KpcService:
             with trio.CancelScope() as drain_scope:
                 async with contextlib.AsyncExitStack() as stack:
                     urls = nats_urls(self.config)
-                    options = nats_connect_options(
-                        self.config, f"{self.config.service.instance.name}-{self.replica_id}")
                     if not urls:
                         urls = [await stack.enter_async_context(open_embedded_nats())]
                         log.info("embedded_nats_started", url=urls[0])

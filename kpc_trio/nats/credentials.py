@@ -134,8 +134,9 @@ def _read(path: str) -> str:
 
 def load_nkey_seed(path: str) -> NatsCredentials:
     """Credentials from a file holding a user nkey seed (`SU...`)."""
+    text = _read(path)
     try:
-        seed = NkeySeed.parse(_read(path))
+        seed = NkeySeed.parse(text)
     except NatsCredentialsError as exc:
         raise NatsCredentialsError(f"{path}: {exc}") from None
     seed.public_key  # noqa: B018 - fails now, at startup, if the seed is not an Ed25519 key
