@@ -100,7 +100,8 @@ async def test_maximum_connections_exceeded_is_logged_as_such(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with NatsServerProcess(config="max_connections: 1\n") as server, \
-            socket.create_connection((HOST, server.port)):  # takes the only connection
+            socket.create_connection((HOST, server.port)) as only:
+        assert only.recv(4096).startswith(b"INFO")  # accepted: it holds the only connection
         with trio.CancelScope() as scope:  # cancelled, not drained: there is no connection
             async with open_nats_gateway([server.url], reconnect_wait=0.05) as gateway:
                 await eventually(lambda: bool(logged(caplog, "nats_error")))
