@@ -4,7 +4,6 @@ client certificate, or TLS first; keys and certificates are made by the test."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,28 +12,12 @@ import trustme
 
 from kpc_trio.nats.connection import ConnectOptions, TlsOptions
 from kpc_trio.nats.credentials import load_creds, load_nkey_seed
-from kpc_trio.nats.embedded import HOST, NatsServerProcess
+from kpc_trio.nats.embedded import HOST
 from kpc_trio.nats.gateway import OutboundMessage, open_nats_gateway
 from tests.integration.nats_auth import USER, Nkey, OperatorMode
 from tests.integration.waiting import eventually, logged
 
 DEADLINE = 10
-
-
-@pytest.fixture
-def nats_config() -> Iterator[Callable[[str], NatsServerProcess]]:
-    """Start nats-servers with the given configuration text; stopped at teardown."""
-    servers: list[NatsServerProcess] = []
-
-    def start(config: str) -> NatsServerProcess:
-        server = NatsServerProcess(config=config)
-        servers.append(server)
-        server.start()
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 async def assert_round_trip(url: str, options: ConnectOptions) -> None:
@@ -59,10 +42,11 @@ async def assert_refused(url: str, options: ConnectOptions, caplog: pytest.LogCa
 
 
 async def test_an_nkey_seed_authenticates_and_another_is_refused(
-    nats_config, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    nats_server_factory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     user = Nkey(USER)
-    server = nats_config(f"authorization {{ users = [ {{ nkey: {user.public} }} ] }}\n")
+    server = nats_server_factory(
+        config=f"authorization {{ users = [ {{ nkey: {user.public} }} ] }}\n")
     seed_file = tmp_path / "kpc.nk"
     seed_file.write_text(user.seed + "\n")
     url = f"nats://{HOST}:{server.port}"
@@ -75,10 +59,10 @@ async def test_an_nkey_seed_authenticates_and_another_is_refused(
 
 
 async def test_a_creds_file_authenticates_in_operator_mode(
-    nats_config, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    nats_server_factory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     operator_mode = OperatorMode()
-    server = nats_config(operator_mode.server_config())
+    server = nats_server_factory(config=operator_mode.server_config())
     creds = tmp_path / "kpc.creds"
     creds.write_text(operator_mode.creds())
     url = f"nats://{HOST}:{server.port}"
@@ -113,10 +97,10 @@ def tls_server_config(ca: trustme.CA, directory: Path, extra: str) -> str:
 
 
 async def test_a_client_certificate_is_presented_when_the_server_verifies_clients(
-    nats_config, ca: trustme.CA, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    nats_server_factory, ca: trustme.CA, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    server = nats_config(tls_server_config(ca, tmp_path, "verify: true"))
+    server = nats_server_factory(config=tls_server_config(ca, tmp_path, "verify: true"))
     ca_file = str(tmp_path / "ca.pem")
     cert, key = pem_files(ca, tmp_path, "kpc", "kpc-client")
     url = f"tls://{HOST}:{server.port}"
@@ -126,9 +110,9 @@ async def test_a_client_certificate_is_presented_when_the_server_verifies_client
 
 
 async def test_tls_first_for_a_server_with_handshake_first(
-    nats_config, ca: trustme.CA, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    nats_server_factory, ca: trustme.CA, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = nats_config(tls_server_config(ca, tmp_path, "handshake_first: true"))
+    server = nats_server_factory(config=tls_server_config(ca, tmp_path, "handshake_first: true"))
     ca_file = str(tmp_path / "ca.pem")
     await assert_round_trip(f"tls://{HOST}:{server.port}",
                             ConnectOptions(tls=TlsOptions(ca_file, handshake_first=True)))
