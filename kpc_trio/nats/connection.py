@@ -654,7 +654,7 @@ class NatsConnection:
         Returns why it did not, or None."""
         credentials = link.server.credentials()
         if self._options.credentials is not None:
-            credentials |= self._options.credentials.connect_fields(link.info.nonce)
+            credentials |= self._options.credentials.reloaded().connect_fields(link.info.nonce)
         frames = connect_frame(self._options.name, __version__, credentials,
                                tls=link.server.tls or link.info.tls_required)
         link.sids = set(self.subscriptions)

@@ -17,8 +17,12 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from kpc_trio.logs import get_logger
+
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+log = get_logger(__name__)
 
 _PREFIX_SEED = 18 << 3  # 'S'
 _PREFIX_USER = 20 << 3  # 'U'
@@ -112,6 +116,20 @@ class NatsCredentials:
 
     seed: NkeySeed
     user_jwt: str | None = attrs.field(default=None, repr=False)
+    #: The file they were read from: read again for every connection, so a rotated Secret is
+    #: used without a restart (as nats.go does).
+    source: str = ""
+
+    def reloaded(self) -> NatsCredentials:
+        """The file read again; these credentials if it cannot be used now (logged)."""
+        if not self.source:
+            return self
+        try:
+            return (load_creds if self.user_jwt is not None else load_nkey_seed)(self.source)
+        except NatsCredentialsError as exc:
+            log.warning("nats_credentials_unreadable", error=str(exc),
+                        action="the credentials read before are used")
+            return self
 
     def connect_fields(self, nonce: str) -> dict[str, str]:
         """The CONNECT fields answering the server's INFO `nonce`."""
@@ -140,7 +158,7 @@ def load_nkey_seed(path: str) -> NatsCredentials:
     except NatsCredentialsError as exc:
         raise NatsCredentialsError(f"{path}: {exc}") from None
     seed.public_key  # noqa: B018 - fails now, at startup, if the seed is not an Ed25519 key
-    return NatsCredentials(seed)
+    return NatsCredentials(seed, source=path)
 
 
 def load_creds(path: str) -> NatsCredentials:
@@ -156,4 +174,4 @@ def load_creds(path: str) -> NatsCredentials:
         seed = NkeySeed.parse(seed_text)
     except NatsCredentialsError as exc:
         raise NatsCredentialsError(f"{path}: {exc}") from None
-    return NatsCredentials(seed, user_jwt)
+    return NatsCredentials(seed, user_jwt, path)

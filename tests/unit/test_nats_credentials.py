@@ -103,3 +103,14 @@ def test_nats_settings_that_do_not_go_together(env: dict[str, str], key: str) ->
     with pytest.raises(ConfigError) as caught:
         load_config(env=env)
     assert caught.value.key_path == key
+
+
+def test_a_rotated_seed_file_is_used_for_the_next_connection(tmp_path: Path) -> None:
+    path = tmp_path / "kpc.nk"
+    path.write_text(SEED)
+    credentials = load_nkey_seed(str(path))
+    rotated = encode_seed(20 << 3, bytes(range(32)))
+    path.write_text(rotated)
+    assert credentials.reloaded().seed == NkeySeed.parse(rotated)
+    path.write_text("garbage")  # half-written by the rotation: the last good one is kept
+    assert credentials.reloaded() is credentials
