@@ -16,7 +16,9 @@ import attrs
 import pytest
 import trio
 
+from kpc_trio.nats.connection import Connected, NatsEvent
 from kpc_trio.nats.embedded import NatsServerProcess
+from kpc_trio.nats.gateway import OutboundMessage, open_nats_gateway
 from kpc_trio.service import KpcService, open_kpc
 from kpc_trio.simulator.kaa_side import SimulatedKaa, open_simulated_kaa
 from tests.integration.kpc_harness import APP_VERSION, ENDPOINTS, call, make_config, open_device
@@ -164,3 +166,26 @@ async def test_a_lame_duck_member_is_left_without_unreadiness_or_held_acknowledg
         assert max(p.longest_ack_delay for p in run.publishers) < 1.0
         assert logged(caplog, "nats_lame_duck")[0]["server"] == used.url.removeprefix("nats://")
         assert logged(caplog, "nats_lame_duck_left")
+
+
+@pytest.mark.parametrize("naming", ["one member", "a name (as a Service)", "every member"])
+async def test_nats_urls_of_one_member_a_name_or_every_member_survive_losing_the_member_in_use(
+    naming: str,
+) -> None:
+    with nats_cluster() as members:
+        urls = {"one member": [members[0].url],
+                "a name (as a Service)": [f"nats://localhost:{members[0].port}"],
+                "every member": [member.url for member in members]}[naming]
+        events: list[NatsEvent] = []
+        with trio.fail_after(30):
+            async with open_nats_gateway(urls, on_event=events.append) as gateway:
+                await eventually(lambda: gateway.connected)
+                in_use = next(e for e in events if isinstance(e, Connected)).server
+                port = int(in_use.rsplit(":", 1)[1])
+                next(m for m in members if m.port == port).kill()
+                await eventually(lambda: sum(isinstance(e, Connected) for e in events) == 2)
+                assert events[-1].server.rsplit(":", 1)[1] != str(port)  # type: ignore[union-attr]
+                received = await gateway.subscribe("cluster.check")
+                await gateway.sync()
+                await gateway.publish_confirmed([OutboundMessage("cluster.check", b"still")])
+                assert (await received.receive()).payload == b"still"
