@@ -359,9 +359,34 @@ class ManagementSettings:
 
 
 @attrs.frozen
+class NatsTlsSettings:
+    ca_file: str = setting("", Text(), "Trust store (PEM) the NATS servers' certificates are "
+                                       "verified against; empty = the system's.")
+    cert_file: str = setting("", Text(), "Client certificate chain (PEM) KPC presents to NATS "
+                                         "servers that ask for one.")
+    key_file: str = setting("", Text(), "Private key (PEM) of `nats.tls.cert-file`.")
+    handshake_first: bool = setting(False, Boolean(),
+                                    "TLS before the server's INFO (nats-server "
+                                    "`handshake_first`); implies TLS to every server.")
+
+
+@attrs.frozen
 class NatsSettings:
     urls: str = setting("", NatsUrls(), "Comma-separated NATS URLs, `nats://` or `tls://` (may "
-                                        "carry credentials); empty starts an embedded nats-server.")
+                                        "carry credentials); one cluster member, a Service name "
+                                        "or every member (the rest is discovered); empty starts "
+                                        "an embedded nats-server.")
+    randomize_servers: bool = setting(True, Boolean(),
+                                      "Shuffle the servers (configured and discovered) before "
+                                      "trying them; false keeps the configured order.")
+    reconnect_wait: float = setting(2.0, Duration(positive=True),
+                                    "Least time between two attempts on the same server; "
+                                    "doubles per failure, up to 8 times, plus jitter.")
+    creds_file: str = setting("", Text(), "JWT credentials file (`.creds`: user JWT and nkey "
+                                          "seed) for NATS in operator mode.")
+    nkey_seed_file: str = setting("", Text(), "File holding a user nkey seed (`SU...`) for "
+                                              "NATS nkey authentication.")
+    tls: NatsTlsSettings = section(NatsTlsSettings)
 
 
 @attrs.frozen
@@ -779,6 +804,19 @@ def _check_consistency(config: Config) -> None:
                     f"belongs to exactly one application (from {where})", key_path=path)
             applications_of[version_name] = app_name
     _check_disconnect_settings(config)
+    _check_nats_settings(config)
+
+
+def _check_nats_settings(config: Config) -> None:
+    nats = config.nats
+    if nats.creds_file and nats.nkey_seed_file:
+        raise ConfigError(f"nats.nkey-seed-file: set either nats.creds-file or "
+                          f"nats.nkey-seed-file, not both (from {config.source})",
+                          key_path="nats.nkey-seed-file")
+    if bool(nats.tls.cert_file) != bool(nats.tls.key_file):
+        key = "nats.tls.key-file" if nats.tls.cert_file else "nats.tls.cert-file"
+        raise ConfigError(f"{key}: nats.tls.cert-file and nats.tls.key-file go together "
+                          f"(set it in the YAML file or env {env_var_name(key)})", key_path=key)
 
 
 def _check_disconnect_settings(config: Config) -> None:

@@ -22,7 +22,7 @@ from kpc_trio.kaa.kp1 import Kp1Error
 from kpc_trio.logs import get_logger
 from kpc_trio.metrics import Metrics
 from kpc_trio.nats.gateway import NatsGateway, NatsUnavailableError
-from kpc_trio.relay import Relay, reason_for
+from kpc_trio.relay import REFUSED_BY_NATS_REASON, REFUSED_BY_NATS_STATUS, Relay, reason_for
 
 log = get_logger(__name__)
 
@@ -143,9 +143,11 @@ class HttpTransport:
             message = self._relay.client_data_message(route, endpoint_id, request.body,
                                                       correlation_id)
             try:
-                await self._gateway.publish_confirmed([message], fail_fast=True)
+                refused = await self._gateway.publish_confirmed([message], fail_fast=True)
             except NatsUnavailableError:
                 return kp1_error_response(503, "Service unavailable: NATS is not connected")
+            if refused:
+                return kp1_error_response(REFUSED_BY_NATS_STATUS, REFUSED_BY_NATS_REASON)
             self._metrics.relayed_to(route.extension).inc()
             with trio.move_on_after(self._timeout):
                 await waiter.done.wait()

@@ -18,6 +18,10 @@ from kpc_trio.kaa.kp1 import ApplicationRegistry, Route
 from kpc_trio.nats.gateway import OutboundMessage
 
 MAX_REMEMBERED_ROUTES = 10_000
+#: The 1/KP answer to a request NATS refused to take (a publish permissions violation): 502, as
+#: from a gateway whose upstream refused; retrying cannot help until the NATS permissions change.
+REFUSED_BY_NATS_STATUS = 502
+REFUSED_BY_NATS_REASON = "Bad Gateway: NATS refused the message (publish permission denied)"
 
 
 @attrs.frozen

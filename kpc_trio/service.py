@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -25,7 +26,7 @@ import trio
 
 from kpc_trio.auth import EndpointTokenResolver
 from kpc_trio.client_auth import NatsClientAuthenticator
-from kpc_trio.config import Config
+from kpc_trio.config import Config, ConfigError, env_var_name
 from kpc_trio.connectivity import ConnectivityEvents
 from kpc_trio.health import Health
 from kpc_trio.http_transport import HttpTransport, ReplyWaiters, kp1_error_response
@@ -36,6 +37,17 @@ from kpc_trio.kaa.extension_data import read_extension_data
 from kpc_trio.kaa.kp1 import ApplicationRegistry
 from kpc_trio.logs import get_logger
 from kpc_trio.metrics import Metrics
+from kpc_trio.nats.connection import (
+    Connected,
+    ConnectOptions,
+    LameDuck,
+    NatsEvent,
+    PublishRefused,
+    ServerErrorSeen,
+    SubscriptionRefused,
+    TlsOptions,
+)
+from kpc_trio.nats.credentials import NatsCredentialsError, load_creds, load_nkey_seed
 from kpc_trio.nats.embedded import open_embedded_nats
 from kpc_trio.nats.gateway import InboundMessage, NatsGateway, open_nats_gateway
 from kpc_trio.net import (
@@ -79,6 +91,45 @@ def nats_urls(config: Config) -> list[str]:
     return [url.strip() for url in config.nats.urls.split(",") if url.strip()]
 
 
+def nats_connect_options(config: Config, name: str) -> ConnectOptions:
+    """The NATS connection settings, with their files read and checked now: a wrong path, a bad
+    seed or an unusable certificate stops the start with the key to fix."""
+    nats = config.nats
+    credentials = None
+    for key, path, load in (("nats.creds-file", nats.creds_file, load_creds),
+                            ("nats.nkey-seed-file", nats.nkey_seed_file, load_nkey_seed)):
+        if path:
+            try:
+                credentials = load(path)
+            except NatsCredentialsError as exc:
+                raise ConfigError(f"{key}: {exc} (from {_origin(config, key)})",
+                                  key_path=key) from None
+    tls = TlsOptions(nats.tls.ca_file, nats.tls.cert_file, nats.tls.key_file,
+                     nats.tls.handshake_first)
+    for key, path in (("nats.tls.ca-file", tls.ca_file), ("nats.tls.cert-file", tls.cert_file),
+                      ("nats.tls.key-file", tls.key_file)):
+        if path:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise ConfigError(f"{key}: cannot read {path}: {exc.strerror} (from "
+                                  f"{_origin(config, key)})", key_path=key) from None
+    try:
+        tls.context()
+    except ssl.SSLError as exc:
+        key = "nats.tls.cert-file" if tls.cert_file else "nats.tls.ca-file"
+        raise ConfigError(f"{key}: the NATS TLS files cannot be used: {exc} (from "
+                          f"{_origin(config, key)})", key_path=key) from None
+    return ConnectOptions(name=name, reconnect_wait=nats.reconnect_wait,
+                          randomize=nats.randomize_servers, credentials=credentials, tls=tls)
+
+
+def _origin(config: Config, key: str) -> str:
+    env_name = env_var_name(key)
+    return f"env {env_name}" if env_name in os.environ else config.source
+
+
 @attrs.define
 class KpcService:
     config: Config
@@ -115,6 +166,9 @@ class KpcService:
     async def serve(self, *, task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED
                     ) -> None:
         self.metrics.endpoints_online.set_function(lambda: self.hub.endpoint_count)
+        # Its files are checked before anything listens.
+        options = nats_connect_options(
+            self.config, f"{self.config.service.instance.name}-{self.replica_id}")
         async with trio.open_nursery() as http_nursery:
             # Metrics, health and REST live until the very end: readiness reports the shutdown.
             await self._start_http(http_nursery)
@@ -127,9 +181,10 @@ class KpcService:
                         log.info("embedded_nats_started", url=urls[0])
                     gateway = await stack.enter_async_context(open_nats_gateway(
                         urls,
-                        name=f"{self.config.service.instance.name}-{self.replica_id}",
+                        options=options,
                         on_connection_change=self._nats_connection_changed,
                         on_batch=self._observe_batch,
+                        on_event=self._nats_event,
                     ))
                     await self._await_first_nats_connection()
                     await self._serve_with(gateway, task_status)
@@ -163,6 +218,27 @@ class KpcService:
                     replies.abandon_all()
         self.health.nats_connected = connected
         self.metrics.nats_connected.set(1 if connected else 0)
+
+    def _nats_event(self, event: NatsEvent) -> None:
+        metrics = self.metrics
+        if isinstance(event, Connected):
+            if event.reconnect:
+                metrics.nats_reconnects.inc()
+            metrics.nats_server.clear()
+            metrics.nats_server.labels(event.server, event.server_name).set(1)
+            self.health.nats_refused_subscriptions = event.refused_subscriptions
+        elif isinstance(event, LameDuck):
+            metrics.nats_lame_duck_moves.inc()
+        elif isinstance(event, ServerErrorSeen):
+            metrics.nats_server_errors.labels(event.kind).inc()
+        elif isinstance(event, PublishRefused):
+            metrics.messages_dropped.labels("nats_permission_denied").inc()
+        elif isinstance(event, SubscriptionRefused):
+            self.health.nats_refused_subscriptions |= {event.subject}
+        if isinstance(event, (Connected, SubscriptionRefused)) and \
+                self.health.nats_refused_subscriptions:
+            log.error("not_ready", reason="nats_subscription_refused",
+                      subjects=",".join(sorted(self.health.nats_refused_subscriptions)))
 
     def _observe_batch(self, messages: int, seconds: float) -> None:
         self.metrics.nats_publish_batch_size.observe(messages)

@@ -11,6 +11,7 @@ buffer outgrows `max_outbox_bytes` is dropped instead of growing memory.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -39,7 +40,12 @@ from kpc_trio.nats.gateway import NatsGateway, OutboundMessage
 from kpc_trio.net import Peer
 from kpc_trio.net.socket_stream import LeanSocketStream
 from kpc_trio.presence import IdleTracker
-from kpc_trio.relay import Relay, UndeliverableError
+from kpc_trio.relay import (
+    REFUSED_BY_NATS_REASON,
+    REFUSED_BY_NATS_STATUS,
+    Relay,
+    UndeliverableError,
+)
 from kpc_trio.traffic import TrafficMeter
 
 log = get_logger(__name__)
@@ -127,6 +133,8 @@ class _Batch:
     relayed: dict[str, int] = attrs.field(factory=dict)  # per extension (a Counter costs more)
     # Endpoints already marked active at `now`: once per read is enough.
     touched: set[tuple[str, str]] = attrs.field(factory=set)
+    # outgoing index -> (PUBLISH, request id) of requests: what a refused message is answered on.
+    requests: dict[int, tuple[Publish, int]] | None = None
     debug: bool = attrs.field(factory=log.is_debug)  # asked once per read, not per message
 
 
@@ -354,13 +362,16 @@ class Session:
         is dropped (counted) while NATS is away."""
         if batch.outgoing:
             if batch.needs_confirmation:
-                await self._ctx.gateway.publish_confirmed(batch.outgoing)
+                refused = await self._ctx.gateway.publish_confirmed(batch.outgoing)
+                if refused:
+                    self._answer_refused(batch, refused)
             elif await self._ctx.gateway.publish(batch.outgoing):
                 self._dropping = False
             else:
                 self._count_drops(len(batch.outgoing))
             batch.outgoing = []
             batch.needs_confirmation = False
+            batch.requests = None
         for packet_id in batch.acknowledgements:
             self._conn.acknowledge(packet_id)
         batch.acknowledgements.clear()
@@ -377,6 +388,20 @@ class Session:
                 self.terminate("connection_lost")
             finally:
                 self._writing_inline = False
+
+    def _answer_refused(self, batch: _Batch, refused: Sequence[int]) -> None:
+        """NATS refused these messages (permissions; counted and logged by the gateway): a
+        request with a request id gets 502, since retrying cannot help until the NATS
+        permissions change. The PUBACK still goes: MQTT 3.1.1 has no negative one, and holding
+        it would only make the device send the same refused message again."""
+        if batch.requests is None:
+            return
+        for index in refused:
+            request = batch.requests.get(index)
+            if request is not None:
+                event, request_id = request
+                self._answer_error(event, request_id, REFUSED_BY_NATS_STATUS,
+                                   REFUSED_BY_NATS_REASON)
 
     def _count_drops(self, count: int) -> None:
         self._ctx.metrics.messages_dropped.labels("nats_unavailable").inc(count)
@@ -485,6 +510,9 @@ class Session:
             return
         if route.request_id is not None:
             self._remember_request(route, endpoint_id, event.qos)
+            if batch.requests is None:
+                batch.requests = {}
+            batch.requests[len(batch.outgoing)] = (event, route.request_id)
         batch.outgoing.append(message)
         if event.qos is not QoS.AT_MOST_ONCE:
             batch.needs_confirmation = True

@@ -94,6 +94,16 @@ def test_a_missing_app_config_path_file_exits_2(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_a_bad_nats_seed_file_stops_startup_naming_the_key(tmp_path, config_path):
+    seed = tmp_path / "kpc.nk"
+    seed.write_text("SUNOTASEED\n")
+    result = kpc_trio("--config", config_path, "run", env={
+        "NATS_URLS": UNREACHABLE_NATS, "NATS_NKEY_SEED_FILE": str(seed)})
+    assert result.returncode == EXIT_STARTUP_ERROR
+    assert f"nats.nkey-seed-file: {seed}: not an nkey seed" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize(("problem", "expected"), [
     ("wrong_password", "wrong password"),
     ("corrupt", "not a PKCS #12 file"),
