@@ -45,6 +45,7 @@ def dropped(kpc: object) -> float:
         "kpc_messages_dropped_total", {"reason": "nats_permission_denied"}) or 0.0
 
 
+@pytest.mark.expected_errors("nats_publish_refused")
 @pytest.mark.parametrize(
     "restricted_nats",
     [f'{{ publish: {{ deny: ["kaa.v1.service.{REFUSED_EXTENSION}.>"] }} }}'], indirect=True)
@@ -82,6 +83,7 @@ async def test_a_refused_publish_answers_the_request_with_502_and_is_counted(
         f"kaa.v1.service.{REFUSED_EXTENSION}.esp.ClientData"]
 
 
+@pytest.mark.expected_errors("nats_subscription_refused", "not_ready")
 @pytest.mark.parametrize(
     "restricted_nats", ['{ subscribe: { deny: ["kaa.v1.replica.>"] } }'], indirect=True)
 async def test_a_refused_reply_subscription_makes_kpc_unready(
