@@ -393,6 +393,9 @@ class WebSocketListenerSettings:
     host: str = setting("0.0.0.0", Text(), "Address the MQTT/WebSocket listener binds to.")
     port: int = setting(8081, PORT, "Port of the MQTT/WebSocket listener.")
     path: str = setting("/ws", URL_PATH, "HTTP path of the WebSocket endpoint.")
+    max_message_fragments: int = setting(
+        1024, Integer(1), "Frames one WebSocket message may span; more close the connection "
+        "with 1009 (each frame costs a parse, whatever its size).")
 
 
 @attrs.frozen

@@ -62,6 +62,13 @@ class Metrics:
             registry=r,
         )
 
+        self.connection_failures: Final = Counter(
+            "kpc_connection_failures",
+            "Connections ended by an unexpected error (a transport library's or ours), each "
+            "logged once as connection_failed.",
+            ["transport"],
+            registry=r,
+        )
         self.tls_handshake_failures: Final = Counter(
             "kpc_tls_handshake_failures",
             "MQTT/TLS handshakes that failed, by reason.",

@@ -318,12 +318,14 @@ class KpcService:
                 serve_tls, handler, host=mqtt.tls.host, port=mqtt.tls.port,
                 ssl_context=self._tls_context(), handshake_timeout=mqtt.tls.handshake_timeout,
                 on_handshake_failure=self._count_handshake_failure,
-                handler_nursery=sessions_nursery)
+                on_failure=self._count_connection_failure, handler_nursery=sessions_nursery)
         if mqtt.websocket.enabled:
             starters["mqtt_websocket"] = functools.partial(
                 serve_websocket, handler, host=mqtt.websocket.host,
                 port=mqtt.websocket.port, path=mqtt.websocket.path,
-                max_packet_size=mqtt.max_packet_size, handler_nursery=sessions_nursery)
+                max_packet_size=mqtt.max_packet_size,
+                max_message_fragments=mqtt.websocket.max_message_fragments,
+                on_failure=self._count_connection_failure, handler_nursery=sessions_nursery)
         for name, serve in starters.items():
             _, self.ports[name] = await listeners_nursery.start(serve)
 
@@ -346,6 +348,9 @@ class KpcService:
 
     def _count_handshake_failure(self, reason: HandshakeFailureReason) -> None:
         self.metrics.tls_handshake_failures.labels(reason.name.lower()).inc()
+
+    def _count_connection_failure(self, transport: str) -> None:
+        self.metrics.connection_failures.labels(transport).inc()
 
     def _tls_context(self) -> ssl.SSLContext:
         tls = self.config.kaa.kpc.transports.mqtt.tls

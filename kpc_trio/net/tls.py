@@ -17,7 +17,10 @@ from kpc_trio.logs import get_logger
 from kpc_trio.net.certificate import parse_certificate
 from kpc_trio.net.listeners import (
     BoundAddress,
+    ConnectionFailureHook,
     closing_stream,
+    contain_failures,
+    ignore_connection_failure,
     peer_address,
     serve_socket_listeners,
 )
@@ -65,20 +68,24 @@ async def serve_tls(
     handshake_timeout: float,
     handler_nursery: trio.Nursery,
     on_handshake_failure: HandshakeFailureHook = _ignore_failure,
+    on_failure: ConnectionFailureHook = ignore_connection_failure,
     task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """MQTT/TLS: handshake (with client certificate verification per `ssl_context`), then
     `handler(stream, Peer(transport="tls", certificate=...))`.
 
     `on_handshake_failure` is called once per failed handshake (for a metrics counter); it runs
-    in the connection task and must not raise.
+    in the connection task and must not raise. `on_failure` counts the connections ended by an
+    unexpected error (logged once each).
     """
 
     async def on_accept(tcp_stream: LeanSocketStream) -> None:
-        async with closing_stream(tcp_stream):
-            address = peer_address(tcp_stream)
-            if address is None:
-                return
+        address = peer_address(tcp_stream)
+        if address is None:
+            await trio.aclose_forcefully(tcp_stream)
+            return
+        async with contain_failures(Peer("tls", address), on_failure), \
+                closing_stream(tcp_stream):
             tls_stream = trio.SSLStream(tcp_stream, ssl_context, server_side=True)
             try:
                 peer = await _handshake(tls_stream, address, handshake_timeout)

@@ -18,6 +18,7 @@ from trio_websocket import (
 
 from kpc_trio.net import Peer, WebSocketStream, serve_websocket
 from kpc_trio.net.websocket import select_subprotocol
+from tests.integration.waiting import eventually, logged
 
 HOST = "127.0.0.1"
 
@@ -218,3 +219,117 @@ async def test_client_that_never_upgrades_is_dropped_at_the_deadline(
     async with await trio.open_tcp_stream(HOST, port) as silent:
         assert await silent.receive_some() == b""  # the server hung up on us
     assert handler.peers == []
+
+
+# ---- hostile frame sequences, written by hand on a raw socket ---------------------------------
+
+UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+           b"Sec-WebSocket-Protocol: mqtt\r\n\r\n")
+# Client frames are masked; an all-zero masking key leaves the payload as written.
+TEXT_FRAME = bytes.fromhex("81 81 00000000 41")  # FIN text "A"
+PING = bytes.fromhex("89 80 00000000")  # FIN ping, empty
+CLOSE_1000 = bytes.fromhex("88 82 00000000 03e8")  # FIN close, code 1000
+BINARY_FIRST_60 = bytes.fromhex("02 bc 00000000") + b"\x00" * 60  # binary, not FIN, 60 bytes
+LAST_10 = bytes.fromhex("80 8a 00000000") + b"\x00" * 10  # continuation, FIN, 10 bytes
+ONE_BYTE_CONTINUATION = bytes.fromhex("00 81 00000000 00")  # continuation, not FIN, 1 byte
+BINARY_FIRST_1 = bytes.fromhex("02 81 00000000 30")  # binary, not FIN, 1 byte
+
+
+async def _raw_upgrade(port: int) -> trio.SocketStream:
+    stream = await trio.open_tcp_stream(HOST, port)
+    await stream.send_all(UPGRADE)
+    response = b""
+    with trio.fail_after(5):
+        while b"\r\n\r\n" not in response:
+            response += await stream.receive_some()
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return stream
+
+
+async def _close_frame(stream: trio.SocketStream) -> int:
+    """The code of the server's Close frame (read as soon as it is complete)."""
+    received = b""
+    with trio.fail_after(5):
+        while len(received) < 4:
+            received += await stream.receive_some()
+    assert received[:1] == b"\x88", received  # FIN close, unmasked (server to client)
+    return int.from_bytes(received[2:4], "big")
+
+
+async def _hang_up(stream: trio.SocketStream) -> None:
+    """Read until the server closes the TCP connection."""
+    with trio.fail_after(5):
+        while await stream.receive_some():
+            pass
+
+
+class PassiveHandler:
+    """Reads nothing until released, like a session busy elsewhere: trio-websocket's reader then
+    handles the whole TCP segment on its own."""
+
+    def __init__(self) -> None:
+        self.release = trio.Event()
+
+    async def __call__(self, stream: trio.abc.Stream, peer: Peer) -> None:
+        await self.release.wait()
+
+
+@pytest.mark.parametrize(("first", "code", "after_close", "handler_reads"), [
+    # Text frame -> Close 1003 -> the client pings instead of closing (trio-websocket#184).
+    (TEXT_FRAME, 1003, PING + CLOSE_1000, True),
+    # The size limit is crossed in the last fragment, a ping in the same TCP segment.
+    (BINARY_FIRST_60 + LAST_10 + PING, 1009, b"", False),
+    # Fragments beyond the limit, a ping in the same segment.
+    (BINARY_FIRST_1 + ONE_BYTE_CONTINUATION * 40 + PING, 1009, b"", False),
+], ids=["ping-after-1003", "ping-after-1009", "ping-after-too-many-fragments"])
+async def test_ping_after_our_close_ends_only_that_connection(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, first: bytes, code: int,
+    after_close: bytes, handler_reads: bool,
+) -> None:
+    reading, passive = RecordingHandler(), PassiveHandler()
+    _, port = await nursery.start(
+        lambda task_status: serve_websocket(
+            reading if handler_reads else passive, host=HOST, port=0, max_packet_size=64,
+            max_message_fragments=16, handler_nursery=nursery, task_status=task_status,
+        )
+    )
+    hostile = await _raw_upgrade(port)
+    await hostile.send_all(first)
+    assert await _close_frame(hostile) == code
+    if after_close:
+        await hostile.send_all(after_close)
+    # The reader has handled the whole segment (the Ping included) before the handler returns
+    # and cancels it: a cancellation would hide the reader's error.
+    await trio.testing.wait_all_tasks_blocked()
+    passive.release.set()
+    await _hang_up(hostile)
+    await hostile.aclose()
+    assert logged(caplog, "connection_failed") == []  # the guard held, not the last resort
+    # The listener (and this test's nursery) survived: a well-behaved client is served.
+    async with open_websocket(HOST, port, "/ws", use_ssl=False, subprotocols=["mqtt"]) as ws:
+        assert ws.subprotocol == "mqtt"
+
+
+async def test_an_error_inside_one_connection_ends_that_connection_only(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    failures: list[str] = []
+
+    async def failing(stream: trio.abc.Stream, peer: Peer) -> None:
+        raise RuntimeError("a transport library's bug")
+
+    _, port = await nursery.start(
+        lambda task_status: serve_websocket(
+            failing, host=HOST, port=0, on_failure=failures.append, handler_nursery=nursery,
+            task_status=task_status,
+        )
+    )
+    for _ in range(2):  # the listener is still there for the second client
+        hostile = await _raw_upgrade(port)
+        await _hang_up(hostile)
+        await hostile.aclose()
+    await eventually(lambda: len(failures) == 2)  # the hang-up may come before the count
+    assert failures == ["websocket", "websocket"]
+    reasons = [fields["reason"] for fields in logged(caplog, "connection_failed")]
+    assert reasons == ["RuntimeError: a transport library's bug"] * 2
