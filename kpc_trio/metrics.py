@@ -108,6 +108,18 @@ class Metrics:
             "kpc_messages_dropped", "Messages dropped by reason.", ["reason"], registry=r
         )
 
+        self.requests_rejected: Final = Counter(
+            "kpc_requests_rejected",
+            "Client messages KPC refused itself (bad topic, token, size), by 1/KP status code; "
+            "logged once per connection and interval.",
+            ["status"],
+            registry=r,
+        )
+        self.subscriptions_unidentified: Final = Counter(
+            "kpc_subscriptions_unidentified",
+            "SUBSCRIBE filters naming a kp1 endpoint that could not be identified.",
+            registry=r,
+        )
         self.http_requests: Final = Counter(
             "kpc_http_requests",
             "1/KP requests over the HTTP transport by response status code.",

@@ -47,9 +47,9 @@ from kpc_trio.net import (
     serve_websocket,
 )
 from kpc_trio.presence import Expiry, IdleTracker, run_idle_sweeper
-from kpc_trio.relay import Relay, is_expired
+from kpc_trio.relay import Relay, TopicLimits, is_expired
 from kpc_trio.revocation import RevocationListener
-from kpc_trio.session import Session, SessionContext, SessionLimits
+from kpc_trio.session import Delivery, Session, SessionContext, SessionLimits
 from kpc_trio.traffic import TrafficMeter, run_traffic_reports
 
 log = get_logger(__name__)
@@ -226,6 +226,11 @@ class KpcService:
                 replica_id=self.replica_id,
                 message_timeout_ms=kpc.esp.message_timeout,
                 with_config_name=kpc.esp.with_config_name,
+                limits=TopicLimits(
+                    max_topic_length=kpc.limits.max_topic_length,
+                    max_token_length=kpc.limits.max_token_length,
+                    route_memory_bytes=kpc.limits.route_memory_bytes,
+                ),
             ),
             resolver=EndpointTokenResolver(
                 gateway,
@@ -235,6 +240,7 @@ class KpcService:
                 ttl=kpc.auth.token_cache.ttl,
                 negative_ttl=kpc.auth.token_cache.negative_ttl,
                 max_entries=kpc.auth.token_cache.max_entries,
+                max_bytes=kpc.auth.token_cache.max_bytes,
                 metrics=self.metrics,
             ),
             events=ConnectivityEvents(gateway, kpc_instance=config.service.instance.name,
@@ -247,6 +253,7 @@ class KpcService:
                 connect_timeout=mqtt.connect_timeout,
                 max_outbox_bytes=mqtt.max_outbox_bytes,
                 max_inflight=mqtt.max_inflight,
+                log_repeat_interval=config.logging.repeat_interval,
             ),
             authenticator=NatsClientAuthenticator.from_config(
                 gateway, kpc.auth, replica_id=self.replica_id),
@@ -388,13 +395,14 @@ class KpcService:
             self.metrics.messages_dropped.labels("expired").inc()
             log.info("extension_data_expired", correlation_id=data.correlation_id)
             return
-        delivered = self._http_waiters.deliver(data)
-        if not delivered:
+        delivery = Delivery.DELIVERED if self._http_waiters.deliver(data) else Delivery.NOT_ROUTED
+        if delivery is Delivery.NOT_ROUTED:
             session = self._session_for(data)
-            delivered = session is not None and session.deliver_extension_data(data)
-        if delivered:
+            if session is not None:
+                delivery = session.deliver_extension_data(data)
+        if delivery is Delivery.DELIVERED:
             self.metrics.extension_data_delivered.labels(data.extension_instance_name or "").inc()
-        else:
+        elif delivery is Delivery.NOT_ROUTED:  # a dropped one is counted with its reason
             # Normal with several replicas: the endpoint is held by another one.
             self.metrics.messages_dropped.labels("not_routed").inc()
             log.debug("extension_data_not_routed", endpoint_id=data.endpoint_id,
