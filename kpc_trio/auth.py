@@ -8,6 +8,7 @@ are cached: positive ones for `ttl`, negative ones for `negative_ttl`.
 
 from __future__ import annotations
 
+import math
 import time
 
 import attrs
@@ -118,8 +119,11 @@ class EndpointTokenResolver:
 
     async def _reclaim_expired(self) -> None:
         """A burst of distinct tokens (rejected ones, say) must not stay after its TTL."""
+        # A short negative TTL (tests, strict setups) is followed closely.
+        interval = min(CACHE_RECLAIM_INTERVAL, self._negative_ttl or math.inf,
+                       self._ttl or math.inf)
         while True:
-            await trio.sleep(CACHE_RECLAIM_INTERVAL)
+            await trio.sleep(interval)
             self._cache.reclaim(trio.current_time())
 
     def identify_cached(self, app_name: str, token: str,
@@ -143,6 +147,10 @@ class EndpointTokenResolver:
         if isinstance(result, TokenRejected):
             raise TokenValidationError(result.status_code, result.reason_phrase)
         return result
+
+    @property
+    def cache_bytes(self) -> int:
+        return self._cache.size_bytes
 
     def record_cache_hits(self, count: int) -> None:
         self._metrics.token_cache_hits.inc(count)

@@ -158,6 +158,17 @@ class Metrics:
             "kpc_token_cache_misses", "Endpoint token cache misses.", registry=r
         )
 
+        self.token_cache_bytes: Final = Gauge(
+            "kpc_token_cache_bytes",
+            "Estimated memory of the endpoint token cache (bounded by token-cache.max-bytes).",
+            registry=r,
+        )
+        self.route_memory_bytes: Final = Gauge(
+            "kpc_route_memory_bytes",
+            "Estimated memory of the remembered topics (bounded by limits.route-memory-bytes).",
+            registry=r,
+        )
+
         # Endpoints and license
         self.endpoints_online: Final = Gauge(
             "kpc_endpoints_online", "Endpoints with an active session.", registry=r

@@ -180,6 +180,9 @@ class KpcService:
                           task_status: trio.TaskStatus[dict[str, int]]) -> None:
         config = self.config
         context = self._context = self._session_context(gateway)
+        self.metrics.token_cache_bytes.set_function(lambda: context.resolver.cache_bytes)
+        self.metrics.route_memory_bytes.set_function(
+            lambda: context.relay.remembered_routes_bytes)
         async with trio.open_nursery() as services:
             await self._start_nats_consumers(services, gateway, context)
             services.start_soon(run_idle_sweeper, context.presence, self._on_idle_endpoints)

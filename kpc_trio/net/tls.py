@@ -88,18 +88,21 @@ async def serve_tls(
                 closing_stream(tcp_stream):
             tls_stream = trio.SSLStream(tcp_stream, ssl_context, server_side=True)
             try:
-                peer = await _handshake(tls_stream, address, handshake_timeout)
-            except _HandshakeFailedError as failure:
-                log.info(
-                    "tls_handshake_failed",
-                    address=address,
-                    reason=failure.reason.value,
-                    detail=failure.detail,
-                )
-                on_handshake_failure(failure.reason)
-                return
-            async with closing_stream(tls_stream):
-                await handler(tls_stream, peer)
+                try:
+                    peer = await _handshake(tls_stream, address, handshake_timeout)
+                except _HandshakeFailedError as failure:
+                    log.info(
+                        "tls_handshake_failed",
+                        address=address,
+                        reason=failure.reason.value,
+                        detail=failure.detail,
+                    )
+                    on_handshake_failure(failure.reason)
+                    return
+                async with closing_stream(tls_stream):
+                    await handler(tls_stream, peer)
+            finally:
+                _break_reference_cycle(tls_stream)
 
     await serve_socket_listeners(
         on_accept,
@@ -109,6 +112,18 @@ async def serve_tls(
         handler_nursery=handler_nursery,
         task_status=task_status,
     )
+
+
+def _break_reference_cycle(tls_stream: trio.SSLStream[LeanSocketStream]) -> None:
+    """Let a finished stream's memory go now, not at the next full garbage collection.
+
+    trio's `SSLStream` refers to itself (its handshake guard `_handshook` holds a bound method
+    of the stream), so a finished stream, with its OpenSSL buffers (tens of KiB), waits for the
+    cyclic collector, whose full collections are rare: 400 handshakes stalled until their
+    timeout kept about 10 MiB each time, growing with every wave. Dropping the guard breaks
+    the cycle; the stream is closed and never used again.
+    """
+    vars(tls_stream).pop("_handshook", None)
 
 
 async def _handshake(

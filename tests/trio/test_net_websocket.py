@@ -18,6 +18,18 @@ from trio_websocket import (
 
 from kpc_trio.net import Peer, WebSocketStream, serve_websocket
 from kpc_trio.net.websocket import select_subprotocol
+from tests.clients.websocket_frames import (
+    BINARY_FIRST_1,
+    BINARY_FIRST_60,
+    CLOSE_1000,
+    LAST_10,
+    ONE_BYTE_CONTINUATION,
+    PING,
+    TEXT_FRAME,
+    close_code,
+    hang_up,
+    raw_upgrade,
+)
 from tests.integration.waiting import eventually, logged
 
 HOST = "127.0.0.1"
@@ -223,46 +235,6 @@ async def test_client_that_never_upgrades_is_dropped_at_the_deadline(
 
 # ---- hostile frame sequences, written by hand on a raw socket ---------------------------------
 
-UPGRADE = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-           b"Sec-WebSocket-Protocol: mqtt\r\n\r\n")
-# Client frames are masked; an all-zero masking key leaves the payload as written.
-TEXT_FRAME = bytes.fromhex("81 81 00000000 41")  # FIN text "A"
-PING = bytes.fromhex("89 80 00000000")  # FIN ping, empty
-CLOSE_1000 = bytes.fromhex("88 82 00000000 03e8")  # FIN close, code 1000
-BINARY_FIRST_60 = bytes.fromhex("02 bc 00000000") + b"\x00" * 60  # binary, not FIN, 60 bytes
-LAST_10 = bytes.fromhex("80 8a 00000000") + b"\x00" * 10  # continuation, FIN, 10 bytes
-ONE_BYTE_CONTINUATION = bytes.fromhex("00 81 00000000 00")  # continuation, not FIN, 1 byte
-BINARY_FIRST_1 = bytes.fromhex("02 81 00000000 30")  # binary, not FIN, 1 byte
-
-
-async def _raw_upgrade(port: int) -> trio.SocketStream:
-    stream = await trio.open_tcp_stream(HOST, port)
-    await stream.send_all(UPGRADE)
-    response = b""
-    with trio.fail_after(5):
-        while b"\r\n\r\n" not in response:
-            response += await stream.receive_some()
-    assert response.startswith(b"HTTP/1.1 101"), response
-    return stream
-
-
-async def _close_frame(stream: trio.SocketStream) -> int:
-    """The code of the server's Close frame (read as soon as it is complete)."""
-    received = b""
-    with trio.fail_after(5):
-        while len(received) < 4:
-            received += await stream.receive_some()
-    assert received[:1] == b"\x88", received  # FIN close, unmasked (server to client)
-    return int.from_bytes(received[2:4], "big")
-
-
-async def _hang_up(stream: trio.SocketStream) -> None:
-    """Read until the server closes the TCP connection."""
-    with trio.fail_after(5):
-        while await stream.receive_some():
-            pass
-
 
 class PassiveHandler:
     """Reads nothing until released, like a session busy elsewhere: trio-websocket's reader then
@@ -294,16 +266,16 @@ async def test_ping_after_our_close_ends_only_that_connection(
             max_message_fragments=16, handler_nursery=nursery, task_status=task_status,
         )
     )
-    hostile = await _raw_upgrade(port)
+    hostile = await raw_upgrade(port)
     await hostile.send_all(first)
-    assert await _close_frame(hostile) == code
+    assert await close_code(hostile) == code
     if after_close:
         await hostile.send_all(after_close)
     # The reader has handled the whole segment (the Ping included) before the handler returns
     # and cancels it: a cancellation would hide the reader's error.
     await trio.testing.wait_all_tasks_blocked()
     passive.release.set()
-    await _hang_up(hostile)
+    await hang_up(hostile)
     await hostile.aclose()
     assert logged(caplog, "connection_failed") == []  # the guard held, not the last resort
     # The listener (and this test's nursery) survived: a well-behaved client is served.
@@ -326,8 +298,8 @@ async def test_an_error_inside_one_connection_ends_that_connection_only(
         )
     )
     for _ in range(2):  # the listener is still there for the second client
-        hostile = await _raw_upgrade(port)
-        await _hang_up(hostile)
+        hostile = await raw_upgrade(port)
+        await hang_up(hostile)
         await hostile.aclose()
     await eventually(lambda: len(failures) == 2)  # the hang-up may come before the count
     assert failures == ["websocket", "websocket"]
