@@ -501,6 +501,9 @@ class LimitSettings:
     route_memory_bytes: int = setting(
         8388608, Integer(0), "Bytes of parsed topics remembered for reuse (at most 10,000 "
         "topics); when full, the memory starts over.")
+    memory_trim_interval: float = setting(
+        10.0, Duration(), "How often freed memory is given back to the operating system "
+        "(glibc's malloc_trim), so the RSS comes back after a burst; 0 = never.")
 
 
 @attrs.frozen

@@ -169,6 +169,11 @@ class Metrics:
             registry=r,
         )
 
+        self.memory_trims: Final = Counter(
+            "kpc_memory_trims", "Times freed memory was given back to the operating system.",
+            registry=r,
+        )
+
         # Endpoints and license
         self.endpoints_online: Final = Gauge(
             "kpc_endpoints_online", "Endpoints with an active session.", registry=r

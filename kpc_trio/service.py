@@ -35,6 +35,7 @@ from kpc_trio.kaa import records, subjects
 from kpc_trio.kaa.extension_data import read_extension_data
 from kpc_trio.kaa.kp1 import ApplicationRegistry
 from kpc_trio.logs import get_logger
+from kpc_trio.memory import run_memory_trimmer
 from kpc_trio.metrics import Metrics
 from kpc_trio.nats.embedded import open_embedded_nats
 from kpc_trio.nats.gateway import InboundMessage, NatsGateway, open_nats_gateway
@@ -186,6 +187,8 @@ class KpcService:
         async with trio.open_nursery() as services:
             await self._start_nats_consumers(services, gateway, context)
             services.start_soon(run_idle_sweeper, context.presence, self._on_idle_endpoints)
+            services.start_soon(run_memory_trimmer, config.kaa.kpc.limits.memory_trim_interval,
+                                self.metrics.memory_trims.inc)
             if context.traffic is not None:
                 services.start_soon(functools.partial(
                     run_traffic_reports, context.traffic, gateway.publish_nowait,

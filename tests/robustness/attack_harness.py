@@ -3,7 +3,8 @@ log, and a well-behaved neighbour device doing round trips all along.
 
 Each attack is measured the same way: RSS before (the neighbour already running), the peak RSS
 while the attack runs (sampled every few milliseconds), RSS after the attack's effects are over
-(connections closed, TTLs expired: waited for as events, through the metrics), and the
+(connections closed, TTLs expired, freed memory given back to the system: waited for as
+events, through the metrics), and the
 neighbour's round-trip latencies over the whole run.
 """
 
@@ -68,6 +69,14 @@ class Target:
                 if sample.name == name and sample.labels == labels:
                     return sample.value
         return 0.0
+
+    async def memory_trimmed(self) -> None:
+        """Wait until KPC has given its freed memory back (two trims: one fully after now)."""
+        trims = await self.metric("kpc_memory_trims_total")
+
+        async def trimmed() -> bool:
+            return await self.metric("kpc_memory_trims_total") >= trims + 2
+        await self.until(trimmed, "two memory trims")
 
     async def until(self, condition: Callable[[], Awaitable[bool]], what: str,
                     timeout: float = 20.0) -> None:
@@ -179,6 +188,7 @@ async def measured(target: Target, attack: str, neighbour: Neighbour,
         yield measurement
         nursery.cancel_scope.cancel()
     await neighbour.wait_round_trips(3)  # the neighbour is served after the attack, too
+    await target.memory_trimmed()
     latencies = sorted(neighbour.latencies[first_latency:])
     figures.append(Figures(
         attack=attack,

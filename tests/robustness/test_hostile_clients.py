@@ -238,7 +238,7 @@ async def test_takeover_during_token_validation_spares_other_sessions(kpc, kaa, 
 #: RSS an attack may add while it runs, and what may remain once it is over (Python's allocator
 #: keeps some freed memory for reuse: "near the baseline").
 PEAK_BOUND = 40 * MIB
-AFTER_BOUND = 12 * MIB
+AFTER_BOUND = 8 * MIB
 #: Log an attack may add: a few lines, whatever the attack's size, and a line or two per
 #: connection it opens (each costs the attacker a TCP handshake).
 LOG_BOUND = 32 * 1024
@@ -286,6 +286,7 @@ def target(nats_server: NatsServerProcess, tmp_path_factory: pytest.TempPathFact
         "KAA_KPC_AUTH_TOKEN_CACHE_NEGATIVE_TTL": f"{NEGATIVE_TTL}s",
         "KAA_KPC_TRANSPORTS_MQTT_MAX_PACKET_SIZE": str(PROCESS_MAX_PACKET_SIZE),
         "KAA_KPC_LIMITS_ROUTE_MEMORY_BYTES": str(ROUTE_MEMORY_BYTES),
+        "KAA_KPC_LIMITS_MEMORY_TRIM_INTERVAL": "0.2s",
         "LOGGING_FORMAT": "json",
     }
     config = make_config(folder, nats_server.url, env=env)
