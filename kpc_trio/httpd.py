@@ -197,7 +197,8 @@ class _HttpConnection:
             event = self.h11_conn.next_event()
             if event is h11.NEED_DATA:
                 if self.h11_conn.they_are_waiting_for_100_continue:
-                    await self._send_events([h11.InformationalResponse(status_code=100, headers=[])])
+                    await self._send_events([h11.InformationalResponse(status_code=100,
+                                                                       headers=[])])
                 self.h11_conn.receive_data(await self.stream.receive_some(_RECEIVE_SIZE))
             elif isinstance(event, h11.Request):
                 if _declared_length(event) > self.limits.max_body_bytes:

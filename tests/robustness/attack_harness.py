@@ -27,6 +27,8 @@ from tests.integration.kpc_harness import APP_VERSION
 from tests.integration.kpc_process import KpcProcess
 
 RSS_SAMPLE_PERIOD = 0.005
+POLL_PERIOD = 0.02
+UNTIL_DEADLINE = 20.0
 #: The neighbour's pause between round trips (a device reporting 20 times a second).
 NEIGHBOUR_PERIOD = 0.05
 #: A neighbour's request unanswered after this long counts as lost.
@@ -78,14 +80,16 @@ class Target:
             return await self.metric("kpc_memory_trims_total") >= trims + 2
         await self.until(trimmed, "two memory trims")
 
-    async def until(self, condition: Callable[[], Awaitable[bool]], what: str,
-                    timeout: float = 20.0) -> None:
-        """Wait for `condition` (polling the process); the timeout only stops a hang."""
-        with trio.move_on_after(timeout):
-            while not await condition():
-                await trio.sleep(0.02)
-            return
-        raise AssertionError(f"never happened: {what}")
+    async def until(self, condition: Callable[[], Awaitable[bool]], what: str) -> None:
+        """Wait for `condition` (polling the process); the deadline only stops a hang."""
+        try:
+            with trio.fail_after(UNTIL_DEADLINE):
+                while True:
+                    if await condition():
+                        return
+                    await trio.sleep(POLL_PERIOD)
+        except trio.TooSlowError:
+            raise AssertionError(f"never happened: {what}") from None
 
 
 class Neighbour:
@@ -131,7 +135,9 @@ class Neighbour:
         """Wait until `count` more round trips were answered."""
         target = len(self.latencies) + count
         with trio.fail_after(NEIGHBOUR_TIMEOUT * 2):
-            while len(self.latencies) < target:
+            while True:
+                if len(self.latencies) >= target:
+                    return
                 await trio.sleep(NEIGHBOUR_PERIOD)
 
 
