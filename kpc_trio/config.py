@@ -394,6 +394,13 @@ class LoggingSettings:
     level: str = setting("INFO", Choice(("DEBUG", "INFO", "WARNING", "ERROR")), "Log level.")
     format: str = setting("kv", Choice(("kv", "json")),
                           "Log line format: key=value pairs or one JSON object per line.")
+    max_value_length: int = setting(
+        256, Integer(16, 65536), "Characters of one field value in a log line; longer values "
+        "(a client id, topic, token chosen by a client) are cut and marked with the full length.")
+    repeat_interval: float = setting(
+        10.0, Duration(positive=True), "Events a client can repeat at will (rejected requests, "
+        "unidentified subscriptions, refused publishes) are logged once per connection and "
+        "interval; the repeats are summarised with a count at the end of it.")
 
 
 @attrs.frozen
@@ -431,6 +438,9 @@ class WebSocketListenerSettings:
     host: str = setting("0.0.0.0", Text(), "Address the MQTT/WebSocket listener binds to.")
     port: int = setting(8081, PORT, "Port of the MQTT/WebSocket listener.")
     path: str = setting("/ws", URL_PATH, "HTTP path of the WebSocket endpoint.")
+    max_message_fragments: int = setting(
+        1024, Integer(1), "Frames one WebSocket message may span; more close the connection "
+        "with 1009 (each frame costs a parse, whatever its size).")
 
 
 @attrs.frozen
@@ -474,6 +484,9 @@ class TokenCacheSettings:
     negative_ttl: float = setting(30.0, Duration(),
                                   "How long a rejected endpoint token stays cached.")
     max_entries: int = setting(100000, Integer(0), "Cached token validations kept at most.")
+    max_bytes: int = setting(33554432, Integer(0),
+                             "Bytes of cached token validations kept at most (tokens, endpoint "
+                             "ids and bookkeeping); expired entries are reclaimed as they expire.")
 
 
 @attrs.frozen
@@ -517,8 +530,27 @@ class TrafficReportSettings:
 
 
 @attrs.frozen
+class LimitSettings:
+    # 65535 (the MQTT maximum) minus room for "/<request-id>/status" in the answer's topic.
+    max_topic_length: int = setting(
+        1024, Integer(16, 65500), "Longest 1/KP topic (HTTP: resource path) accepted, in UTF-8 "
+        "bytes; a longer one is answered with 414 (when it carries a request id) and never sent "
+        "to NATS.")
+    max_token_length: int = setting(
+        256, Integer(1, 65500), "Longest endpoint token accepted, in UTF-8 bytes; a longer one "
+        "is answered with 401 without asking the token provider.")
+    route_memory_bytes: int = setting(
+        8388608, Integer(0), "Bytes of parsed topics remembered for reuse (at most 10,000 "
+        "topics); when full, the memory starts over.")
+    memory_trim_interval: float = setting(
+        10.0, Duration(), "How often freed memory is given back to the operating system "
+        "(glibc's malloc_trim), so the RSS comes back after a burst; 0 = never.")
+
+
+@attrs.frozen
 class KpcSettings:
     transports: TransportSettings = section(TransportSettings)
+    limits: LimitSettings = section(LimitSettings)
     auth: AuthSettings = section(AuthSettings)
     esp: EspSettings = section(EspSettings)
     traffic_report: TrafficReportSettings = section(TrafficReportSettings)

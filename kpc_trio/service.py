@@ -36,6 +36,7 @@ from kpc_trio.kaa import records, subjects
 from kpc_trio.kaa.extension_data import read_extension_data
 from kpc_trio.kaa.kp1 import ApplicationRegistry
 from kpc_trio.logs import get_logger
+from kpc_trio.memory import run_memory_trimmer
 from kpc_trio.metrics import Metrics
 from kpc_trio.nats.connection import (
     Connected,
@@ -59,9 +60,9 @@ from kpc_trio.net import (
     serve_websocket,
 )
 from kpc_trio.presence import Expiry, IdleTracker, run_idle_sweeper
-from kpc_trio.relay import Relay, is_expired
+from kpc_trio.relay import Relay, TopicLimits, is_expired
 from kpc_trio.revocation import RevocationListener
-from kpc_trio.session import Session, SessionContext, SessionLimits, run_refusal
+from kpc_trio.session import Delivery, Session, SessionContext, SessionLimits, run_refusal
 from kpc_trio.traffic import TrafficMeter, run_traffic_reports
 
 log = get_logger(__name__)
@@ -260,9 +261,14 @@ class KpcService:
                           task_status: trio.TaskStatus[dict[str, int]]) -> None:
         config = self.config
         context = self._context = self._session_context(gateway)
+        self.metrics.token_cache_bytes.set_function(lambda: context.resolver.cache_bytes)
+        self.metrics.route_memory_bytes.set_function(
+            lambda: context.relay.remembered_routes_bytes)
         async with trio.open_nursery() as services:
             await self._start_nats_consumers(services, gateway, context)
             services.start_soon(run_idle_sweeper, context.presence, self._on_idle_endpoints)
+            services.start_soon(run_memory_trimmer, config.kaa.kpc.limits.memory_trim_interval,
+                                self.metrics.memory_trims.inc)
             if context.traffic is not None:
                 services.start_soon(functools.partial(
                     run_traffic_reports, context.traffic, gateway.publish_nowait,
@@ -306,6 +312,11 @@ class KpcService:
                 replica_id=self.replica_id,
                 message_timeout_ms=kpc.esp.message_timeout,
                 with_config_name=kpc.esp.with_config_name,
+                limits=TopicLimits(
+                    max_topic_length=kpc.limits.max_topic_length,
+                    max_token_length=kpc.limits.max_token_length,
+                    route_memory_bytes=kpc.limits.route_memory_bytes,
+                ),
             ),
             resolver=EndpointTokenResolver(
                 gateway,
@@ -315,6 +326,7 @@ class KpcService:
                 ttl=kpc.auth.token_cache.ttl,
                 negative_ttl=kpc.auth.token_cache.negative_ttl,
                 max_entries=kpc.auth.token_cache.max_entries,
+                max_bytes=kpc.auth.token_cache.max_bytes,
                 metrics=self.metrics,
             ),
             events=ConnectivityEvents(gateway, kpc_instance=config.service.instance.name,
@@ -327,6 +339,7 @@ class KpcService:
                 connect_timeout=mqtt.connect_timeout,
                 max_outbox_bytes=mqtt.max_outbox_bytes,
                 max_inflight=mqtt.max_inflight,
+                log_repeat_interval=config.logging.repeat_interval,
             ),
             authenticator=NatsClientAuthenticator.from_config(
                 gateway, kpc.auth, replica_id=self.replica_id),
@@ -398,12 +411,14 @@ class KpcService:
                 serve_tls, handler, host=mqtt.tls.host, port=mqtt.tls.port,
                 ssl_context=self._tls_context(), handshake_timeout=mqtt.tls.handshake_timeout,
                 on_handshake_failure=self._count_handshake_failure,
-                handler_nursery=sessions_nursery)
+                on_failure=self._count_connection_failure, handler_nursery=sessions_nursery)
         if mqtt.websocket.enabled:
             starters["mqtt_websocket"] = functools.partial(
                 serve_websocket, handler, host=mqtt.websocket.host,
                 port=mqtt.websocket.port, path=mqtt.websocket.path,
-                max_packet_size=mqtt.max_packet_size, handler_nursery=sessions_nursery)
+                max_packet_size=mqtt.max_packet_size,
+                max_message_fragments=mqtt.websocket.max_message_fragments,
+                on_failure=self._count_connection_failure, handler_nursery=sessions_nursery)
         for name, serve in starters.items():
             _, self.ports[name] = await listeners_nursery.start(serve)
 
@@ -426,6 +441,9 @@ class KpcService:
 
     def _count_handshake_failure(self, reason: HandshakeFailureReason) -> None:
         self.metrics.tls_handshake_failures.labels(reason.name.lower()).inc()
+
+    def _count_connection_failure(self, transport: str) -> None:
+        self.metrics.connection_failures.labels(transport).inc()
 
     def _tls_context(self) -> ssl.SSLContext:
         tls = self.config.kaa.kpc.transports.mqtt.tls
@@ -463,13 +481,14 @@ class KpcService:
             self.metrics.messages_dropped.labels("expired").inc()
             log.info("extension_data_expired", correlation_id=data.correlation_id)
             return
-        delivered = self._http_waiters.deliver(data)
-        if not delivered:
+        delivery = Delivery.DELIVERED if self._http_waiters.deliver(data) else Delivery.NOT_ROUTED
+        if delivery is Delivery.NOT_ROUTED:
             session, data = self._session_for(data)
-            delivered = session is not None and session.deliver_extension_data(data)
-        if delivered:
+            if session is not None:
+                delivery = session.deliver_extension_data(data)
+        if delivery is Delivery.DELIVERED:
             self.metrics.extension_data_delivered.labels(data.extension_instance_name or "").inc()
-        else:
+        elif delivery is Delivery.NOT_ROUTED:  # a dropped one is counted with its reason
             # Normal with several replicas: the endpoint is held by another one.
             self.metrics.messages_dropped.labels("not_routed").inc()
             log.debug("extension_data_not_routed", endpoint_id=data.endpoint_id,
