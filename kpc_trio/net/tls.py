@@ -17,7 +17,14 @@ import trio
 from kpc_trio.logs import get_logger
 from kpc_trio.net.certificate import parse_certificate
 from kpc_trio.net.edge import NO_POLICY, Edge, EdgeSettings
-from kpc_trio.net.listeners import BoundAddress, peer_address, serve_socket_listeners
+from kpc_trio.net.listeners import (
+    BoundAddress,
+    ConnectionFailureHook,
+    contain_failures,
+    ignore_connection_failure,
+    peer_address,
+    serve_socket_listeners,
+)
 from kpc_trio.net.peer import ConnectionHandler, Peer
 from kpc_trio.net.socket_stream import LeanSocketStream
 from kpc_trio.net.tls_stream import TlsStream
@@ -63,6 +70,7 @@ async def serve_tls(
     handshake_timeout: float,
     handler_nursery: trio.Nursery,
     on_handshake_failure: HandshakeFailureHook = _ignore_failure,
+    on_failure: ConnectionFailureHook = ignore_connection_failure,
     edge: EdgeSettings = NO_POLICY,
     task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
@@ -72,16 +80,19 @@ async def serve_tls(
     `edge` decides which connections get a handshake at all (connection rate, handshakes at
     once) and whether a PROXY protocol header comes first; header and handshake share the
     `handshake_timeout`. `on_handshake_failure` is called once per failed handshake (for a
-    metrics counter); it runs in the connection task and must not raise.
+    metrics counter); it runs in the connection task and must not raise. `on_failure` counts
+    the connections ended by an unexpected error (logged once each).
     """
     policy = Edge(edge, "tls")
 
     async def on_accept(tcp_stream: LeanSocketStream) -> None:
-        # No context manager around the handler: it owns (closes) the TLS stream, and each
+        # No closing context around the handler: it owns (closes) the TLS stream, and each
         # frame left on an idle connection's stack is memory held by thousands of them.
-        secured = await secure(tcp_stream)
-        if secured is not None:
-            await handler(*secured)
+        async with contain_failures(Peer("tls", peer_address(tcp_stream) or "unknown"),
+                                    on_failure):
+            secured = await secure(tcp_stream)
+            if secured is not None:
+                await handler(*secured)
 
     async def secure(tcp_stream: LeanSocketStream) -> tuple[TlsStream, Peer] | None:
         """The PROXY header and the handshake; None (the socket closed) if they fail."""
