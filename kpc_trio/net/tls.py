@@ -86,13 +86,15 @@ async def serve_tls(
     policy = Edge(edge, "tls")
 
     async def on_accept(tcp_stream: LeanSocketStream) -> None:
-        # No closing context around the handler: it owns (closes) the TLS stream, and each
-        # frame left on an idle connection's stack is memory held by thousands of them.
+        # No context around the handler: it owns (closes) the TLS stream and contains its own
+        # failures, and each frame left on an idle connection's stack is memory held by
+        # thousands of them.
+        secured = None
         async with contain_failures(Peer("tls", peer_address(tcp_stream) or "unknown"),
                                     on_failure):
             secured = await secure(tcp_stream)
-            if secured is not None:
-                await handler(*secured)
+        if secured is not None:
+            await handler(*secured)
 
     async def secure(tcp_stream: LeanSocketStream) -> tuple[TlsStream, Peer] | None:
         """The PROXY header and the handshake; None (the socket closed) if they fail."""
