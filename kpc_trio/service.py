@@ -436,8 +436,8 @@ class KpcService:
                 port=mqtt.websocket.port, path=mqtt.websocket.path,
                 max_packet_size=mqtt.max_packet_size,
                 max_message_fragments=mqtt.websocket.max_message_fragments,
-                trusted_proxies=edge.trusted_proxies,
-                on_failure=self._count_connection_failure, handler_nursery=sessions_nursery)
+                on_failure=self._count_connection_failure, edge=edge,
+                handler_nursery=sessions_nursery)
         for name, serve in starters.items():
             _, self.ports[name] = await listeners_nursery.start(serve)
 

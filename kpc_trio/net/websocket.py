@@ -32,6 +32,7 @@ from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from kpc_trio.logs import get_logger
+from kpc_trio.net.edge import NO_POLICY, Edge, EdgeSettings
 from kpc_trio.net.forwarded import NO_PROXIES, TrustedProxies, forwarded_client
 from kpc_trio.net.listeners import (
     GRACEFUL_CLOSE_TIMEOUT,
@@ -305,9 +306,9 @@ async def serve_websocket(
     path: str = "/ws",
     max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-    trusted_proxies: TrustedProxies = NO_PROXIES,
     max_message_fragments: int = DEFAULT_MAX_MESSAGE_FRAGMENTS,
     on_failure: ConnectionFailureHook = ignore_connection_failure,
+    edge: EdgeSettings = NO_POLICY,
     handler_nursery: trio.Nursery,
     task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
@@ -315,11 +316,13 @@ async def serve_websocket(
 
     Messages above one MQTT packet of `max_packet_size`, or of more than
     `max_message_fragments` frames, close the connection with 1009. `on_failure` counts the
-    connections ended by an unexpected error (logged once each).
+    connections ended by an unexpected error (logged once each). `edge` limits the connection
+    rate and names the proxies whose X-Forwarded-For / Forwarded headers are believed.
     """
+    policy = Edge(edge, "websocket")
     settings = WebSocketSettings(
         path=path, max_packet_size=max_packet_size, handshake_timeout=handshake_timeout,
-        trusted_proxies=trusted_proxies,
+        trusted_proxies=edge.trusted_proxies,
         max_message_fragments=max_message_fragments, on_failure=on_failure,
     )
 
@@ -339,4 +342,5 @@ async def serve_websocket(
         port=port,
         handler_nursery=handler_nursery,
         task_status=task_status,
+        admit=policy.admit_nowait if edge.max_connection_rate else None,
     )

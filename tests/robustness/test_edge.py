@@ -20,6 +20,7 @@ import trio
 import trustme
 from trio_websocket import open_websocket_url
 
+from kpc_trio.config import Config
 from kpc_trio.mqtt.packets import ConnAck, ConnAckCode, PingResp, PubAck, Publish, QoS
 from kpc_trio.service import KpcService, open_kpc
 from tests.integration.kpc_harness import APP_VERSION, ENDPOINTS, make_config
@@ -160,25 +161,44 @@ async def test_optional_proxy_header_is_used_when_present(kpc, port):
         await eventually(lambda: not kpc.sessions, "session ended")
 
 
-async def test_proxy_header_before_tls(nats_server, kaa, tmp_path: Path, caplog):
-    caplog.set_level(logging.INFO)
+def tls_config(nats_url: str, tmp_path: Path, **settings: str) -> tuple[Config, ssl.SSLContext]:
+    """A KPC with its TLS listener (plus `settings`, env style) and a client context trusting it."""
     ca = trustme.CA()
     cert = ca.issue_cert("localhost", "127.0.0.1")
     cert_file, key_file = tmp_path / "server.pem", tmp_path / "server.key"
     cert.cert_chain_pems[0].write_to_path(str(cert_file))
     cert.private_key_pem.write_to_path(str(key_file))
-    config = make_config(tmp_path, nats_server.url, env={
-        **LIMITS, **TRUSTED,
+    config = make_config(tmp_path, nats_url, env={
+        **LIMITS,
         "KAA_KPC_TRANSPORTS_MQTT_TLS_ENABLED": "true",
         "KAA_KPC_TRANSPORTS_MQTT_TLS_HOST": "127.0.0.1",
         "KAA_KPC_TRANSPORTS_MQTT_TLS_PORT": "0",
         "KAA_KPC_TRANSPORTS_MQTT_TLS_CERT_FILE": str(cert_file),
         "KAA_KPC_TRANSPORTS_MQTT_TLS_KEY_FILE": str(key_file),
         "KAA_KPC_TRANSPORTS_MQTT_TLS_CLIENT_AUTH": "none",
-        "KAA_KPC_TRANSPORTS_MQTT_TLS_PROXY_PROTOCOL": "required",
+        **settings,
     })
     context = ssl.create_default_context()
     ca.configure_trust(context)
+    return config, context
+
+
+async def tls_connack(port: int, context: ssl.SSLContext, header: bytes = b"") -> bytes:
+    tcp = await trio.open_tcp_stream("127.0.0.1", port)
+    await tcp.send_all(header)
+    tls = trio.SSLStream(tcp, context, server_hostname="localhost")
+    try:
+        with trio.fail_after(SERVER_DEADLINE):
+            await tls.send_all(CONNECT)
+            return await tls.receive_some(4)
+    finally:
+        await trio.aclose_forcefully(tls)
+
+
+async def test_proxy_header_before_tls(nats_server, kaa, tmp_path: Path, caplog):
+    caplog.set_level(logging.INFO)
+    config, context = tls_config(nats_server.url, tmp_path, **TRUSTED,
+                                 KAA_KPC_TRANSPORTS_MQTT_TLS_PROXY_PROTOCOL="required")
     async with open_kpc(config) as kpc:
         port = kpc.ports["mqtt_tls"]
         tcp = await trio.open_tcp_stream("127.0.0.1", port)
@@ -191,12 +211,35 @@ async def test_proxy_header_before_tls(nats_server, kaa, tmp_path: Path, caplog)
         assert logged(caplog, "client_connected")[-1]["peer"] == "198.51.100.9:40000"
         await trio.aclose_forcefully(tls)
         # Without the header: closed before any TLS, counted.
-        bare = await trio.open_tcp_stream("127.0.0.1", port)
-        tls = trio.SSLStream(bare, context, server_hostname="localhost")
-        with pytest.raises(trio.BrokenResourceError), trio.fail_after(SERVER_DEADLINE):
-            await tls.do_handshake()
+        with pytest.raises(trio.BrokenResourceError):
+            await tls_connack(port, context)
         assert sample(kpc, "kpc_connect_refusals_total", transport="tls",
                       reason="proxy_header_missing") == 1
+
+
+async def test_tls_handshakes_beyond_the_cap_are_refused_before_any_tls(
+        nats_server, kaa, tmp_path: Path):
+    config, context = tls_config(nats_server.url, tmp_path,
+                                 KAA_KPC_TRANSPORTS_MQTT_TLS_MAX_CONCURRENT_HANDSHAKES="2")
+    async with open_kpc(config) as kpc:
+        port = kpc.ports["mqtt_tls"]
+        # Two clients that never send their ClientHello hold both handshake slots.
+        stalled = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
+        with pytest.raises(trio.BrokenResourceError):
+            await tls_connack(port, context)
+        assert sample(kpc, "kpc_connect_refusals_total", transport="tls",
+                      reason="tls_handshakes") == 1
+        for stream in stalled:
+            await stream.aclose()
+        # Slots come back as the stalled handshakes end; a device then gets through.
+        outcome = b""
+        with trio.fail_after(SERVER_DEADLINE):
+            while outcome != CONNACK_ACCEPTED:
+                try:
+                    outcome = await tls_connack(port, context)
+                except trio.BrokenResourceError:
+                    await trio.sleep(0.05)
+        assert len(kpc.sessions) <= 1
 
 
 RATE = 20
