@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from pathlib import Path
 
@@ -387,3 +388,15 @@ async def test_forwarded_client_address_on_websocket_and_http(kpc, limits, heade
     assert response.startswith(b"HTTP/1.1 400 ")
     assert logged(caplog, "http_request")[-1]["peer"].startswith(expected)
     await http.aclose()
+
+
+@pytest.mark.parametrize(("env", "host"), [({}, "*"), ({"MANAGEMENT_HOST": "127.0.0.1",
+                                                         "SERVER_HOST": "127.0.0.1"},
+                                                        "127.0.0.1")])
+async def test_management_and_rest_bind_addresses(nats_server, kaa, tmp_path, caplog, env, host):
+    caplog.set_level(logging.INFO)
+    async with open_kpc(make_config(tmp_path, nats_server.url, env={**LIMITS, **env})) as kpc:
+        for name in ("management", "rest"):
+            with socket.create_connection(("127.0.0.1", kpc.ports[name]), timeout=5):
+                pass
+    assert [fields["host"] for fields in logged(caplog, "http_listening")][:2] == [host, host]
