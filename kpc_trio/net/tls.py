@@ -86,15 +86,15 @@ async def serve_tls(
     policy = Edge(edge, "tls")
 
     async def on_accept(tcp_stream: LeanSocketStream) -> None:
-        # No context around the handler: it owns (closes) the TLS stream and contains its own
-        # failures, and each frame left on an idle connection's stack is memory held by
-        # thousands of them.
+        # The session gets a task of its own and this one ends: no frame of ours stays on the
+        # stack of thousands of idle connections. The handler owns (closes) the TLS stream and
+        # contains its own failures.
         secured = None
         async with contain_failures(Peer("tls", peer_address(tcp_stream) or "unknown"),
                                     on_failure):
             secured = await secure(tcp_stream)
         if secured is not None:
-            await handler(*secured)
+            handler_nursery.start_soon(handler, *secured, name="tls session")
 
     async def secure(tcp_stream: LeanSocketStream) -> tuple[TlsStream, Peer] | None:
         """The PROXY header and the handshake; None (the socket closed) if they fail."""

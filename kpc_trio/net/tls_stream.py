@@ -71,7 +71,14 @@ class TlsStream(trio.abc.Stream):
             # checkpoint; without one, yield after the read.
             waited = self._drained
             if waited:
-                await self._wait(trio.lowlevel.wait_readable)
+                # Inline, not `_wait`: idle connections wait here, and every frame counts.
+                sock = self._tcp.socket
+                if sock.fileno() == -1:
+                    raise trio.ClosedResourceError("this TLS stream was closed")
+                try:
+                    await trio.lowlevel.wait_readable(sock)
+                except OSError as exc:
+                    raise trio.BrokenResourceError(f"TLS connection broken: {exc}") from exc
             else:
                 await trio.lowlevel.checkpoint_if_cancelled()
             try:
