@@ -102,7 +102,7 @@ class Edge:
             return False
         return True
 
-    def refuse(self, reason: str, address: str | None = None) -> None:
+    def refuse(self, reason: str, address: str | None = None, detail: str | None = None) -> None:
         self.settings.on_refused(self.transport, reason)
         # Anyone can provoke these as often as they like: one line per interval, with a count.
         entry = self._refusal_logs.setdefault(reason, _RefusalLog())
@@ -111,7 +111,8 @@ class Edge:
             entry.suppressed += 1
             return
         log.warning("connection_refused", transport=self.transport, reason=reason,
-                    address=address, refused_since_last_log=entry.suppressed or None)
+                    address=address, detail=detail,
+                    refused_since_last_log=entry.suppressed or None)
         entry.last, entry.suppressed = now, 0
 
     async def client_address(self, sock: socket.socket, address: str,
@@ -132,11 +133,10 @@ class Edge:
             with trio.move_on_at(deadline) as waiting:
                 header = await receive_proxy_header(sock)
         except ProxyHeaderError as exc:
-            self.refuse("proxy_header_malformed", address)
-            log.info("proxy_header_malformed", address=address, reason=str(exc))
+            self.refuse("proxy_header_malformed", address, str(exc))
             return None
-        except OSError:
-            return None  # the proxy went away
+        except (OSError, EOFError):
+            return None  # the proxy went away (or only checked that the port is open)
         if waiting.cancelled_caught:
             self.refuse("proxy_header_timeout", address)
             return None
@@ -151,7 +151,8 @@ class Edge:
 async def receive_proxy_header(sock: socket.socket) -> ProxyHeader | None:
     """Consume the PROXY header at the start of `sock`'s input; None if it starts otherwise.
 
-    Raises ProxyHeaderError (malformed, or the connection ended inside it) or OSError.
+    Raises ProxyHeaderError (malformed, or the connection ended inside it), EOFError (ended
+    before its first byte) or OSError.
     """
     want, seen = FIRST_PEEK, -1
     while True:
@@ -161,6 +162,8 @@ async def receive_proxy_header(sock: socket.socket) -> ProxyHeader | None:
         except BlockingIOError:
             continue
         if not data:
+            if seen < 0:
+                raise EOFError
             raise ProxyHeaderError("connection closed before the end of the PROXY header")
         if not starts_like_header(data):
             return None

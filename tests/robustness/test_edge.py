@@ -400,3 +400,23 @@ async def test_management_and_rest_bind_addresses(nats_server, kaa, tmp_path, ca
             with socket.create_connection(("127.0.0.1", kpc.ports[name]), timeout=5):
                 pass
     assert [fields["host"] for fields in logged(caplog, "http_listening")][:2] == [host, host]
+
+
+@pytest.mark.parametrize("limits", [with_proxy("required", TRUSTED)], indirect=True)
+async def test_proxy_health_check_that_only_opens_the_port_is_not_a_refusal(kpc, port):
+    # Load balancers check a port by opening and closing a connection without a byte.
+    for _ in range(3):
+        client = await RawClient.open(port)
+        await client.aclose()
+    client = await RawClient.open(port)
+    await client.send(b"PROXY TCP4 1.2.3.4")  # then hangs up
+    await client.aclose()
+    # A header cut short waits out the header timeout (peeking never sees the end of stream
+    # behind bytes it leaves in the socket).
+    await eventually(lambda: sample(kpc, "kpc_connect_refusals_total", transport="tcp",
+                                    reason="proxy_header_timeout") == 1, "cut header counted")
+    received, client = await connack_after(port, PROXY_V1 + CONNECT)
+    assert received == CONNACK_ACCEPTED
+    await client.aclose()
+    assert sample(kpc, "kpc_connect_refusals_total", transport="tcp",
+                  reason="proxy_header_missing") == 0
