@@ -247,6 +247,8 @@ class KpcService:
                 connect_timeout=mqtt.connect_timeout,
                 max_outbox_bytes=mqtt.max_outbox_bytes,
                 max_inflight=mqtt.max_inflight,
+                max_subscriptions=mqtt.max_subscriptions,
+                max_client_id_length=mqtt.max_client_id_length,
             ),
             authenticator=NatsClientAuthenticator.from_config(
                 gateway, kpc.auth, replica_id=self.replica_id),

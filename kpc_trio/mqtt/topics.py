@@ -1,8 +1,10 @@
-"""Topic names and topic filters: validation and matching (MQTT 3.1.1 section 4.7)."""
+"""Topic names and topic filters: validation, matching, and a connection's subscriptions indexed
+for lookup by topic (MQTT 3.1.1 section 4.7)."""
 
 from __future__ import annotations
 
 from kpc_trio.mqtt.errors import InvalidTopicError
+from kpc_trio.mqtt.packets import QoS
 
 _LEVEL_SEPARATOR = "/"
 _SINGLE_LEVEL = "+"
@@ -58,3 +60,108 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
         if level != _SINGLE_LEVEL and level != topic_levels[index]:
             return False
     return len(filter_levels) == len(topic_levels)
+
+
+class _Level:
+    """One level of the wildcard-filter trie: the filters that end here and the deeper levels."""
+
+    __slots__ = ("children", "qos", "multi_level_qos")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Level] = {}  # literal levels and "+"
+        self.qos: QoS | None = None  # a filter ends exactly at this level
+        self.multi_level_qos: QoS | None = None  # a filter ends with "#" after this level
+
+    def is_empty(self) -> bool:
+        return not self.children and self.qos is None and self.multi_level_qos is None
+
+    def best(self, levels: list[str], index: int) -> QoS | None:
+        """The highest QoS of the filters below this level that match `levels[index:]`."""
+        # "$SYS/x" is matched by no filter that starts with a wildcard [MQTT-4.7.2-1].
+        wildcards_allowed = index or not levels[0].startswith("$")
+        best = self.multi_level_qos if wildcards_allowed else None
+        if index == len(levels):
+            return _higher(best, self.qos)
+        exact = self.children.get(levels[index])
+        if exact is not None:
+            best = _higher(best, exact.best(levels, index + 1))
+        single = self.children.get(_SINGLE_LEVEL) if wildcards_allowed else None
+        if single is not None:
+            best = _higher(best, single.best(levels, index + 1))
+        return best
+
+
+def _higher(first: QoS | None, second: QoS | None) -> QoS | None:
+    if first is None:
+        return second
+    if second is None:
+        return first
+    return max(first, second)
+
+
+class Subscriptions:
+    """One connection's subscriptions, looked up by what they match rather than by scanning them.
+
+    Filters without wildcards sit in a dict keyed by the topic they match; wildcard filters in a
+    trie of levels, so finding the QoS for a topic costs a dict lookup plus a walk proportional to
+    the topic's levels, however many filters there are.
+    """
+
+    __slots__ = ("_exact", "_wildcard", "_root")
+
+    def __init__(self) -> None:
+        self._exact: dict[str, QoS] = {}
+        self._wildcard: dict[str, QoS] = {}
+        self._root = _Level()
+
+    def __len__(self) -> int:
+        return len(self._exact) + len(self._wildcard)
+
+    def __contains__(self, topic_filter: str) -> bool:
+        return topic_filter in self._exact or topic_filter in self._wildcard
+
+    def add(self, topic_filter: str, qos: QoS) -> None:
+        """Subscribe (a filter already there has its QoS replaced) [MQTT-3.8.4-3]."""
+        if _SINGLE_LEVEL not in topic_filter and _MULTI_LEVEL not in topic_filter:
+            self._exact[topic_filter] = qos
+            return
+        self._wildcard[topic_filter] = qos
+        *path, last = topic_filter.split(_LEVEL_SEPARATOR)
+        level = self._root
+        for name in path:
+            level = level.children.setdefault(name, _Level())
+        if last == _MULTI_LEVEL:
+            level.multi_level_qos = qos
+        else:
+            level.children.setdefault(last, _Level()).qos = qos
+
+    def remove(self, topic_filter: str) -> None:
+        """Unsubscribe the filter equal to `topic_filter` character by character, if any."""
+        if self._exact.pop(topic_filter, None) is not None:
+            return
+        if self._wildcard.pop(topic_filter, None) is None:
+            return
+        *path, last = topic_filter.split(_LEVEL_SEPARATOR)
+        trail = [self._root]
+        for name in path:
+            trail.append(trail[-1].children[name])
+        if last == _MULTI_LEVEL:
+            trail[-1].multi_level_qos = None
+        else:
+            end = trail[-1].children[last]
+            end.qos = None
+            path.append(last)
+            trail.append(end)
+        # Prune the levels no filter needs any more, deepest first.
+        for name, parent, child in zip(reversed(path), reversed(trail[:-1]), reversed(trail[1:]),
+                                       strict=True):
+            if not child.is_empty():
+                break
+            del parent.children[name]
+
+    def max_qos(self, topic: str) -> QoS | None:
+        """The highest QoS granted among the filters matching `topic`; None if none match."""
+        exact = self._exact.get(topic) if self._exact else None
+        if not self._wildcard:
+            return exact
+        return _higher(exact, self._root.best(topic.split(_LEVEL_SEPARATOR), 0))
