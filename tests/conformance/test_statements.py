@@ -42,7 +42,7 @@ def test_deviations_and_non_applicable_statements_say_why() -> None:
 
 def test_the_document_shows_the_current_table() -> None:
     text = DOC.read_text(encoding="utf-8")
-    match = re.search(r"<!-- BEGIN conformance_table\(\) -->\n(.*)<!-- END conformance_table\(\) -->",
-                      text, re.DOTALL)
+    match = re.search(r"<!-- BEGIN conformance_table\(\) -->\n(.*)"
+                      r"<!-- END conformance_table\(\) -->", text, re.DOTALL)
     assert match, f"{DOC} lost its conformance_table() markers"
     assert match[1] == conformance_table(), f"{DOC} is stale: paste the output of {REGENERATE}"
