@@ -170,13 +170,11 @@ async def test_vector(vector: Vector, transport: str, kaa: SimulatedKaa, nats_se
             for name, device in run.devices.items():
                 assert not device.received, f"device {name} got {_hex(bytes(device.received))}"
             # Whatever the vector did, the service still takes a new device.
-            probe = await run.device("probe")
             await run.step(-1, Send("10 11 00 04 'MQTT' 04 02 00 00 00 05 'probe'", "probe"))
             await run.step(-1, Expect("20 02 00 00", "probe"))
         finally:
             for device in run.devices.values():
                 await device.wire.aclose()
-        del probe
     failures = [record for record in caplog.records
                 if record.levelname in ("ERROR", "CRITICAL") or record.exc_info
                 or record.getMessage() == "session_failed"]
