@@ -414,8 +414,9 @@ class MqttSettings:
                                     "Queued outbound bytes per connection before a slow client is "
                                     "dropped.")
     max_subscriptions: int = setting(100, Integer(1),
-                                     "Topic filters one connection may hold; further ones get "
-                                     "SUBACK 0x80, a SUBSCRIBE with more closes the connection.")
+                                     "Topic filters one connection may hold (and at most "
+                                     "max-packet-size bytes of them); further ones get SUBACK "
+                                     "0x80, a SUBSCRIBE with more closes the connection.")
     # MQTT 3.1.1 [MQTT-3.1.3-5]: a server must accept client ids of up to 23 bytes.
     max_client_id_length: int = setting(256, Integer(23),
                                         "Longest client identifier accepted, in UTF-8 bytes; "

@@ -99,7 +99,8 @@ class ServerConnection:
     __slots__ = (
         "state", "client_id", "keepalive", "_assign_client_id", "_decoder",
         "_output", "_unacknowledged", "_awaiting_pubrel", "_awaiting_puback",
-        "_last_packet_id", "_subscriptions", "_max_subscriptions", "_max_client_id_length",
+        "_last_packet_id", "_subscriptions", "_max_subscriptions", "_max_subscription_bytes",
+        "_max_client_id_length",
         "_max_qos2_flows", "_qos2_flows", "_resumes_session",
     )
 
@@ -113,7 +114,9 @@ class ServerConnection:
         assign_client_id: Callable[[], str] = _uuid_client_id,
     ) -> None:
         """`max_subscriptions` bounds the topic filters held (a SUBSCRIBE with more closes, the
-        excess of several gets SUBACK 0x80); a client id of more than `max_client_id_length`
+        excess of several gets SUBACK 0x80), and so does their size: at most `max_packet_size`
+        bytes of filters in all, what one SUBSCRIBE may carry; a client id of more than
+        `max_client_id_length`
         UTF-8 bytes gets CONNACK 2; a QoS 2 message beyond `max_inflight` inbound QoS 2 flows
         not yet released by PUBREL closes the connection."""
         self.state = ConnectionState.AWAIT_CONNECT
@@ -122,6 +125,7 @@ class ServerConnection:
         self._assign_client_id = assign_client_id
         self._decoder = Decoder(max_packet_size, max_topic_filters=max_subscriptions)
         self._max_subscriptions = max_subscriptions
+        self._max_subscription_bytes = max_packet_size
         self._max_client_id_length = max_client_id_length
         self._max_qos2_flows = max_inflight
         self._output = bytearray()
@@ -331,8 +335,10 @@ class ServerConnection:
             except InvalidTopicError:
                 return_codes.append(SUBACK_FAILURE)
                 continue
-            if (len(subscriptions) >= self._max_subscriptions
-                    and topic_filter not in subscriptions):
+            if topic_filter not in subscriptions and (
+                    len(subscriptions) >= self._max_subscriptions
+                    or subscriptions.size + len(topic_filter.encode())
+                    > self._max_subscription_bytes):
                 return_codes.append(SUBACK_FAILURE)  # the connection holds all it may
                 continue
             qos = min(requested, MAX_OUTBOUND_QOS)

@@ -440,6 +440,17 @@ def test_subscriptions_beyond_the_bound_get_suback_failure() -> None:
         conn.receive_data(encode(Subscribe(5, (("x", 0), ("y", 0), ("z", 0)))))
 
 
+def test_subscriptions_beyond_max_packet_size_bytes_get_suback_failure() -> None:
+    conn = connected(max_packet_size=64)
+    conn.receive_data(encode(Subscribe(1, (("a" * 40, QoS.AT_MOST_ONCE),))))
+    conn.receive_data(encode(Subscribe(2, (("b" * 25, QoS.AT_MOST_ONCE),  # 65 bytes in all
+                                            ("c" * 24, QoS.AT_MOST_ONCE)))))
+    assert sent(conn) == [SubAck(1, (0,)), SubAck(2, (SUBACK_FAILURE, 0))]
+    conn.receive_data(encode(Unsubscribe(3, ("a" * 40,))))
+    conn.receive_data(encode(Subscribe(4, (("b" * 25, QoS.AT_MOST_ONCE),))))
+    assert sent(conn) == [UnsubAck(3), SubAck(4, (0,))]
+
+
 def test_unsubscribe() -> None:
     conn = connected()
     conn.receive_data(encode(Subscribe(1, (("a/+", QoS.AT_LEAST_ONCE),))))

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from kpc_trio.mqtt.errors import InvalidTopicError, ProtocolError
 from kpc_trio.mqtt.packets import QoS
 from kpc_trio.mqtt.topics import (
+    INDEXED_LEVELS,
     Subscriptions,
     topic_matches,
     validate_topic_filter,
@@ -100,11 +101,12 @@ def test_wildcard_generalisation_matches(levels: list[str], position: int) -> No
 
 # ---- the subscription index ---------------------------------------------------------------------
 
+# Up to 12 levels: deeper than the trie indexes (INDEXED_LEVELS), so both paths are taken.
 _LEVELS = st.sampled_from(["a", "b", "", "$x"])
-_TOPICS = st.lists(_LEVELS, min_size=1, max_size=4).map("/".join)
+_TOPICS = st.lists(_LEVELS, min_size=1, max_size=12).map("/".join)
 _FILTERS = st.builds(
     lambda levels, last: "/".join([*levels, last]),
-    st.lists(_LEVELS | st.just("+"), max_size=3),
+    st.lists(_LEVELS | st.just("+"), max_size=11),
     _LEVELS | st.sampled_from(["+", "#"]),
 )
 
@@ -121,10 +123,27 @@ def test_the_index_answers_as_a_scan_of_every_filter(operations, topics) -> None
             subscriptions.remove(topic_filter)
             model.pop(topic_filter, None)
     assert len(subscriptions) == len(model)
+    assert subscriptions.size == sum(len(topic_filter.encode()) for topic_filter in model)
     for topic in topics:
         expected = max((qos for f, qos in model.items() if topic_matches(f, topic)), default=None)
         assert subscriptions.max_qos(topic) == expected, topic
     for topic_filter in model:
         subscriptions.remove(topic_filter)
-    assert len(subscriptions) == 0
+    assert len(subscriptions) == subscriptions.size == 0
     assert all(subscriptions.max_qos(topic) is None for topic in topics)
+
+
+def test_a_deep_filter_costs_a_bounded_number_of_trie_levels() -> None:
+    # 64 KiB of "+/": one trie node per level would hold megabytes for one filter.
+    deep = "d/" + "+/" * 32_000 + "#"
+    subscriptions = Subscriptions()
+    subscriptions.add(deep, QoS.AT_LEAST_ONCE)
+    depth, level = 0, subscriptions._root
+    while level.children:
+        [level] = level.children.values()
+        depth += 1
+    assert depth == INDEXED_LEVELS
+    assert subscriptions.max_qos("d/" + "x/" * 32_000 + "y") is QoS.AT_LEAST_ONCE
+    assert subscriptions.max_qos("d/x") is None
+    subscriptions.remove(deep)
+    assert not subscriptions._root.children
