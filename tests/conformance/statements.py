@@ -255,7 +255,8 @@ KPC_RULES = {
                                 "kaa.kpc.transports.mqtt.max-client-id-length gets CONNACK 0x02",
     "KPC-max-subscriptions": "a SUBSCRIBE with more filters than "
                              "kaa.kpc.transports.mqtt.max-subscriptions closes (counted while "
-                             "it is decoded); filters beyond it across SUBSCRIBEs get 0x80",
+                             "it is decoded); filters beyond it across SUBSCRIBEs get 0x80, "
+                             "as do filters beyond max-packet-size bytes in all",
     "KPC-max-inflight-qos2": "a QoS 2 PUBLISH while kaa.kpc.transports.mqtt.max-inflight QoS 2 "
                              "messages await PUBREL closes the connection",
 }

@@ -387,6 +387,12 @@ KPC_RULES = [
         send("82 06 00 02 00 01 'd' 00"), expect("90 03 00 02 80"),
         send("82 06 00 03 00 01 'a' 01"), expect("90 03 00 03 01")),
         env=(("KAA_KPC_TRANSPORTS_MQTT_MAX_SUBSCRIPTIONS", "3"),)),
+    # The filters held total at most max-packet-size bytes (64 here): 40 + 25 is too many.
+    Vector("subscription-bytes-bounded", ("KPC-max-subscriptions",), connected(
+        send("82 2d 00 01 00 28 'a'*40 00"), expect("90 03 00 01 00"),
+        send("82 1e 00 02 00 19 'b'*25 00"), expect("90 03 00 02 80"),
+        send("82 1d 00 03 00 18 'b'*24 00"), expect("90 03 00 03 00")),
+        env=(("KAA_KPC_TRANSPORTS_MQTT_MAX_PACKET_SIZE", "64"),)),
     # max-inflight 2: a third QoS 2 message while two await PUBREL closes.
     Vector("qos2-awaiting-pubrel-bounded", ("KPC-max-inflight-qos2",), connected(
         send(f"34 2e 00 28 {MESSAGE} 00 01 'w1'"), expect("50 02 00 01"),
