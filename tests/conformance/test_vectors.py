@@ -4,6 +4,7 @@ and over WebSocket: the bytes are the vectors' own, the replies compared byte fo
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -60,15 +61,9 @@ class Device:
         self.eof = False
 
     async def read_at_least(self, count: int) -> None:
+        """Read until `count` bytes are held or the server closed (or the deadline passed)."""
         with trio.move_on_after(SERVER_DEADLINE):
             while len(self.received) < count and not self.eof:
-                data = await self.wire.receive_some()
-                self.eof = not data
-                self.received += data
-
-    async def read_until_closed(self) -> None:
-        with trio.move_on_after(SERVER_DEADLINE):
-            while not self.eof:
                 data = await self.wire.receive_some()
                 self.eof = not data
                 self.received += data
@@ -126,7 +121,7 @@ class Run:
             assert sorted(split_packets(got)) == sorted(packets), (
                 f"{where}: got {_hex(got)}, expected {[_hex(p) for p in packets]} in any order")
         elif isinstance(step, Closed):
-            await device.read_until_closed()
+            await device.read_at_least(sys.maxsize)  # until the server closes
             assert device.eof, f"{where}: the connection is still open"
             assert not device.received, f"{where}: got {_hex(bytes(device.received))} first"
             await eventually(lambda: step.reason in self.close_reasons(), SERVER_DEADLINE)
