@@ -100,8 +100,7 @@ class ServerConnection:
         "state", "client_id", "keepalive", "_assign_client_id", "_decoder",
         "_output", "_unacknowledged", "_awaiting_pubrel", "_awaiting_puback",
         "_last_packet_id", "_subscriptions", "_max_subscriptions", "_max_subscription_bytes",
-        "_max_client_id_length",
-        "_max_qos2_flows", "_qos2_flows", "_resumes_session",
+        "_max_client_id_length", "_max_qos2_flows", "_qos2_flows", "_resumes_session",
     )
 
     def __init__(
@@ -115,10 +114,9 @@ class ServerConnection:
     ) -> None:
         """`max_subscriptions` bounds the topic filters held (a SUBSCRIBE with more closes, the
         excess of several gets SUBACK 0x80), and so does their size: at most `max_packet_size`
-        bytes of filters in all, what one SUBSCRIBE may carry; a client id of more than
-        `max_client_id_length`
-        UTF-8 bytes gets CONNACK 2; a QoS 2 message beyond `max_inflight` inbound QoS 2 flows
-        not yet released by PUBREL closes the connection."""
+        bytes of filters in all, what one SUBSCRIBE may carry. A client id of more than
+        `max_client_id_length` UTF-8 bytes gets CONNACK 2. A QoS 2 message beyond
+        `max_inflight` inbound QoS 2 flows not yet released by PUBREL closes the connection."""
         self.state = ConnectionState.AWAIT_CONNECT
         self.client_id: str | None = None
         self.keepalive = 0
