@@ -76,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "check-config":
             sys.stdout.write(render_effective_config(config))
             return 0
-        configure_logging(config.logging.level, config.logging.format)
+        configure_logging(config.logging.level, config.logging.format,
+                          config.logging.max_value_length)
         if command == "demo":
             from kpc_trio.demo import run_demo  # the simulator is only imported when asked for
 

@@ -10,7 +10,10 @@ buffer outgrows `max_outbox_bytes` is dropped instead of growing memory.
 
 from __future__ import annotations
 
+import enum
+import logging
 import math
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -19,11 +22,12 @@ import trio
 from kpc_trio.auth import EndpointIdentity, EndpointTokenResolver, TokenValidationError
 from kpc_trio.client_auth import ANONYMOUS, AuthOutcome
 from kpc_trio.connectivity import ConnectivityEvents
-from kpc_trio.hub import Hub, UnawareRequestKey
+from kpc_trio.hub import Hub
 from kpc_trio.kaa import records
 from kpc_trio.kaa.kp1 import Kp1Error, Route, error_payload
-from kpc_trio.logs import get_logger, set_log_source
+from kpc_trio.logs import RepeatedEvents, get_logger, set_log_source
 from kpc_trio.metrics import Metrics
+from kpc_trio.mqtt.codec import encode
 from kpc_trio.mqtt.connection import (
     ConnectionState,
     ConnectReceived,
@@ -32,13 +36,20 @@ from kpc_trio.mqtt.connection import (
     Subscribed,
     Unsubscribed,
 )
-from kpc_trio.mqtt.errors import LocalProtocolError, ProtocolError
-from kpc_trio.mqtt.packets import ConnAckCode, Connect, Publish, QoS
+from kpc_trio.mqtt.errors import InvalidTopicError, LocalProtocolError, ProtocolError
+from kpc_trio.mqtt.packets import ConnAck, ConnAckCode, Connect, PacketType, Publish, QoS
+from kpc_trio.mqtt.topics import validate_topic_name
 from kpc_trio.nats.gateway import NatsGateway, OutboundMessage
 from kpc_trio.net import Peer
 from kpc_trio.net.socket_stream import LeanSocketStream
 from kpc_trio.presence import IdleTracker
-from kpc_trio.relay import Relay, UndeliverableError
+from kpc_trio.relay import (
+    REFUSED_BY_NATS_REASON,
+    REFUSED_BY_NATS_STATUS,
+    Relay,
+    UndeliverableError,
+    utf8_length,
+)
 from kpc_trio.traffic import TrafficMeter
 
 log = get_logger(__name__)
@@ -50,6 +61,16 @@ KEEPALIVE_FACTOR = 1.5
 FINAL_FLUSH_TIMEOUT = 5.0
 #: Request QoS remembered per pending request id so the response goes out at the same QoS.
 MAX_REMEMBERED_REQUESTS = 1024
+#: MQTT 3.1.1 section 1.5.3: a topic is at most 65,535 bytes of UTF-8.
+MAX_TOPIC_BYTES = 65_535
+
+
+class Delivery(enum.Enum):
+    """What became of a message for the client; a dropped one is counted with its reason."""
+
+    DELIVERED = "delivered"
+    NOT_ROUTED = "not_routed"  # not this session's (any more): the caller counts it
+    DROPPED = "dropped"  # this session counted why (slow consumer, invalid topic)
 
 
 @attrs.frozen
@@ -62,6 +83,31 @@ class SessionLimits:
     max_inflight: int = 100
     max_subscriptions: int = 100
     max_client_id_length: int = 256
+    #: logging.repeat-interval: what a client can repeat at will is logged once per interval.
+    log_repeat_interval: float = 10.0
+
+
+#: The first byte of a CONNECT packet (type 1, no flags).
+CONNECT_FIRST_BYTE = bytes([PacketType.CONNECT << 4])
+#: CONNACK 3 (server unavailable), the same bytes in MQTT 3.1 and 3.1.1.
+SERVER_UNAVAILABLE_CONNACK = encode(ConnAck(ConnAckCode.SERVER_UNAVAILABLE))
+
+
+async def run_refusal(stream: trio.abc.Stream, connect_timeout: float) -> None:
+    """Answer a connection KPC has no room for (`max-connections`): CONNACK 3 to its CONNECT,
+    then close. No session and nothing decoded beyond the packet type: under a connection storm
+    a refusal must cost less than a connection. A client that sends no CONNECT within the
+    connect timeout, or something else first, is closed without an answer, as a session would.
+    """
+    try:
+        with trio.move_on_after(connect_timeout):
+            first = await stream.receive_some(RECEIVE_SIZE)
+            if first[:1] == CONNECT_FIRST_BYTE:
+                await stream.send_all(SERVER_UNAVAILABLE_CONNACK)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 class ClientAuthenticator(Protocol):
@@ -106,6 +152,8 @@ class _Batch:
     relayed: dict[str, int] = attrs.field(factory=dict)  # per extension (a Counter costs more)
     # Endpoints already marked active at `now`: once per read is enough.
     touched: set[tuple[str, str]] = attrs.field(factory=set)
+    # outgoing index -> (PUBLISH, request id) of requests: what a refused message is answered on.
+    requests: dict[int, tuple[Publish, int]] | None = None
     debug: bool = attrs.field(factory=log.is_debug)  # asked once per read, not per message
 
 
@@ -134,7 +182,7 @@ class Session:
         "_stream", "peer", "_ctx", "_conn", "_endpoints", "_request_qos", "_writer",
         "_writer_nursery", "_writing_inline", "_stopping", "_reading_scope", "_receiving",
         "close_reason", "auth", "_dropping", "_bytes_in", "_bytes_out", "_publishes_in",
-        "_publishes_out",
+        "_publishes_out", "_repeats",
     )
 
     def __init__(self, stream: trio.abc.Stream, peer: Peer, context: SessionContext) -> None:
@@ -165,6 +213,7 @@ class Session:
         self._bytes_out = metrics.sent_bytes.labels(peer.transport)
         self._publishes_in = metrics.packets_received.labels("PUBLISH")
         self._publishes_out = metrics.packets_sent.labels("PUBLISH")
+        self._repeats: RepeatedEvents | None = None  # made by the first repeatable event
 
     @property
     def client_id(self) -> str | None:
@@ -251,6 +300,8 @@ class Session:
                 await trio.aclose_forcefully(self._stream)
             open_connections.dec()
             self._ctx.live.discard(self)
+            if self._repeats is not None:
+                self._repeats.flush(log)
             log.info("client_disconnected", client_id=self.client_id, reason=self.close_reason)
 
     def terminate(self, reason: str) -> None:
@@ -320,12 +371,14 @@ class Session:
                     events = [*events, *self._conn.receive_data(b"")]
             elif isinstance(event, Subscribed):
                 self._count_packet("SUBSCRIBE")
-                log.debug("subscribed", filters=",".join(f for f, _ in event.subscriptions))
+                if log.is_debug():  # a SUBSCRIBE may carry thousands of filters
+                    log.debug("subscribed", filters=",".join(f for f, _ in event.subscriptions))
                 for topic_filter, _ in event.subscriptions:
                     await self._identify_subscriber(topic_filter, batch)
             elif isinstance(event, Unsubscribed):
                 self._count_packet("UNSUBSCRIBE")
-                log.debug("unsubscribed", filters=",".join(event.topic_filters))
+                if log.is_debug():
+                    log.debug("unsubscribed", filters=",".join(event.topic_filters))
             elif isinstance(event, DisconnectReceived):
                 self._count_packet("DISCONNECT")
                 self._set_reason("client_disconnect")
@@ -338,13 +391,16 @@ class Session:
         is dropped (counted) while NATS is away."""
         if batch.outgoing:
             if batch.needs_confirmation:
-                await self._ctx.gateway.publish_confirmed(batch.outgoing)
+                refused = await self._ctx.gateway.publish_confirmed(batch.outgoing)
+                if refused:
+                    self._answer_refused(batch, refused)
             elif await self._ctx.gateway.publish(batch.outgoing):
                 self._dropping = False
             else:
                 self._count_drops(len(batch.outgoing))
             batch.outgoing = []
             batch.needs_confirmation = False
+            batch.requests = None
         for packet_id in batch.acknowledgements:
             self._conn.acknowledge(packet_id)
         batch.acknowledgements.clear()
@@ -361,6 +417,20 @@ class Session:
                 self.terminate("connection_lost")
             finally:
                 self._writing_inline = False
+
+    def _answer_refused(self, batch: _Batch, refused: Sequence[int]) -> None:
+        """NATS refused these messages (permissions; counted and logged by the gateway): a
+        request with a request id gets 502, since retrying cannot help until the NATS
+        permissions change. The PUBACK still goes: MQTT 3.1.1 has no negative one, and holding
+        it would only make the device send the same refused message again."""
+        if batch.requests is None:
+            return
+        for index in refused:
+            request = batch.requests.get(index)
+            if request is not None:
+                event, request_id = request
+                self._answer_error(event, request_id, REFUSED_BY_NATS_STATUS,
+                                   REFUSED_BY_NATS_REASON)
 
     def _count_drops(self, count: int) -> None:
         self._ctx.metrics.messages_dropped.labels("nats_unavailable").inc(count)
@@ -409,15 +479,19 @@ class Session:
 
     def _relay_identified(self, event: Publish, batch: _Batch) -> bool:
         """Relay `event` if its route is valid and its endpoint known without waiting (a cached
-        token): the common case, with no coroutine per message. False leaves the message,
-        untouched, to `_on_message`."""
+        token): the common case, with no coroutine per message. A cached token rejection is
+        answered here. False leaves the message, untouched, to `_on_message`."""
         try:
             route = self._ctx.relay.route(event.topic)
         except Kp1Error:
             return False
         binding = None
         if route.token is not None:
-            binding = self._identify_cached(route, batch)
+            try:
+                binding = self._identify_cached(route, batch)
+            except TokenValidationError as err:  # a cached rejection: answered like the first
+                self._answer_error(event, route.request_id, err.status_code, err.reason_phrase)
+                return True
             if binding is None:
                 return False
         self._relay(event, route, binding, batch)
@@ -449,8 +523,13 @@ class Session:
                 self._ctx.traffic.received(self.auth.tenant_id, binding.app_name, endpoint_id,
                                            len(event.payload))
         correlation_id = self._ctx.relay.next_correlation_id()
-        message = self._ctx.relay.client_data_message(route, endpoint_id, event.payload,
-                                                      correlation_id)
+        relayed_route = route
+        if route.request_id is not None and endpoint_id is None:
+            # Devices' own ids are not unique among them: the extension sees one of KPC's.
+            relayed_route = attrs.evolve(route, request_id=self._ctx.hub.expect_unaware_reply(
+                self, route.app_version, route.extension, route.request_id, batch.now))
+        message = self._ctx.relay.client_data_message(relayed_route, endpoint_id,
+                                                      event.payload, correlation_id)
         if len(message.payload) > self._ctx.gateway.max_payload:
             # NATS would refuse the whole batch: refuse this one message instead.
             self._ctx.metrics.messages_dropped.labels("too_large_for_nats").inc()
@@ -460,6 +539,9 @@ class Session:
             return
         if route.request_id is not None:
             self._remember_request(route, endpoint_id, event.qos)
+            if batch.requests is None:
+                batch.requests = {}
+            batch.requests[len(batch.outgoing)] = (event, route.request_id)
         batch.outgoing.append(message)
         if event.qos is not QoS.AT_MOST_ONCE:
             batch.needs_confirmation = True
@@ -512,7 +594,9 @@ class Session:
             if route.token is not None:
                 await self._identify(route, batch)
         except (Kp1Error, TokenValidationError) as exc:
-            log.info("subscription_not_identified", topic_filter=topic_filter, reason=str(exc))
+            self._ctx.metrics.subscriptions_unidentified.inc()
+            self._log_repeatable(logging.INFO, "subscription_not_identified",
+                                 topic_filter=topic_filter, reason=str(exc))
 
     def _bind(self, identity: EndpointIdentity, route: Route, app_name: str,
               previous: EndpointBinding | None) -> EndpointBinding:
@@ -552,10 +636,9 @@ class Session:
         return True
 
     def _remember_request(self, route: Route, endpoint_id: str | None, qos: QoS) -> None:
+        """The QoS of the response, keyed by what the reply carries (the device's request id,
+        also for endpoint-unaware requests: the service maps KPC's back before delivering)."""
         assert route.request_id is not None
-        if endpoint_id is None:
-            key = UnawareRequestKey(route.app_version, route.extension, route.request_id)
-            self._ctx.hub.expect_unaware_reply(key, self)
         if qos is not QoS.AT_MOST_ONCE:
             if self._request_qos is None:
                 self._request_qos = {}
@@ -567,18 +650,31 @@ class Session:
         self, event: Publish, request_id: int | None, status_code: int, reason: str
     ) -> None:
         """KPC's own 1/KP error: only when the request carries a request id (RFC 1, PR59)."""
-        log.info("request_rejected", topic=event.topic, status_code=status_code, reason=reason)
+        self._ctx.metrics.requests_rejected.labels(str(status_code)).inc()
+        self._log_repeatable(logging.INFO, "request_rejected", topic=event.topic,
+                             status_code=status_code, reason=reason)
         if request_id is None:
             return
-        self.deliver(event.topic + "/error", error_payload(status_code, reason),
-                     min(event.qos, QoS.AT_LEAST_ONCE))
+        topic = event.topic + "/error"
+        if utf8_length(topic) > MAX_TOPIC_BYTES:  # no MQTT topic can carry the answer
+            self._ctx.metrics.messages_dropped.labels("reply_topic_too_long").inc()
+            self._log_repeatable(logging.INFO, "request_unanswerable", topic=event.topic,
+                                 reason=f"the answer's topic would exceed {MAX_TOPIC_BYTES} bytes")
+            return
+        self.deliver(topic, error_payload(status_code, reason), min(event.qos, QoS.AT_LEAST_ONCE))
+
+    def _log_repeatable(self, level: int, event: str, **fields: Any) -> None:
+        """Log an event the client can cause at will: once per interval, then a count."""
+        if self._repeats is None:
+            self._repeats = RepeatedEvents(self._ctx.limits.log_repeat_interval)
+        self._repeats.log(log, level, event, trio.current_time(), **fields)
 
     # --- delivering to the client -----------------------------------------------------------
-    def deliver_extension_data(self, data: records.ExtensionData) -> bool:
-        """Publish an extension's answer or push to this client; False if it cannot be."""
+    def deliver_extension_data(self, data: records.ExtensionData) -> Delivery:
+        """Publish an extension's answer or push to this client."""
         binding = self._endpoints.get(data.endpoint_id) if data.endpoint_id else None
         if data.endpoint_id is not None and binding is None:
-            return False
+            return Delivery.NOT_ROUTED
         try:
             message = self._ctx.relay.client_message(
                 data, binding.token if binding else None,
@@ -587,41 +683,49 @@ class Session:
         except UndeliverableError as exc:
             log.warning("extension_data_undeliverable", reason=str(exc),
                         correlation_id=data.correlation_id)
-            return False
+            return Delivery.NOT_ROUTED
         qos = QoS.AT_MOST_ONCE
         if data.request_id is not None and self._request_qos:
             key = (data.extension_instance_name or "", data.endpoint_id, data.request_id)
             qos = self._request_qos.pop(key, QoS.AT_MOST_ONCE)
-        delivered = self.deliver(message.topic, message.payload, qos)
-        if delivered and binding is not None and self._ctx.traffic is not None:
-            self._ctx.traffic.sent(self.auth.tenant_id, binding.app_name, binding.endpoint_id,
-                                   len(message.payload))
-        return delivered
+        delivery = self.deliver(message.topic, message.payload, qos)
+        traffic = self._ctx.traffic
+        if delivery is Delivery.DELIVERED and binding is not None and traffic is not None:
+            traffic.sent(self.auth.tenant_id, binding.app_name, binding.endpoint_id,
+                         len(message.payload))
+        return delivery
 
-    def deliver(self, topic: str, payload: bytes, qos: QoS) -> bool:
+    def deliver(self, topic: str, payload: bytes, qos: QoS) -> Delivery:
         """Queue a PUBLISH to the client without blocking (official clients never SUBSCRIBE)."""
         if self._conn.state is not ConnectionState.CONNECTED:
-            return False
+            return Delivery.NOT_ROUTED
         subscribed = self._conn.subscription_qos(topic)
         if subscribed is not None and subscribed > qos:
             qos = subscribed
         try:
             self._conn.publish(topic, payload, qos)
         except LocalProtocolError as exc:
-            # e.g. an extension's resource path that makes the topic invalid (wildcards, NUL)
-            self._ctx.metrics.messages_dropped.labels("invalid_topic").inc()
-            log.warning("publish_refused", client_id=self.client_id, topic=topic,
-                        reason=str(exc))
-            return False
+            try:
+                validate_topic_name(topic)
+            except InvalidTopicError:
+                # e.g. an extension's resource path that makes the topic invalid (wildcards, NUL)
+                self._ctx.metrics.messages_dropped.labels("invalid_topic").inc()
+                self._log_repeatable(logging.WARNING, "publish_refused", topic=topic,
+                                     reason=str(exc))
+                return Delivery.DROPPED
+            # Every packet id is in flight: the client stopped acknowledging its QoS 1 messages.
+            return self._drop_slow_consumer(reason=str(exc))
         if self._conn.pending_output > self._ctx.limits.max_outbox_bytes:
-            log.warning("slow_consumer", client_id=self.client_id,
-                        pending_bytes=self._conn.pending_output)
-            self._ctx.metrics.messages_dropped.labels("slow_consumer").inc()
-            self.terminate("slow_consumer")
-            return False
+            return self._drop_slow_consumer(pending_bytes=self._conn.pending_output)
         self._publishes_out.inc()
         self._wake_writer()
-        return True
+        return Delivery.DELIVERED
+
+    def _drop_slow_consumer(self, **why: Any) -> Delivery:
+        log.warning("slow_consumer", client_id=self.client_id, **why)
+        self._ctx.metrics.messages_dropped.labels("slow_consumer").inc()
+        self.terminate("slow_consumer")
+        return Delivery.DROPPED
 
     # --- writing ----------------------------------------------------------------------------
     def _wake_writer(self) -> None:
