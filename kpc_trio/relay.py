@@ -58,6 +58,12 @@ class Relay:
         self._subjects: dict[str, str] = {}
         self._routes: dict[str, Route] = {}
 
+    def use_registry(self, registry: ApplicationRegistry) -> None:
+        """Serve another set of applications from now on (a configuration reload); routes
+        parsed against the old one are forgotten."""
+        self.registry = registry
+        self._routes.clear()
+
     def route(self, topic: str) -> Route:
         """Parse a client topic; raises `kp1.Kp1Error` with the status to answer.
 

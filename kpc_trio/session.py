@@ -11,6 +11,7 @@ buffer outgrows `max_outbox_bytes` is dropped instead of growing memory.
 from __future__ import annotations
 
 import math
+from collections.abc import Set
 from typing import Any, Protocol
 
 import attrs
@@ -73,9 +74,10 @@ class AnonymousAuthenticator:
         return ANONYMOUS
 
 
-@attrs.frozen
+@attrs.define
 class SessionContext:
-    """Everything a session needs from the service, shared by all sessions."""
+    """Everything a session needs from the service, shared by all sessions. Mutable only for
+    a configuration reload (new limits and authentication settings apply to new sessions)."""
 
     hub: Hub[Session]
     gateway: NatsGateway
@@ -542,6 +544,19 @@ class Session:
         log.info("endpoint_disconnected", endpoint_id=endpoint_id, reason="token_revoked",
                  client_id=self.client_id)
         return True
+
+    def release_app_versions(self, app_versions: Set[str]) -> dict[str, str]:
+        """Stop serving this session's endpoints of `app_versions` (they left the
+        configuration) without reporting them; returns endpoint id -> appversion of those this
+        session held, for the caller's one DisconnectedEvent. The connection stays up."""
+        released = {}
+        for endpoint_id, binding in list(self._endpoints.items()):
+            if binding.app_version in app_versions:
+                del self._endpoints[endpoint_id]
+                self._ctx.presence.forget(endpoint_id)
+                if self._ctx.hub.unbind_endpoint(endpoint_id, self):
+                    released[endpoint_id] = binding.app_version
+        return released
 
     def _remember_request(self, route: Route, endpoint_id: str | None, qos: QoS) -> None:
         assert route.request_id is not None
