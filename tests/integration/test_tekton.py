@@ -1,0 +1,240 @@
+"""Applications from Tekton, end to end: a real nats-server, the simulated Tekton and Keycloak
+(REST over h11, 17/SCMP events published with nats-py), the simulated Kaa services and paho
+devices. KPC runs in-process; every test uses its own instance and provider names, so the
+shared nats-server carries no event of another test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+from kpc_trio.config import load_config
+from kpc_trio.kaa import scmp
+from kpc_trio.nats.embedded import NatsServerProcess
+from kpc_trio.nats.gateway import OutboundMessage
+from kpc_trio.service import KpcService, open_kpc
+from kpc_trio.simulator import SimulatedKaa
+from kpc_trio.simulator.kaa_side import open_simulated_kaa
+from kpc_trio.simulator.tekton import TOKEN_PATH, SimulatedKeycloak, SimulatedTekton
+from kpc_trio.simulator.token_provider import EndpointRecord
+from tests.clients.paho_device import PahoDevice
+from tests.integration.kpc_harness import call, open_device
+from tests.integration.waiting import eventually, logged
+
+APP, VERSION, OTHER_VERSION = "fleet", "fleet-v1", "fleet-v2"
+NEW_APP, NEW_VERSION = "meters", "meters-v1"
+DEVICE = EndpointRecord(app_name=APP, token="fleet-token", endpoint_id="fleet-ep-1",
+                        token_id="fleet-tid-1")
+NEW_DEVICE = EndpointRecord(app_name=NEW_APP, token="meter-token", endpoint_id="meter-ep-1",
+                            token_id="meter-tid-1")
+ALLOW_DCX = {"allowed-extension-instances": ["dcx"]}
+#: The issue's bound: devices of a new application are served within 1 s of its event.
+SERVED_WITHIN = 1.0
+
+CONFIG = """
+kaa:
+  kpc:
+    transports:
+      mqtt:
+        tcp: {{host: 127.0.0.1, port: 0}}
+    auth: {{request-timeout: 2}}
+  tekton: {{enabled: true, url: "{url}", debounce: 50ms, request-timeout: 2s,
+            initial-load-timeout: 20s}}
+  oauth2: {{token-url: "{url}{token_path}", client-id: kpc}}
+  extension-instances:
+    dcx: {{endpoint-aware: true}}
+management: {{port: 0}}
+server: {{port: 0}}
+"""
+
+
+@attrs.frozen
+class Setup:
+    kpc: KpcService
+    tekton: SimulatedTekton
+    kaa: SimulatedKaa
+
+    @property
+    def port(self) -> int:
+        return self.kpc.ports["mqtt_tcp"]
+
+
+@contextlib.asynccontextmanager
+async def open_setup(tmp_path: Path, nats_url: str) -> AsyncIterator[Setup]:
+    """Tekton holding APP with VERSION and OTHER_VERSION; KPC started from it."""
+    instance, provider = (f"{name}-{uuid.uuid4().hex[:8]}" for name in ("kpc", "tekton"))
+    async with open_simulated_kaa(nats_url, endpoints=(DEVICE, NEW_DEVICE),
+                                  echo_extensions=("dcx",), kpc_instance=instance) as kaa, \
+            trio.open_nursery() as nursery:
+        tekton = SimulatedTekton(keycloak=SimulatedKeycloak(clients={"kpc": "s3cret"}),
+                                 publish=kaa.publish, provider=provider)
+        tekton.create_application(APP)
+        tekton.create_app_version(APP, VERSION, ALLOW_DCX)
+        tekton.create_app_version(APP, OTHER_VERSION, ALLOW_DCX)
+        url = await nursery.start(tekton.serve)
+        path = tmp_path / "service-config.yml"
+        path.write_text(CONFIG.format(url=url, token_path=TOKEN_PATH))
+        config = load_config(str(path), env={
+            "NATS_URLS": nats_url, "SERVICE_INSTANCE_NAME": instance,
+            "KAA_SCMP_CONSUMER_PROVIDER_SERVICE_INSTANCE_NAME": provider,
+            "KAA_OAUTH2_CLIENT_SECRET": "s3cret"})
+        async with open_kpc(config) as kpc:
+            yield Setup(kpc, tekton, kaa)
+        nursery.cancel_scope.cancel()
+
+
+async def request(device: PahoDevice, app_version: str, token: str, request_id: int
+                  ) -> tuple[str, dict[str, object] | bytes]:
+    """A QoS 1 request with a request id; returns ("status" | "error", answer)."""
+    topic = f"kp1/{app_version}/dcx/{token}/json/{request_id}"
+    await call(device.publish, topic, b'{"n":1}', qos=1)
+    answer = await call(device.expect, 5.0)
+    assert answer.topic.startswith(topic + "/"), answer
+    outcome = answer.topic.rsplit("/", 1)[1]
+    return outcome, json.loads(answer.payload) if outcome == "error" else answer.payload
+
+
+def no_internal_errors(caplog: pytest.LogCaptureFixture) -> None:
+    bad = [r.getMessage() for r in caplog.records if r.exc_info or r.getMessage() in (
+        "session_failed", "http_handler_failed", "nats_handler_failed")]
+    assert not bad, bad
+
+
+@pytest.fixture(autouse=True)
+def _info_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+
+
+async def test_application_created_in_tekton_is_served_within_a_second_of_its_event(
+    tmp_path: Path, nats_server: NatsServerProcess, caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with open_setup(tmp_path, nats_server.url) as setup, \
+            open_device(setup.port, client_id="meter-1") as device:
+        assert await request(device, NEW_VERSION, NEW_DEVICE.token, 1) == (
+            "error", {"statusCode": 404, "reasonPhrase": "Application version not found"})
+        setup.tekton.create_application(NEW_APP, config={"disconnect": {"idle": {
+            "enabled": False}}})
+        setup.tekton.create_app_version(NEW_APP, NEW_VERSION, ALLOW_DCX)
+        await setup.tekton.announce("upsert", NEW_APP, NEW_VERSION)
+        announced = time.monotonic()
+        await eventually(lambda: any(NEW_VERSION in str(fields.get("added"))
+                                     for fields in logged(caplog, "applications_changed")),
+                         timeout=SERVED_WITHIN)
+        outcome, _ = await request(device, NEW_VERSION, NEW_DEVICE.token, 2)
+        assert outcome == "status"
+        served_after = time.monotonic() - announced
+        # The same connection kept being served: no restart, no reconnect.
+        assert await request(device, VERSION, DEVICE.token, 3) == ("status", b'{"n":1}')
+        print(f"new application served {served_after:.3f}s after its 17/SCMP event")
+        # A pre-2020 targeted event (v1 schema, app-configuration subject) is followed too.
+        setup.tekton.create_app_version(NEW_APP, "meters-v2", ALLOW_DCX)
+        await setup.tekton.announce("upsert", NEW_APP, "meters-v2", delivery="targeted",
+                                    generation=1, target_instance=setup.kaa.kpc_instance)
+        await eventually(lambda: "meters-v2" in setup.kpc.applications.current.versions)
+    events = logged(caplog, "scmp_event")
+    assert [(e["delivery"], e["generation"]) for e in events] == [("broadcast", 2),
+                                                                   ("targeted", 1)]
+    no_internal_errors(caplog)
+
+
+async def test_deleted_appversion_releases_its_endpoints_and_keeps_the_connection(
+    tmp_path: Path, nats_server: NatsServerProcess, caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with open_setup(tmp_path, nats_server.url) as setup, \
+            open_device(setup.port, client_id="fleet-1") as device:
+        assert (await request(device, VERSION, DEVICE.token, 1))[0] == "status"
+        await setup.kaa.await_events("connectivity.connected", 1)
+        setup.tekton.delete_app_version(APP, VERSION)
+        await setup.tekton.announce("delete", APP, VERSION)
+        [event] = await setup.kaa.await_events("connectivity.disconnected", 1)
+        assert event.endpoints == {DEVICE.endpoint_id: VERSION}
+        # The connection stays: the removed appversion is refused, the other one is served.
+        assert await request(device, VERSION, DEVICE.token, 2) == (
+            "error", {"statusCode": 404, "reasonPhrase": "Application version not found"})
+        assert (await request(device, OTHER_VERSION, DEVICE.token, 3))[0] == "status"
+        assert not device._disconnected.is_set()
+    no_internal_errors(caplog)
+
+
+async def test_tekton_down_at_an_event_keeps_the_last_configuration_and_catches_up(
+    tmp_path: Path, nats_server: NatsServerProcess, caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with open_setup(tmp_path, nats_server.url) as setup, \
+            open_device(setup.port, client_id="fleet-2") as device:
+        setup.tekton.available = False
+        setup.tekton.create_application(NEW_APP)
+        setup.tekton.create_app_version(NEW_APP, NEW_VERSION, ALLOW_DCX)
+        await setup.tekton.announce("upsert", NEW_APP)
+        await eventually(lambda: bool(logged(caplog, "tekton_refresh_failed")))
+        failure = logged(caplog, "tekton_refresh_failed")[0]
+        assert failure["reason"] == "tekton" and "503" in str(failure["error"])
+        assert failure["serving"] == "last good configuration"
+        # Still serving on the last good configuration, and still ready.
+        assert (await request(device, VERSION, DEVICE.token, 1))[0] == "status"
+        assert setup.kpc.health.ready
+        assert b"kpc_tekton_refresh_failures_total{reason=\"tekton\"}" in \
+            setup.kpc.metrics.render()
+        setup.tekton.available = True
+        await eventually(lambda: NEW_VERSION in setup.kpc.applications.current.versions)
+        assert (await request(device, NEW_VERSION, NEW_DEVICE.token, 2))[0] == "status"
+    no_internal_errors(caplog)
+
+
+async def test_keycloak_rejecting_the_secret_is_logged_and_the_service_keeps_running(
+    tmp_path: Path, nats_server: NatsServerProcess, caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with open_setup(tmp_path, nats_server.url) as setup, \
+            open_device(setup.port, client_id="fleet-3") as device:
+        keycloak = setup.tekton.keycloak
+        assert keycloak is not None
+        keycloak.clients["kpc"] = "rotated-elsewhere"  # KPC's secret is now wrong
+        keycloak.issued.clear()  # and its token revoked: Tekton answers 401
+        await setup.tekton.announce("upsert")  # all null: reload everything
+        await eventually(lambda: any(f["reason"] == "keycloak"
+                                     for f in logged(caplog, "tekton_refresh_failed")))
+        failure = next(f for f in logged(caplog, "tekton_refresh_failed")
+                       if f["reason"] == "keycloak")
+        assert "Keycloak refused client 'kpc': HTTP 401 Invalid client secret" in \
+            str(failure["error"])
+        assert "s3cret" not in caplog.text
+        assert (await request(device, VERSION, DEVICE.token, 1))[0] == "status"
+        assert setup.kpc.health.ready
+    no_internal_errors(caplog)
+
+
+async def test_undecodable_scmp_event_is_logged_counted_and_never_answered(
+    tmp_path: Path, nats_server: NatsServerProcess, caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with open_setup(tmp_path, nats_server.url) as setup, \
+            open_device(setup.port, client_id="fleet-4") as device:
+        provider = setup.tekton.provider
+        assert setup.kpc._context is not None
+        gateway = setup.kpc._context.gateway
+        inbox = await gateway.subscribe("scmp-test-inbox")
+        await gateway.publish_confirmed([OutboundMessage(
+            f"kaa.v1.events.{provider}.service.configuration.upsert", b"\xff\x00garbage",
+            "scmp-test-inbox")])
+        await eventually(lambda: bool(logged(caplog, "scmp_event_undecodable")))
+        # A good event asking for a reply: still no acknowledgement (RFC 17).
+        good = scmp.ConfigurationUpdate("upsert", "c-1", tenant_id="tenant-1", app_name=APP,
+                                        app_version=None, generation=2, delivery="broadcast")
+        await gateway.publish_confirmed([OutboundMessage(
+            scmp.broadcast_subject(provider, "upsert"), scmp.encode(good, timestamp=1),
+            "scmp-test-inbox")])
+        await eventually(lambda: bool(logged(caplog, "scmp_event")))
+        with trio.move_on_after(0.3):
+            unexpected = await inbox.receive()
+            raise AssertionError(f"KPC answered an SCMP event: {unexpected}")
+        assert (await request(device, VERSION, DEVICE.token, 1))[0] == "status"
+        assert b'kpc_scmp_events_total{result="bad"} 1.0' in setup.kpc.metrics.render()
+    no_internal_errors(caplog)
