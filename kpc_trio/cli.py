@@ -17,7 +17,13 @@ from collections.abc import Sequence
 import trio
 
 from kpc_trio import __version__
-from kpc_trio.config import Config, ConfigError, load_config, render_effective_config
+from kpc_trio.config import (
+    DEFAULTS_SOURCE,
+    Config,
+    ConfigError,
+    load_config,
+    render_effective_config,
+)
 from kpc_trio.license import (
     DEFAULT_PATH,
     PASSWORD_ENV,
@@ -125,6 +131,7 @@ def _freeze_startup_heap() -> None:
 
 async def run_service(config: Config) -> None:
     """Serve until SIGTERM/SIGINT; a second signal forces the exit."""
+    from kpc_trio.reload import ConfigReloader
     from kpc_trio.service import KpcService
 
     service = KpcService(config)
@@ -136,8 +143,17 @@ async def run_service(config: Config) -> None:
 
             async def serve_then_stop_watching() -> None:
                 async with trio.open_nursery() as serving:
-                    await serving.start(service.serve)
+
+                    async def serve(task_status: trio.TaskStatus[object]) -> None:
+                        await service.serve(task_status=task_status)
+                        serving.cancel_scope.cancel()  # the reloader ends with the service
+
+                    await serving.start(serve)
                     _freeze_startup_heap()
+                    if config.source != DEFAULTS_SOURCE:  # SIGHUP and file changes reload
+                        await serving.start(ConfigReloader(
+                            service, config.source, service.metrics,
+                            tls_context=service.tls_context).serve)
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(serve_then_stop_watching)

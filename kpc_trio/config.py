@@ -906,6 +906,29 @@ def _plain(node: Any) -> dict[str, Any]:
     return plain
 
 
+def values_by_key(node: Any, path: str = "") -> dict[str, Any]:
+    """Every key path of `node` with its value; a map of named entries (`kaa.applications`)
+    is one value, in its YAML form."""
+    values: dict[str, Any] = {}
+    for key, field, kind in _config_fields(type(node)):
+        key_path, value = _join(path, key), getattr(node, field.name)
+        if isinstance(kind, Section):
+            values.update(values_by_key(value, key_path))
+        elif isinstance(kind, NamedEntries):
+            values[key_path] = {name: _plain(entry) for name, entry in value.items()}
+        else:
+            values[key_path] = value
+    return values
+
+
+def with_value(node: Any, key_path: str, value: Any) -> Any:
+    """A copy of `node` with the setting at `key_path` (outside named entries) set to `value`."""
+    head, _, rest = key_path.partition(".")
+    name = head.replace("-", "_")
+    inner = with_value(getattr(node, name), rest, value) if rest else value
+    return attrs.evolve(node, **{name: inner})
+
+
 def render_effective_config(config: Config) -> str:
     """YAML of the effective configuration (loadable again; NATS credentials are masked)."""
     plain = _plain(config)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import ssl
 import time
@@ -67,6 +68,16 @@ log = get_logger(__name__)
 NATS_STARTUP_WAIT = 10.0
 #: Seconds the NATS gateway may always take to flush the last events during shutdown.
 NATS_DRAIN_MINIMUM = 0.5
+
+
+def session_limits(config: Config) -> SessionLimits:
+    mqtt = config.kaa.kpc.transports.mqtt
+    return SessionLimits(
+        max_packet_size=mqtt.max_packet_size,
+        connect_timeout=mqtt.connect_timeout,
+        max_outbox_bytes=mqtt.max_outbox_bytes,
+        max_inflight=mqtt.max_inflight,
+    )
 
 
 def nats_urls(config: Config) -> list[str]:
@@ -228,7 +239,6 @@ class KpcService:
     def _session_context(self, gateway: NatsGateway) -> SessionContext:
         config = self.config
         kpc = config.kaa.kpc
-        mqtt = kpc.transports.mqtt
         traffic = None
         if kpc.traffic_report.enabled:
             traffic = TrafficMeter(start_ns=time.time_ns(),
@@ -258,12 +268,7 @@ class KpcService:
             metrics=self.metrics,
             presence=IdleTracker(self.applications.disconnect_policy),
             traffic=traffic,
-            limits=SessionLimits(
-                max_packet_size=mqtt.max_packet_size,
-                connect_timeout=mqtt.connect_timeout,
-                max_outbox_bytes=mqtt.max_outbox_bytes,
-                max_inflight=mqtt.max_inflight,
-            ),
+            limits=session_limits(config),
             authenticator=NatsClientAuthenticator.from_config(
                 gateway, kpc.auth, replica_id=self.replica_id),
         )
@@ -331,6 +336,28 @@ class KpcService:
         if change.removed:
             self.release_endpoints_of(change.removed, change.removed_applications)
         return change
+
+    def apply_config(self, config: Config, changed: frozenset[str],
+                     ssl_context: ssl.SSLContext | None) -> None:
+        """A reloaded configuration (kpc_trio.reload): `changed` holds the live keys that
+        changed; every other key of `config` has its running value."""
+        self.config = config
+        if ssl_context is not None and self._ssl_context is not None:
+            self._ssl_context = ssl_context  # new handshakes; sessions keep theirs
+        if "logging.level" in changed:
+            logging.getLogger().setLevel(config.logging.level)
+        if self._context is not None:
+            self._context.limits = session_limits(config)
+            authenticator = self._context.authenticator
+            if isinstance(authenticator, NatsClientAuthenticator):
+                authenticator.anonymous_allowed = config.kaa.kpc.auth.anonymous_allowed
+        if changed & {"kaa.applications", "kaa.extension-instances"}:
+            if self.tekton is None:
+                self.replace_applications(Applications.from_config(config))
+            else:  # Tekton's applications, with the new extension instances
+                self.replace_applications(Applications.build(
+                    self.applications.current.versions, endpoint_aware_of(config), "tekton"))
+                self.tekton.request(EVERYTHING)
 
     def release_endpoints_of(self, app_versions: frozenset[str],
                              applications: frozenset[str] = frozenset()) -> None:
