@@ -29,7 +29,7 @@ import trio
 
 from kpc_trio import tekton_adapter
 from kpc_trio.applications import AppVersionSettings
-from kpc_trio.config import TektonSettings
+from kpc_trio.config import ConfigError, TektonSettings
 from kpc_trio.http_client import HttpClientError, http_request
 from kpc_trio.kaa import scmp
 from kpc_trio.keycloak import ServiceTokens, TokenError
@@ -50,8 +50,9 @@ class TektonError(Exception):
     """Tekton could not be read (unreachable, refused, unreadable answer)."""
 
 
-class TektonUnavailableError(Exception):
-    """The first load did not succeed within `kaa.tekton.initial-load-timeout`."""
+class TektonUnavailableError(ConfigError):
+    """The first load did not succeed within `kaa.tekton.initial-load-timeout`: a startup
+    error (one line, exit code 2), like a configuration that cannot be used."""
 
 
 @attrs.frozen
@@ -172,7 +173,7 @@ class TektonSource:
                 raise TektonUnavailableError(
                     f"kaa.tekton.url: no applications loaded from {self._settings.url} within "
                     f"kaa.tekton.initial-load-timeout ({timeout:g}s); see the "
-                    "tekton_refresh_failed log lines for the cause")
+                    "tekton_refresh_failed log lines for the cause", key_path="kaa.tekton.url")
             await trio.sleep(_jittered(delay))
             delay = min(delay * 2, BACKOFF_MAX)
 

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import attrs
@@ -237,4 +237,24 @@ async def test_undecodable_scmp_event_is_logged_counted_and_never_answered(
             raise AssertionError(f"KPC answered an SCMP event: {unexpected}")
         assert (await request(device, VERSION, DEVICE.token, 1))[0] == "status"
         assert b'kpc_scmp_events_total{result="bad"} 1.0' in setup.kpc.metrics.render()
+    no_internal_errors(caplog)
+
+
+async def test_a_nats_reconnect_reloads_everything_since_events_may_have_been_lost(
+    tmp_path: Path, nats_server_factory: Callable[..., NatsServerProcess],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    nats = nats_server_factory()
+    async with open_setup(tmp_path, nats.url) as setup:
+        await trio.to_thread.run_sync(nats.stop)
+        await eventually(lambda: not setup.kpc.health.nats_connected)
+        # Created while KPC cannot hear the event: only the reload after reconnecting shows it.
+        setup.tekton.create_application(NEW_APP)
+        setup.tekton.create_app_version(NEW_APP, NEW_VERSION, ALLOW_DCX)
+        await trio.to_thread.run_sync(nats.start)
+        await eventually(lambda: NEW_VERSION in setup.kpc.applications.current.versions)
+        async with open_device(setup.port, client_id="meter-2") as device:
+            await eventually(lambda: setup.kpc.health.ready)
+            assert (await request(device, NEW_VERSION, NEW_DEVICE.token, 1))[0] == "status"
+    assert not logged(caplog, "scmp_event")
     no_internal_errors(caplog)

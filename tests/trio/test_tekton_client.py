@@ -1,0 +1,80 @@
+"""TektonClient and ServiceTokens against the simulated Tekton and Keycloak over loopback HTTP:
+tokens cached, renewed once after a 401, Keycloak's refusal and Tekton's errors reported."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import attrs
+import pytest
+import trio
+
+from kpc_trio.applications import AppVersionSettings
+from kpc_trio.config import OAuth2Settings, TektonSettings
+from kpc_trio.keycloak import ServiceTokens, TokenError
+from kpc_trio.metrics import Metrics
+from kpc_trio.simulator.tekton import TOKEN_PATH, SimulatedKeycloak, SimulatedTekton
+from kpc_trio.tekton import Catalogue, TektonClient, TektonError, TektonSource, TektonUnavailableError
+
+
+@contextlib.asynccontextmanager
+async def open_tekton(secret: str = "pw") -> AsyncIterator[tuple[SimulatedTekton, TektonClient]]:
+    tekton = SimulatedTekton(keycloak=SimulatedKeycloak(clients={"kpc": "pw"}))
+    tekton.create_application("app")
+    tekton.create_app_version("app", "app-v1", {"allowed-extension-instances": ["dcx"]})
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(tekton.serve)
+        settings = TektonSettings(enabled=True, url=url, request_timeout=2.0,
+                                  initial_load_timeout=0.3)
+        tokens = ServiceTokens(OAuth2Settings(token_url=url + TOKEN_PATH, client_secret=secret),
+                               request_timeout=2.0)
+        yield tekton, TektonClient(settings, tokens)
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_token_is_cached_and_renewed_once_after_a_401() -> None:
+    async with open_tekton() as (tekton, client):
+        assert await client.get("/applications") == [{"name": "app", "tenantId": "tenant-1"}]
+        assert await client.get("/applications/app/app-versions") == [{"name": "app-v1"}]
+        assert tekton.keycloak is not None and tekton.keycloak.requests == 1
+        tekton.keycloak.issued.clear()  # revoked before its expiry
+        assert await client.get("/applications/nope/app-versions") is None  # 404
+        assert tekton.keycloak.requests == 2
+
+
+async def test_a_refused_secret_is_a_token_error_naming_the_client() -> None:
+    async with open_tekton(secret="wrong") as (_, client):
+        with pytest.raises(TokenError, match="Keycloak refused client 'kpc': HTTP 401 "
+                                             "Invalid client secret .check kaa.oauth2"):
+            await client.get("/applications")
+
+
+async def test_tekton_errors_say_what_failed() -> None:
+    async with open_tekton() as (tekton, client):
+        tekton.available = False
+        with pytest.raises(TektonError, match="HTTP 503"):
+            await client.get("/applications")
+
+
+async def test_the_first_load_gives_up_after_the_initial_load_timeout() -> None:
+    async with open_tekton() as (tekton, client):
+        tekton.available = False
+        settings = TektonSettings(enabled=True, url=tekton.url, initial_load_timeout=0.3)
+        source = TektonSource(settings, client, instance="kpc", extension_instances=lambda: (),
+                              on_catalogue=lambda catalogue: None, metrics=Metrics())
+        with pytest.raises(TektonUnavailableError) as failure:
+            await source.serve()
+        assert failure.value.key_path == "kaa.tekton.url"
+
+
+async def test_the_first_load_publishes_the_catalogue() -> None:
+    published: list[Catalogue] = []
+    async with open_tekton() as (tekton, client):
+        source = TektonSource(attrs.evolve(TektonSettings(), url=tekton.url), client,
+                              instance="kpc", extension_instances=lambda: ("dcx",),
+                              on_catalogue=published.append, metrics=Metrics())
+        async with trio.open_nursery() as nursery:
+            await nursery.start(source.serve)
+            nursery.cancel_scope.cancel()
+    assert published == [{"app": {"app-v1": AppVersionSettings("app", ("dcx",))}}]
