@@ -15,7 +15,13 @@ from kpc_trio.config import OAuth2Settings, TektonSettings
 from kpc_trio.keycloak import ServiceTokens, TokenError
 from kpc_trio.metrics import Metrics
 from kpc_trio.simulator.tekton import TOKEN_PATH, SimulatedKeycloak, SimulatedTekton
-from kpc_trio.tekton import Catalogue, TektonClient, TektonError, TektonSource, TektonUnavailableError
+from kpc_trio.tekton import (
+    Catalogue,
+    TektonClient,
+    TektonError,
+    TektonSource,
+    TektonUnavailableError,
+)
 
 
 @contextlib.asynccontextmanager
