@@ -7,6 +7,7 @@ message naming the key or file and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import importlib.resources
 import os
@@ -71,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run KPC with embedded NATS and a simulated Kaa side")
     demo.add_argument("--push-interval", type=float, default=30.0,
                       help="seconds between demo command pushes to connected endpoints")
+    demo.add_argument("--tekton", action="store_true",
+                      help="take the applications from a simulated Tekton and Keycloak")
     return parser
 
 
@@ -86,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "demo":
             from kpc_trio.demo import run_demo  # the simulator is only imported when asked for
 
-            trio.run(run_demo, config, args.push_interval)
+            trio.run(functools.partial(run_demo, config, args.push_interval,
+                                       tekton=args.tekton))
         else:
             trio.run(run_service, config)
     except KeyboardInterrupt:

@@ -78,7 +78,7 @@ class SimulatedTekton:
         self.available = True  # False: every Tekton request answers 503
         self.provider = provider
         self.requests: list[str] = []  # paths asked, in order
-        self._publish = publish
+        self.publish = publish  # may be set later, once the NATS side is up
         self.url = ""  # http://127.0.0.1:<port>, once serving
 
     # --- the model (what an administrator does in the Web Dashboard) ---------------------------
@@ -100,8 +100,8 @@ class SimulatedTekton:
                        app_version: str | None = None, *, delivery: str = "broadcast",
                        generation: int = 2, target_instance: str = "kpc") -> None:
         """Publish the 17/SCMP event Tekton sends after a change (returns once NATS has it)."""
-        if self._publish is None:
-            raise RuntimeError("SimulatedTekton was created without a NATS publisher")
+        if self.publish is None:
+            raise RuntimeError("SimulatedTekton has no NATS publisher (set `publish`)")
         tenant = self.applications[app_name].tenant_id if app_name in self.applications \
             else ("tenant-1" if app_name else None)
         legacy = generation == 1
@@ -113,7 +113,7 @@ class SimulatedTekton:
             app_name=app_name, app_version=app_version, generation=generation, delivery=delivery)
         payload = scmp.encode(update, timestamp=int(time.time() * 1000),
                               originator_replica_id="sim-tekton-1")
-        await trio.to_thread.run_sync(self._publish, subject, payload)
+        await trio.to_thread.run_sync(self.publish, subject, payload)
         log.info("sim_scmp_announced", subject=subject, app_name=app_name,
                  app_version=app_version)
 

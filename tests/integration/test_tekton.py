@@ -7,6 +7,7 @@ shared nats-server carries no event of another test.
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import json
 import logging
 import time
@@ -23,12 +24,13 @@ from kpc_trio.kaa import scmp
 from kpc_trio.nats.embedded import NatsServerProcess
 from kpc_trio.nats.gateway import OutboundMessage
 from kpc_trio.service import KpcService, open_kpc
-from kpc_trio.simulator import SimulatedKaa
+from kpc_trio.simulator import DEMO_ENDPOINTS, SimulatedKaa
 from kpc_trio.simulator.kaa_side import open_simulated_kaa
 from kpc_trio.simulator.tekton import TOKEN_PATH, SimulatedKeycloak, SimulatedTekton
 from kpc_trio.simulator.token_provider import EndpointRecord
 from tests.clients.paho_device import PahoDevice
 from tests.integration.kpc_harness import call, open_device
+from tests.integration.kpc_process import running_kpc
 from tests.integration.waiting import eventually, logged
 
 APP, VERSION, OTHER_VERSION = "fleet", "fleet-v1", "fleet-v2"
@@ -258,3 +260,22 @@ async def test_a_nats_reconnect_reloads_everything_since_events_may_have_been_lo
             assert (await request(device, NEW_VERSION, NEW_DEVICE.token, 1))[0] == "status"
     assert not logged(caplog, "scmp_event")
     no_internal_errors(caplog)
+
+
+async def test_demo_with_tekton_serves_the_seeded_application_and_follows_a_change(
+    tmp_path: Path,
+) -> None:
+    demo_config = str(importlib.resources.files("kpc_trio") / "demo.yml")
+    env = {"LOGGING_FORMAT": "json", "KAA_KPC_TRANSPORTS_MQTT_TCP_PORT": "0",
+           "MANAGEMENT_PORT": "0", "SERVER_PORT": "0"}
+    with running_kpc(demo_config, tmp_path / "demo.log", env, ("demo", "--tekton")) as demo:
+        async with open_device(demo.ports["mqtt_tcp"], client_id="demo-device") as device:
+            outcome, _ = await request(device, "demo_application_v1", DEMO_ENDPOINTS[0].token, 1)
+            assert outcome == "status"
+            await eventually(lambda: bool(demo.named("demo_tekton_change")), timeout=20)
+            await eventually(lambda: any(event.get("added") == "demo_application_v2"
+                                         for event in demo.named("applications_changed")))
+            outcome, _ = await request(device, "demo_application_v2", DEMO_ENDPOINTS[0].token, 2)
+            assert outcome == "status"
+        assert demo.named("scmp_event"), demo.log_tail()
+        assert not demo.named("file_applications_ignored")
