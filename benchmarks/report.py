@@ -121,8 +121,10 @@ def table(measurements: Sequence[Measurement]) -> str:
             text, {True: "yes", False: "NO", None: "-"}[met],
         ])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    rendered = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
-                for line in lines]
+    rendered = [
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    ]
     rendered.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(rendered)
 
@@ -150,11 +152,11 @@ def write_chart(path: Path, measurements: Sequence[Measurement]) -> str | None:
     lines = -(-len(chart_rows) // columns)
     figure, axes = plt.subplots(lines, columns, figsize=(4.5 * columns, 3.2 * lines),
                                 squeeze=False)
-    for axis, row in zip(axes.flat, chart_rows):
+    for axis, row in zip(axes.flat, chart_rows, strict=True):
         present = [s for s in SERVERS if row.median(s) is not None]
         medians = [row.by_server[s].median for s in present]
-        low = [m - min(row.by_server[s].values) for s, m in zip(present, medians)]
-        high = [max(row.by_server[s].values) - m for s, m in zip(present, medians)]
+        low = [m - min(row.by_server[s].values) for s, m in zip(present, medians, strict=True)]
+        high = [max(row.by_server[s].values) - m for s, m in zip(present, medians, strict=True)]
         axis.bar(present, medians, yerr=[low, high], capsize=4,
                  color=["tab:green" if s == KPC else "tab:gray" for s in present])
         axis.set_title(f"{row.case}: {row.metric}", fontsize=10)

@@ -54,7 +54,9 @@ class InvalidValue(Exception):
 
 
 class ValueType(Protocol):
-    label: str  # short type name for the reference table
+    @property
+    def label(self) -> str:
+        """Short type name for the reference table."""
 
     def parse(self, raw: object) -> Any: ...
 
@@ -675,7 +677,7 @@ _DEFAULT_DISCONNECT_POLICY = DisconnectPolicy()
 # Loading.
 
 
-def _yaml_key(field: attrs.Attribute) -> str:  # type: ignore[type-arg]
+def _yaml_key(field: attrs.Attribute) -> str:
     return field.name.replace("_", "-")
 
 

@@ -17,7 +17,7 @@ S = TypeVar("S")
 
 @attrs.frozen
 class UnawareRequestKey:
-    """Identifies a pending request to an endpoint-unaware extension (no endpoint id to route on)."""
+    """A pending request to an endpoint-unaware extension (no endpoint id to route on)."""
 
     app_version: str
     extension: str

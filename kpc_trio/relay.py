@@ -104,7 +104,8 @@ class Relay:
         """The `/status` or `/error` PUBLISH for an `ExtensionData` (spec 4.5)."""
         app_version = data.app_version_name or fallback_app_version
         if not app_version or not data.extension_instance_name:
-            raise UndeliverableError("ExtensionData without appVersionName or extensionInstanceName")
+            raise UndeliverableError(
+                "ExtensionData without appVersionName or extensionInstanceName")
         success = kp1.is_success(data.status_code)
         topic = kp1.response_topic(
             app_version, data.extension_instance_name, token, data.resource_path,

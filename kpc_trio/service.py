@@ -484,7 +484,7 @@ class KpcService:
             self.metrics.connect_refusals.labels(peer.transport, "max_connections").inc()
             log.warning("connection_refused", reason="max_connections", peer=peer.address,
                         limit=limit)
-            return trio.aclose_forcefully(stream)
+            return trio.aclose_forcefully(stream)  # noqa: ASYNC105 - awaited by the caller
         return Session(stream, peer, self._context).run(self._sessions_nursery)
 
     def _dispatch_extension_data(self, message: InboundMessage) -> None:

@@ -110,7 +110,8 @@ class NatsServerProcess:
         binary = find_nats_server()
         self._workdir = tempfile.TemporaryDirectory(prefix="kpc-nats-")
         workdir = Path(self._workdir.name)
-        args = [str(binary), "-a", HOST, "-p", str(self.port or -1), "--ports_file_dir", str(workdir)]
+        args = [str(binary), "-a", HOST, "-p", str(self.port or -1),
+                "--ports_file_dir", str(workdir)]
         if self.user is not None:
             args += ["--user", self.user]
         if self.password is not None:

@@ -242,8 +242,9 @@ class _Connection:
     _send_nowait: Callable[[bytes], int] | None = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        lean = isinstance(self.stream, LeanSocketStream)
-        self._send_nowait = self.stream.send_nowait if lean else None  # TLS: no such shortcut
+        stream = self.stream
+        # TLS: no such shortcut
+        self._send_nowait = stream.send_nowait if isinstance(stream, LeanSocketStream) else None
 
     async def write(self, data: bytes, *, ping: bool = False) -> trio.Event | None:
         """Write `data` (plus a PING whose PONG sets the returned event, if `ping`)."""

@@ -244,7 +244,7 @@ class ServerStreamParser:
         # rather than buffered without bound. Follows max_payload of the server's INFO.
         self._max_message = DEFAULT_MAX_PAYLOAD
 
-    def feed(self, data: bytes) -> list[ServerEvent]:
+    def feed(self, data: bytes | bytearray) -> list[ServerEvent]:
         """Parse everything complete; raises NatsProtocolError for bytes that are not NATS."""
         buffer = self._buffer
         buffer += data
