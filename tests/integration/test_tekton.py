@@ -19,7 +19,7 @@ import attrs
 import pytest
 import trio
 
-from kpc_trio.config import load_config
+from kpc_trio.config import Config, load_config
 from kpc_trio.kaa import scmp
 from kpc_trio.nats.embedded import NatsServerProcess
 from kpc_trio.nats.gateway import OutboundMessage
@@ -29,6 +29,7 @@ from kpc_trio.simulator.kaa_side import open_simulated_kaa
 from kpc_trio.simulator.tekton import TOKEN_PATH, SimulatedKeycloak, SimulatedTekton
 from kpc_trio.simulator.token_provider import EndpointRecord
 from tests.clients.paho_device import PahoDevice
+from tests.integration.http_probe import http_get
 from tests.integration.kpc_harness import call, open_device
 from tests.integration.kpc_process import running_kpc
 from tests.integration.waiting import eventually, logged
@@ -72,8 +73,9 @@ class Setup:
 
 
 @contextlib.asynccontextmanager
-async def open_setup(tmp_path: Path, nats_url: str) -> AsyncIterator[Setup]:
-    """Tekton holding APP with VERSION and OTHER_VERSION; KPC started from it."""
+async def open_tekton_and_kaa(tmp_path: Path, nats_url: str
+                              ) -> AsyncIterator[tuple[SimulatedTekton, SimulatedKaa, Config]]:
+    """Tekton holding APP with VERSION and OTHER_VERSION, the Kaa side, and KPC's config."""
     instance, provider = (f"{name}-{uuid.uuid4().hex[:8]}" for name in ("kpc", "tekton"))
     async with open_simulated_kaa(nats_url, endpoints=(DEVICE, NEW_DEVICE),
                                   echo_extensions=("dcx",), kpc_instance=instance) as kaa, \
@@ -90,9 +92,16 @@ async def open_setup(tmp_path: Path, nats_url: str) -> AsyncIterator[Setup]:
             "NATS_URLS": nats_url, "SERVICE_INSTANCE_NAME": instance,
             "KAA_SCMP_CONSUMER_PROVIDER_SERVICE_INSTANCE_NAME": provider,
             "KAA_OAUTH2_CLIENT_SECRET": "s3cret"})
-        async with open_kpc(config) as kpc:
-            yield Setup(kpc, tekton, kaa)
+        yield tekton, kaa, config
         nursery.cancel_scope.cancel()
+
+
+@contextlib.asynccontextmanager
+async def open_setup(tmp_path: Path, nats_url: str) -> AsyncIterator[Setup]:
+    """KPC started from the simulated Tekton."""
+    async with open_tekton_and_kaa(tmp_path, nats_url) as (tekton, kaa, config), \
+            open_kpc(config) as kpc:
+        yield Setup(kpc, tekton, kaa)
 
 
 async def request(device: PahoDevice, app_version: str, token: str, request_id: int
@@ -279,3 +288,42 @@ async def test_demo_with_tekton_serves_the_seeded_application_and_follows_a_chan
             assert outcome == "status"
         assert demo.named("scmp_event"), demo.log_tail()
         assert not demo.named("file_applications_ignored")
+
+
+async def test_listeners_open_only_after_the_first_load_and_not_ready_before(
+    tmp_path: Path, nats_server: NatsServerProcess, caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with open_tekton_and_kaa(tmp_path, nats_server.url) as (tekton, _, config), \
+            trio.open_nursery() as nursery:
+        tekton.available = False
+        kpc = KpcService(config)
+        nursery.start_soon(kpc.serve)
+        await eventually(lambda: bool(logged(caplog, "tekton_refresh_failed")))
+        assert logged(caplog, "tekton_refresh_failed")[0]["serving"] == "nothing yet"
+        ready = await call(http_get, kpc.ports["management"], "/ready")
+        assert ready.status == 503 and b"configuration_not_loaded" in ready.body
+        assert "mqtt_tcp" not in kpc.ports
+        tekton.available = True
+        await eventually(lambda: "mqtt_tcp" in kpc.ports)
+        assert (await call(http_get, kpc.ports["management"], "/ready")).status == 200
+        assert VERSION in kpc.applications.current.versions
+        kpc.request_shutdown()
+    no_internal_errors(caplog)
+
+
+async def test_a_narrower_extension_list_applies_to_the_next_message_of_a_live_session(
+    tmp_path: Path, nats_server: NatsServerProcess, caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with open_setup(tmp_path, nats_server.url) as setup, \
+            open_device(setup.port, client_id="fleet-5") as device:
+        assert (await request(device, VERSION, DEVICE.token, 1))[0] == "status"
+        setup.tekton.applications[APP].config = {"allowed-extension-instances": []}
+        setup.tekton.create_app_version(APP, VERSION, None)  # inherits the application's
+        await setup.tekton.announce("upsert", APP, VERSION, delivery="targeted",
+                                    target_instance=setup.kaa.kpc_instance)
+        await eventually(lambda: setup.kpc.applications.current.versions[VERSION]
+                         .allowed_extension_instances == ())
+        assert await request(device, VERSION, DEVICE.token, 2) == (
+            "error", {"statusCode": 403, "reasonPhrase": "Extension not allowed"})
+        assert (await request(device, OTHER_VERSION, DEVICE.token, 3))[0] == "status"
+    no_internal_errors(caplog)
