@@ -374,6 +374,10 @@ class KpcService:
             if gone:
                 self._context.events.disconnected(gone)
                 released += len(gone)
+        # Kept online after their client left (idle policy): no session holds them any more.
+        detached = self._context.presence.release_app_versions(app_versions)
+        self._context.events.disconnected(detached)
+        released += len(detached)
         evicted = sum(self._context.resolver.forget_application(app) for app in applications)
         log.info("endpoints_released", app_versions=describe(app_versions),
                  endpoints=released, token_cache_entries=evicted)

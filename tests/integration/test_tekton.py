@@ -327,3 +327,22 @@ async def test_a_narrower_extension_list_applies_to_the_next_message_of_a_live_s
             "error", {"statusCode": 403, "reasonPhrase": "Extension not allowed"})
         assert (await request(device, OTHER_VERSION, DEVICE.token, 3))[0] == "status"
     no_internal_errors(caplog)
+
+
+async def test_a_deleted_appversion_releases_endpoints_kept_online_after_their_client_left(
+    tmp_path: Path, nats_server: NatsServerProcess, caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with open_tekton_and_kaa(tmp_path, nats_server.url) as (tekton, kaa, config):
+        tekton.applications[APP].config = {"disconnect": {
+            "on-client-disconnect": False, "idle": {"enabled": True, "duration": "1h"}}}
+        async with open_kpc(config) as kpc:
+            async with open_device(kpc.ports["mqtt_tcp"], client_id="gateway-1") as device:
+                assert (await request(device, VERSION, DEVICE.token, 1))[0] == "status"
+            await eventually(lambda: any(fields.get("client_id") == "gateway-1" for fields
+                                         in logged(caplog, "client_disconnected")))
+            assert kaa.events("connectivity.disconnected") == []  # online until idle
+            tekton.delete_app_version(APP, VERSION)
+            await tekton.announce("delete", APP, VERSION)
+            [event] = await kaa.await_events("connectivity.disconnected", 1)
+            assert event.endpoints == {DEVICE.endpoint_id: VERSION}
+    no_internal_errors(caplog)
