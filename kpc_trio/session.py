@@ -469,6 +469,10 @@ class Session:
             assert route.token is not None
             app_name = self._app_name(route)
             identity = await self._ctx.resolver.identify(app_name, route.token)
+            if self._ctx.relay.registry.app_name(route.app_version) != app_name:
+                # The appversion left the configuration while its token was being validated.
+                raise Kp1Error(404, "Application version not found", route.request_id,
+                               f"appversion {route.app_version!r} was removed")
             binding = self._binding_for(identity, route, app_name)
         return binding
 

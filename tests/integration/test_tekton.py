@@ -346,3 +346,23 @@ async def test_a_deleted_appversion_releases_endpoints_kept_online_after_their_c
             [event] = await kaa.await_events("connectivity.disconnected", 1)
             assert event.endpoints == {DEVICE.endpoint_id: VERSION}
     no_internal_errors(caplog)
+
+
+async def test_an_appversion_removed_while_a_token_is_validated_is_not_bound(
+    tmp_path: Path, nats_server: NatsServerProcess, caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with open_setup(tmp_path, nats_server.url) as setup, \
+            open_device(setup.port, client_id="fleet-6") as device:
+        await call(setup.kaa.set_token_delay, 1.5)
+        topic = f"kp1/{VERSION}/dcx/{DEVICE.token}/json/1"
+        await call(device.publish, topic, b"{}", qos=0)  # QoS 1 would wait for the token
+        await call(setup.kaa.wait_token_requests, 1)
+        setup.tekton.delete_app_version(APP, VERSION)
+        await setup.tekton.announce("delete", APP, VERSION)
+        await eventually(lambda: VERSION not in setup.kpc.applications.current.versions)
+        answer = await call(device.expect, 5.0)
+        assert (answer.topic, json.loads(answer.payload)) == (topic + "/error", {
+            "statusCode": 404, "reasonPhrase": "Application version not found"})
+        assert setup.kaa.events("connectivity.connected") == []
+        assert setup.kpc.hub.endpoint_count == 0
+    no_internal_errors(caplog)
