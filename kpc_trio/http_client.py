@@ -78,7 +78,10 @@ async def _exchange(stream: trio.abc.Stream, method: str, target: str, host: str
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            conn.receive_data(bytes(await stream.receive_some(_RECEIVE_SIZE)))
+            data = bytes(await stream.receive_some(_RECEIVE_SIZE))
+            if not data and head is None:
+                raise HttpClientError(f"{method} {target}: connection closed without an answer")
+            conn.receive_data(data)
         elif isinstance(event, h11.Response):
             head = event
         elif isinstance(event, h11.Data):
@@ -87,8 +90,7 @@ async def _exchange(stream: trio.abc.Stream, method: str, target: str, host: str
                 raise HttpClientError(f"answer to {method} {target} exceeds "
                                       f"{max_body_bytes} bytes")
         elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-            if head is None:
-                raise HttpClientError(f"{method} {target}: connection closed without an answer")
+            assert head is not None  # h11 emits the Response first; a close before: see above
             return HttpResponse(
                 head.status_code,
                 {name.decode("latin-1").lower(): value.decode("latin-1")

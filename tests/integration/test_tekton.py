@@ -73,9 +73,10 @@ class Setup:
 
 
 @contextlib.asynccontextmanager
-async def open_tekton_and_kaa(tmp_path: Path, nats_url: str
+async def open_tekton_and_kaa(tmp_path: Path, nats_url: str, **env: str
                               ) -> AsyncIterator[tuple[SimulatedTekton, SimulatedKaa, Config]]:
-    """Tekton holding APP with VERSION and OTHER_VERSION, the Kaa side, and KPC's config."""
+    """Tekton holding APP with VERSION and OTHER_VERSION, the Kaa side, and KPC's config
+    (`env`: more environment overrides)."""
     instance, provider = (f"{name}-{uuid.uuid4().hex[:8]}" for name in ("kpc", "tekton"))
     async with open_simulated_kaa(nats_url, endpoints=(DEVICE, NEW_DEVICE),
                                   echo_extensions=("dcx",), kpc_instance=instance) as kaa, \
@@ -91,7 +92,7 @@ async def open_tekton_and_kaa(tmp_path: Path, nats_url: str
         config = load_config(str(path), env={
             "NATS_URLS": nats_url, "SERVICE_INSTANCE_NAME": instance,
             "KAA_SCMP_CONSUMER_PROVIDER_SERVICE_INSTANCE_NAME": provider,
-            "KAA_OAUTH2_CLIENT_SECRET": "s3cret"})
+            "KAA_OAUTH2_CLIENT_SECRET": "s3cret", **env})
         yield tekton, kaa, config
         nursery.cancel_scope.cancel()
 
@@ -365,4 +366,16 @@ async def test_an_appversion_removed_while_a_token_is_validated_is_not_bound(
             "statusCode": 404, "reasonPhrase": "Application version not found"})
         assert setup.kaa.events("connectivity.connected") == []
         assert setup.kpc.hub.endpoint_count == 0
+    no_internal_errors(caplog)
+
+
+async def test_a_periodic_resync_catches_a_change_whose_event_was_lost(
+    tmp_path: Path, nats_server: NatsServerProcess, caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with open_tekton_and_kaa(tmp_path, nats_server.url,
+                                   KAA_TEKTON_RESYNC_INTERVAL="300ms") as (tekton, _, config), \
+            open_kpc(config) as kpc:
+        tekton.delete_application(APP)  # and no event
+        await eventually(lambda: not kpc.applications.current.versions)
+        assert logged(caplog, "applications_changed")[-1]["removed"] == f"{VERSION},{OTHER_VERSION}"
     no_internal_errors(caplog)

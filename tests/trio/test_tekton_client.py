@@ -4,7 +4,9 @@ tokens cached, renewed once after a 401, Keycloak's refusal and Tekton's errors 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import attrs
 import pytest
@@ -12,6 +14,7 @@ import trio
 
 from kpc_trio.applications import AppVersionSettings
 from kpc_trio.config import OAuth2Settings, TektonSettings
+from kpc_trio.http_client import HttpClientError, http_request
 from kpc_trio.keycloak import ServiceTokens, TokenError
 from kpc_trio.metrics import Metrics
 from kpc_trio.simulator.tekton import TOKEN_PATH, SimulatedKeycloak, SimulatedTekton
@@ -84,3 +87,66 @@ async def test_the_first_load_publishes_the_catalogue() -> None:
             await nursery.start(source.serve)
             nursery.cancel_scope.cancel()
     assert published == [{"app": {"app-v1": AppVersionSettings("app", ("dcx",))}}]
+
+
+async def test_without_oauth2_tekton_is_called_without_authorization() -> None:
+    tekton = SimulatedTekton()  # API security off: no Keycloak
+    tekton.create_application("app")
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(tekton.serve)
+        tokens = ServiceTokens(OAuth2Settings(enabled=False, token_url="http://unused:1/"),
+                               request_timeout=1.0)
+        client = TektonClient(TektonSettings(enabled=True, url=url), tokens)
+        assert await client.get("/applications") == [{"name": "app", "tenantId": "tenant-1"}]
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_secret_file_is_read_at_each_token_request(tmp_path: Path) -> None:
+    secret = tmp_path / "client-secret"
+    secret.write_text("old\n")
+    async with open_tekton() as (tekton, _):
+        assert tekton.keycloak is not None
+        settings = OAuth2Settings(token_url=tekton.url + TOKEN_PATH,
+                                  client_secret_file=str(secret))
+        tokens = ServiceTokens(settings, request_timeout=2.0)
+        with pytest.raises(TokenError, match="HTTP 401"):
+            await tokens.authorization()
+        secret.write_text("pw\n")  # the mounted secret was updated
+        [(name, value)] = await tokens.authorization()
+        assert name == "authorization" and value.removeprefix("Bearer ") in tekton.keycloak.issued
+        secret.unlink()
+        tokens.invalidate()
+        with pytest.raises(TokenError, match="kaa.oauth2.client-secret-file: cannot read"):
+            await tokens.authorization()
+
+
+async def answer_with(reply: bytes, stream: trio.SocketStream) -> None:
+    await stream.receive_some(65536)
+    await stream.send_all(reply)
+    await stream.aclose()
+
+
+@pytest.mark.parametrize(("reply", "problem"), [
+    (b"garbage\r\n\r\n", "malformed HTTP answer"),
+    (b"", "without an answer"),
+    (b"HTTP/1.1 200 OK\r\ncontent-length: 99999999\r\n\r\n" + b"x" * 70000, "exceeds"),
+], ids=["garbage", "closed", "too-large"])
+async def test_broken_answers_are_http_client_errors(reply: bytes, problem: str) -> None:
+    async with trio.open_nursery() as nursery:
+        [listener] = await nursery.start(functools.partial(
+            trio.serve_tcp, functools.partial(answer_with, reply), 0, host="127.0.0.1"))
+        port = listener.socket.getsockname()[1]
+        with pytest.raises(HttpClientError, match=problem):
+            await http_request("GET", f"http://127.0.0.1:{port}/x", timeout=5,
+                               max_body_bytes=65536)
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_unreachable_tekton_is_a_tekton_error() -> None:
+    with trio.socket.socket() as unused:
+        await unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    tokens = ServiceTokens(OAuth2Settings(enabled=False), request_timeout=1.0)
+    client = TektonClient(TektonSettings(enabled=True, url=f"http://127.0.0.1:{port}"), tokens)
+    with pytest.raises(TektonError, match=f"GET http://127.0.0.1:{port}/api/v1/applications"):
+        await client.get("/applications")
