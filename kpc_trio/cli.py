@@ -152,12 +152,14 @@ async def run_service(config: Config) -> None:
                         await service.serve(task_status=task_status)
                         serving.cancel_scope.cancel()  # the reloader ends with the service
 
-                    await serving.start(serve)
-                    _freeze_startup_heap()
-                    if config.source != DEFAULTS_SOURCE:  # SIGHUP and file changes reload
+                    if config.source != DEFAULTS_SOURCE:
+                        # SIGHUP and file changes reload; from the start, since a SIGHUP that
+                        # arrives while Tekton is first loaded must not end the process.
                         await serving.start(ConfigReloader(
                             service, config.source, service.metrics,
                             tls_context=service.tls_context).serve)
+                    await serving.start(serve)
+                    _freeze_startup_heap()
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(serve_then_stop_watching)

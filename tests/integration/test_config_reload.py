@@ -61,7 +61,8 @@ def kpc_process(tmp_path: Path, kaa: SimulatedKaa, nats_url: str, config: Path
         yield kpc
         kpc.send_signal(signal.SIGTERM)
         assert kpc.process.wait(30) == 0
-        assert not kpc.named("session_failed"), kpc.log_tail()
+        assert not [event for event in kpc.events() if "exc" in event
+                    or event["event"] == "session_failed"], kpc.log_tail()
 
 
 async def answer(device: PahoDevice, app_version: str, request_id: int) -> str:

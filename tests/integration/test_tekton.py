@@ -288,6 +288,7 @@ async def test_demo_with_tekton_serves_the_seeded_application_and_follows_a_chan
             outcome, _ = await request(device, "demo_application_v2", DEMO_ENDPOINTS[0].token, 2)
             assert outcome == "status"
         assert demo.named("scmp_event"), demo.log_tail()
+        assert not [event for event in demo.events() if "exc" in event], demo.log_tail()
         assert not demo.named("file_applications_ignored")
 
 
