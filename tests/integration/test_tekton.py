@@ -10,6 +10,7 @@ import contextlib
 import importlib.resources
 import json
 import logging
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -31,7 +32,7 @@ from kpc_trio.simulator.token_provider import EndpointRecord
 from tests.clients.paho_device import PahoDevice
 from tests.integration.http_probe import http_get
 from tests.integration.kpc_harness import call, open_device
-from tests.integration.kpc_process import running_kpc
+from tests.integration.kpc_process import child_env, kpc_command, running_kpc
 from tests.integration.waiting import eventually, logged
 
 APP, VERSION, OTHER_VERSION = "fleet", "fleet-v1", "fleet-v2"
@@ -380,3 +381,19 @@ async def test_a_periodic_resync_catches_a_change_whose_event_was_lost(
         await eventually(lambda: not kpc.applications.current.versions)
         assert logged(caplog, "applications_changed")[-1]["removed"] == f"{VERSION},{OTHER_VERSION}"
     no_internal_errors(caplog)
+
+
+def test_no_first_load_within_the_timeout_ends_startup_with_a_line_naming_the_key(
+    tmp_path: Path, nats_server: NatsServerProcess,
+) -> None:
+    path = tmp_path / "service-config.yml"
+    path.write_text(CONFIG.format(url="http://127.0.0.1:9", token_path=TOKEN_PATH))
+    done = subprocess.run(
+        kpc_command("--config", str(path), "run"), capture_output=True, text=True, timeout=60,
+        env=child_env({"NATS_URLS": nats_server.url, "KAA_TEKTON_INITIAL_LOAD_TIMEOUT": "1s",
+                       "KAA_OAUTH2_ENABLED": "false"}))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines()[-1].startswith(
+        "kpc-trio: cannot start: kaa.tekton.url: no applications loaded from "
+        "http://127.0.0.1:9 within kaa.tekton.initial-load-timeout (1s)")
+    assert "Traceback" not in done.stderr
