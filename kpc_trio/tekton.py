@@ -41,6 +41,8 @@ log = get_logger(__name__)
 
 BACKOFF_FIRST: Final = 0.5
 BACKOFF_MAX: Final = 30.0
+#: Applications marked for re-fetching at most; beyond, a full load is done instead.
+MAX_PENDING_SCOPES: Final = 1000
 
 #: app name -> appversion name -> settings
 Catalogue = Mapping[str, Mapping[str, AppVersionSettings]]
@@ -145,6 +147,12 @@ class TektonSource:
 
     def request(self, scope: Scope) -> None:
         """Re-fetch `scope` soon (debounced)."""
+        if len(self._pending) >= MAX_PENDING_SCOPES:
+            scope = EVERYTHING  # a flood of events: one full load covers them all, bounded
+        if scope is EVERYTHING:
+            self._pending.clear()
+        elif EVERYTHING in self._pending:
+            return
         self._pending.add(scope)
         self._wake.set()
 

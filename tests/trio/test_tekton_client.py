@@ -19,12 +19,14 @@ from kpc_trio.keycloak import ServiceTokens, TokenError
 from kpc_trio.metrics import Metrics
 from kpc_trio.simulator.tekton import TOKEN_PATH, SimulatedKeycloak, SimulatedTekton
 from kpc_trio.tekton import (
+    MAX_PENDING_SCOPES,
     Catalogue,
     TektonClient,
     TektonError,
     TektonSource,
     TektonUnavailableError,
 )
+from tests.integration.waiting import eventually
 
 
 @contextlib.asynccontextmanager
@@ -150,3 +152,21 @@ async def test_an_unreachable_tekton_is_a_tekton_error() -> None:
     client = TektonClient(TektonSettings(enabled=True, url=f"http://127.0.0.1:{port}"), tokens)
     with pytest.raises(TektonError, match=f"GET http://127.0.0.1:{port}/api/v1/applications"):
         await client.get("/applications")
+
+
+async def test_a_flood_of_events_collapses_into_one_full_load() -> None:
+    async with open_tekton() as (tekton, client):
+        loads: list[Catalogue] = []
+        source = TektonSource(TektonSettings(enabled=True, url=tekton.url, debounce=0.05),
+                              client, instance="kpc", extension_instances=lambda: (),
+                              on_catalogue=loads.append, metrics=Metrics())
+        async with trio.open_nursery() as nursery:
+            await nursery.start(source.serve)
+            tekton.requests.clear()
+            for n in range(MAX_PENDING_SCOPES + 500):
+                source.request(f"app-{n}")
+            await eventually(lambda: len(loads) == 2)
+            nursery.cancel_scope.cancel()
+    # One full load: the list, then the one application's versions and configurations.
+    assert tekton.requests[0] == "/api/v1/applications"
+    assert len(tekton.requests) == 4
