@@ -176,6 +176,11 @@ class Text:
 # Instance names and replica ids become NATS subject tokens (3/ISM), so they cannot hold separators.
 SUBJECT_TOKEN = Text(r"[^\s.*>]+", "a non-empty NATS subject token (no spaces, '.', '*' or '>')",
                      label="NATS subject token")
+# Application, application-version and extension-instance names: versions and instances are
+# MQTT topic levels of 1/KP, instances also NATS subject tokens (3/ISM); one rule for all three.
+ENTRY_NAME = Text(r"[^\s.*>/+#]+",
+                  "a non-empty name without spaces, '.', '*', '>', '/', '+' or '#' (it goes into "
+                  "NATS subjects and MQTT topics)", label="name")
 URL_PATH = Text(r"/\S*", "a URL path starting with '/'", label="URL path")
 
 
@@ -239,11 +244,17 @@ class NatsUrls(Text):
 
 @attrs.frozen
 class TextList:
+    item: Text = Text()
     label: str = "list of strings"
 
     def parse(self, raw: object) -> tuple[str, ...]:
         if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
             raise InvalidValue
+        for item in raw:
+            try:
+                self.item.parse(item)
+            except InvalidValue:
+                raise InvalidValue(f"{item!r} is not {self.item.expected()}") from None
         return tuple(raw)
 
     def expected(self) -> str:
@@ -468,6 +479,9 @@ class EspSettings:
     with_config_name: bool = setting(True, Boolean(),
                                      "Encode ClientData with the `configName` field (false = the "
                                      "legacy schema).")
+    response_timeout: float = setting(30.0, Duration(positive=True),
+                                      "How long a request to an endpoint-unaware extension waits "
+                                      "for its reply; a later reply is dropped.")
 
 
 @attrs.frozen
@@ -522,7 +536,8 @@ class DisconnectOverride:
 @attrs.frozen
 class ApplicationVersion:
     allowed_extension_instances: tuple[str, ...] = setting(
-        (), TextList(), "Extension instances that clients of this application version may address."
+        (), TextList(ENTRY_NAME),
+        "Extension instances that clients of this application version may address."
     )
     disconnect: DisconnectOverride = section(DisconnectOverride)
 
@@ -760,6 +775,13 @@ def _build(node: type, raw: object, path: str, origin: _Origin) -> Any:
             values[field.name] = _build(kind.node, given.get(key), key_path, origin)
         elif isinstance(kind, NamedEntries):
             entries = _expand_dotted(given.get(key), key_path, origin)
+            for name in entries:
+                try:
+                    ENTRY_NAME.parse(name)
+                except InvalidValue:
+                    raise ConfigError(f"{_join(key_path, name)}: {name!r} is not "
+                                      f"{ENTRY_NAME.expected()} (from {origin.file})",
+                                      key_path=_join(key_path, name)) from None
             inner = _Origin(origin.file, env=None)
             values[field.name] = types.MappingProxyType({
                 name: _build(kind.node, entry, _join(key_path, name), inner)

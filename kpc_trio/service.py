@@ -39,7 +39,7 @@ from kpc_trio.connectivity import ConnectivityEvents
 from kpc_trio.health import Health
 from kpc_trio.http_transport import HttpTransport, ReplyWaiters, kp1_error_response
 from kpc_trio.httpd import HttpLimits, management_routes, rest_routes, serve_http
-from kpc_trio.hub import Hub, UnawareRequestKey
+from kpc_trio.hub import Hub
 from kpc_trio.kaa import records, scmp, subjects
 from kpc_trio.kaa.extension_data import read_extension_data
 from kpc_trio.keycloak import ServiceTokens
@@ -58,7 +58,7 @@ from kpc_trio.net import (
 from kpc_trio.presence import Expiry, IdleTracker, run_idle_sweeper
 from kpc_trio.relay import Relay, is_expired
 from kpc_trio.revocation import RevocationListener
-from kpc_trio.session import Session, SessionContext, SessionLimits
+from kpc_trio.session import Session, SessionContext, SessionLimits, run_refusal
 from kpc_trio.tekton import EVERYTHING, Catalogue, TektonClient, TektonSource
 from kpc_trio.traffic import TrafficMeter, run_traffic_reports
 
@@ -87,7 +87,7 @@ def nats_urls(config: Config) -> list[str]:
 @attrs.define
 class KpcService:
     config: Config
-    hub: Hub[Session] = attrs.field(factory=Hub)
+    hub: Hub[Session] = attrs.field()
     ports: dict[str, int] = attrs.field(factory=dict)
     sessions: set[Session] = attrs.field(factory=set)
     metrics: Metrics = attrs.field(factory=Metrics)
@@ -113,6 +113,10 @@ class KpcService:
                 Applications.build({}, endpoint_aware_of(self.config), "tekton"))
         else:
             self.applications = LiveApplications(Applications.from_config(self.config))
+
+    @hub.default
+    def _hub_for_config(self) -> Hub[Session]:
+        return Hub(unaware_timeout=self.config.kaa.kpc.esp.response_timeout)
 
     @property
     def replica_id(self) -> str:
@@ -484,11 +488,11 @@ class KpcService:
         assert self._context is not None and self._sessions_nursery is not None
         limit = self.config.kaa.kpc.transports.mqtt.max_connections
         if limit and len(self.sessions) >= limit:
-            # Refused before reading anything: under a connection storm this is the cheapest.
+            # Refused without a session: under a connection storm this is the cheapest.
             self.metrics.connect_refusals.labels(peer.transport, "max_connections").inc()
             log.warning("connection_refused", reason="max_connections", peer=peer.address,
                         limit=limit)
-            return trio.aclose_forcefully(stream)  # noqa: ASYNC105 - awaited by the caller
+            return run_refusal(stream, self.config.kaa.kpc.transports.mqtt.connect_timeout)
         return Session(stream, peer, self._context).run(self._sessions_nursery)
 
     def _dispatch_extension_data(self, message: InboundMessage) -> None:
@@ -506,7 +510,7 @@ class KpcService:
             return
         delivered = self._http_waiters.deliver(data)
         if not delivered:
-            session = self._session_for(data)
+            session, data = self._session_for(data)
             delivered = session is not None and session.deliver_extension_data(data)
         if delivered:
             self.metrics.extension_data_delivered.labels(data.extension_instance_name or "").inc()
@@ -536,14 +540,24 @@ class KpcService:
                     log.info("endpoint_roamed", endpoint_id=endpoint_id,
                              to_replica=event.originator_replica_id)
 
-    def _session_for(self, data: records.ExtensionData) -> Session | None:
+    def _session_for(self, data: records.ExtensionData
+                     ) -> tuple[Session | None, records.ExtensionData]:
+        """The session to deliver `data` to, and `data` as that session's device knows it (the
+        reply to an endpoint-unaware request carries KPC's request id, not the device's).
+
+        An endpoint-unaware `ExtensionData` without a request id (a reply to a request that had
+        none, fire and forget) names no device: it goes nowhere."""
         if data.endpoint_id is not None:
-            return self.hub.session_for_endpoint(data.endpoint_id)
+            return self.hub.session_for_endpoint(data.endpoint_id), data
         if data.request_id is None or not data.app_version_name \
                 or not data.extension_instance_name:
-            return None
-        return self.hub.take_unaware_reply(UnawareRequestKey(
-            data.app_version_name, data.extension_instance_name, data.request_id))
+            return None, data
+        pending = self.hub.take_unaware_reply(data.app_version_name,
+                                              data.extension_instance_name, data.request_id,
+                                              trio.current_time())
+        if pending is None:
+            return None, data
+        return pending.session, attrs.evolve(data, request_id=pending.device_request_id)
 
 
 @contextlib.asynccontextmanager

@@ -244,6 +244,7 @@ async def test_the_servers_ping_is_answered_and_its_info_updates_max_payload() -
         assert gateway.max_payload == 4096
 
 
+@pytest.mark.expected_errors("nats_protocol_error")
 async def test_a_server_sending_garbage_is_dropped_and_reconnected_to(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -299,6 +300,7 @@ async def test_a_tls_url_to_a_server_without_tls_is_refused_with_a_clear_error(
     assert "offers none" in str(logged(caplog, "nats_error")[0]["error"])
 
 
+@pytest.mark.expected_errors("nats_handler_failed")
 async def test_a_handler_subscription_is_called_in_place_and_survives_its_own_failure(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -323,6 +325,7 @@ async def test_a_handler_subscription_is_called_in_place_and_survives_its_own_fa
     assert not logged(caplog, "nats_reader_failed")  # the connection was kept
 
 
+@pytest.mark.expected_errors("nats_connection_failed")
 async def test_an_unexpected_error_in_a_connection_costs_a_reconnect_not_the_gateway(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
