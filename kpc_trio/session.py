@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from typing import Any, Protocol
 
 import attrs
@@ -122,9 +122,10 @@ class AnonymousAuthenticator:
         return ANONYMOUS
 
 
-@attrs.frozen
+@attrs.define
 class SessionContext:
-    """Everything a session needs from the service, shared by all sessions."""
+    """Everything a session needs from the service, shared by all sessions. Mutable only for
+    a configuration reload (new limits and authentication settings apply to new sessions)."""
 
     hub: Hub[Session]
     gateway: NatsGateway
@@ -557,6 +558,10 @@ class Session:
             assert route.token is not None
             app_name = self._app_name(route)
             identity = await self._ctx.resolver.identify(app_name, route.token)
+            if self._ctx.relay.registry.app_name(route.app_version) != app_name:
+                # The appversion left the configuration while its token was being validated.
+                raise Kp1Error(404, "Application version not found", route.request_id,
+                               f"appversion {route.app_version!r} was removed")
             binding = self._binding_for(identity, route, app_name)
         return binding
 
@@ -634,6 +639,19 @@ class Session:
         log.info("endpoint_disconnected", endpoint_id=endpoint_id, reason="token_revoked",
                  client_id=self.client_id)
         return True
+
+    def release_app_versions(self, app_versions: Set[str]) -> dict[str, str]:
+        """Stop serving this session's endpoints of `app_versions` (they left the
+        configuration) without reporting them; returns endpoint id -> appversion of those this
+        session held, for the caller's one DisconnectedEvent. The connection stays up."""
+        released = {}
+        for endpoint_id, binding in list(self._endpoints.items()):
+            if binding.app_version in app_versions:
+                del self._endpoints[endpoint_id]
+                self._ctx.presence.forget(endpoint_id)
+                if self._ctx.hub.unbind_endpoint(endpoint_id, self):
+                    released[endpoint_id] = binding.app_version
+        return released
 
     def _remember_request(self, route: Route, endpoint_id: str | None, qos: QoS) -> None:
         """The QoS of the response, keyed by what the reply carries (the device's request id,

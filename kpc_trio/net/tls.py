@@ -64,7 +64,7 @@ async def serve_tls(
     *,
     host: str,
     port: int,
-    ssl_context: ssl.SSLContext,
+    ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext],
     handshake_timeout: float,
     handler_nursery: trio.Nursery,
     on_handshake_failure: HandshakeFailureHook = _ignore_failure,
@@ -86,7 +86,10 @@ async def serve_tls(
             return
         async with contain_failures(Peer("tls", address), on_failure), \
                 closing_stream(tcp_stream):
-            tls_stream = trio.SSLStream(tcp_stream, ssl_context, server_side=True)
+            # A callable gives the context of the moment (certificate rotation): each
+            # handshake takes the newest, sessions already established keep theirs.
+            context = ssl_context() if callable(ssl_context) else ssl_context
+            tls_stream = trio.SSLStream(tcp_stream, context, server_side=True)
             try:
                 try:
                     peer = await _handshake(tls_stream, address, handshake_timeout)
