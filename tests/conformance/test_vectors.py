@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -87,6 +88,7 @@ class Run:
         self.kaa = kaa
         self.caplog = caplog
         self.devices: dict[str, Device] = {}
+        self.closes_seen: Counter[str] = Counter()  # close reasons matched by Closed steps
 
     async def device(self, name: str) -> Device:
         if name not in self.devices:
@@ -124,7 +126,10 @@ class Run:
             await device.read_at_least(sys.maxsize)  # until the server closes
             assert device.eof, f"{where}: the connection is still open"
             assert not device.received, f"{where}: got {_hex(bytes(device.received))} first"
-            await eventually(lambda: step.reason in self.close_reasons(), SERVER_DEADLINE)
+            # Each close its own log line: a second close for the same reason needs a second.
+            self.closes_seen[step.reason] += 1
+            await eventually(lambda: self.close_reasons().count(step.reason)
+                             >= self.closes_seen[step.reason], SERVER_DEADLINE)
             await device.wire.aclose()
         else:
             assert isinstance(step, Subprotocol)
