@@ -214,3 +214,7 @@ class EndpointTokenResolver:
             and isinstance(value, EndpointIdentity)
             and value.token_id in token_ids
         ))
+
+    def forget_application(self, app_name: str) -> int:
+        """Evict every cached validation of `app_name` (it left the configuration)."""
+        return len(self._cache.evict_where(lambda key, value: key[0] == app_name))

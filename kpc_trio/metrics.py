@@ -190,6 +190,28 @@ class Metrics:
             registry=r,
         )
 
+        # Live configuration (Tekton, 17/SCMP, file reloads)
+        self.scmp_events: Final = Counter(
+            "kpc_scmp_events", "17/SCMP configuration update events by update type (bad = "
+            "undecodable).", ["result"], registry=r
+        )
+        self.tekton_last_success: Final = Gauge(
+            "kpc_tekton_last_success_timestamp_seconds",
+            "Unix time of the last successful load from Tekton (0 = none yet).", registry=r
+        )
+        self.tekton_refresh_failures: Final = Counter(
+            "kpc_tekton_refresh_failures", "Failed loads from Tekton by cause (tekton, keycloak).",
+            ["reason"], registry=r
+        )
+        self.config_reloads: Final = Counter(
+            "kpc_config_reloads", "Configuration file reloads by result (applied, refused, "
+            "unchanged).", ["result"], registry=r
+        )
+        self.applications_changes: Final = Counter(
+            "kpc_appversion_changes", "Appversions added, removed or changed by configuration "
+            "swaps.", ["change"], registry=r
+        )
+
         # Endpoints and license
         self.endpoints_online: Final = Gauge(
             "kpc_endpoints_online", "Endpoints with an active session.", registry=r

@@ -81,6 +81,12 @@ class Relay:
         self._routes: dict[str, Route] = {}
         self._routes_bytes = 0  # estimated memory of `_routes`
 
+    def use_registry(self, registry: ApplicationRegistry) -> None:
+        """Serve another set of applications from now on (a configuration reload); routes
+        parsed against the old one are forgotten."""
+        self.registry = registry
+        self._routes.clear()
+
     def route(self, topic: str) -> Route:
         """Parse a client topic; raises `kp1.Kp1Error` with the status to answer.
 

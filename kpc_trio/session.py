@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from typing import Any, Protocol
 
 import attrs
@@ -79,10 +79,13 @@ class SessionLimits:
     max_packet_size: int = 1_048_576
     connect_timeout: float = 10.0
     max_outbox_bytes: int = 1_048_576
-    #: QoS 1/2 messages relayed but not yet confirmed by NATS before a connection stops reading.
+    #: QoS 1/2 messages relayed but not yet confirmed by NATS before a connection stops reading;
+    #: also the QoS 2 messages a client may leave unreleased (no PUBREL) before it is closed.
     max_inflight: int = 100
     max_publish_rate: int = 0  # PUBLISH packets per second read from a client; 0 = unlimited
     max_receive_rate: int = 0  # bytes per second read from a client; 0 = unlimited
+    max_subscriptions: int = 100
+    max_client_id_length: int = 256
     #: logging.repeat-interval: what a client can repeat at will is logged once per interval.
     log_repeat_interval: float = 10.0
 
@@ -132,9 +135,10 @@ class AnonymousAuthenticator:
         return ANONYMOUS
 
 
-@attrs.frozen
+@attrs.define
 class SessionContext:
-    """Everything a session needs from the service, shared by all sessions."""
+    """Everything a session needs from the service, shared by all sessions. Mutable only for
+    a configuration reload (new limits and authentication settings apply to new sessions)."""
 
     hub: Hub[Session]
     gateway: NatsGateway
@@ -199,7 +203,10 @@ class Session:
         self._stream = stream
         self.peer = peer
         self._ctx = context
-        self._conn = ServerConnection(max_packet_size=context.limits.max_packet_size)
+        limits = context.limits
+        self._conn = ServerConnection(
+            max_packet_size=limits.max_packet_size, max_subscriptions=limits.max_subscriptions,
+            max_client_id_length=limits.max_client_id_length, max_inflight=limits.max_inflight)
         self._endpoints: dict[str, EndpointBinding] = {}
         # Insertion-ordered: the oldest remembered request goes first when the bound is hit.
         # Created by the first QoS 1/2 request (thousands of idle sessions need none).
@@ -296,7 +303,9 @@ class Session:
             except ProtocolError as exc:
                 self._set_reason("protocol_error")
                 if self.client_id is None:
-                    self._count_refusal("protocol_error")
+                    # e.g. identifier_rejected: the CONNACK the core sent says why
+                    self._count_refusal(exc.connack.name.lower() if exc.connack else
+                                        "protocol_error")
                 log.info("protocol_violation", client_id=self.client_id, reason=exc.reason)
             await self._flush()
         except Exception as exc:  # noqa: BLE001 - one connection's failure must not stop KPC
@@ -592,6 +601,10 @@ class Session:
             assert route.token is not None
             app_name = self._app_name(route)
             identity = await self._ctx.resolver.identify(app_name, route.token)
+            if self._ctx.relay.registry.app_name(route.app_version) != app_name:
+                # The appversion left the configuration while its token was being validated.
+                raise Kp1Error(404, "Application version not found", route.request_id,
+                               f"appversion {route.app_version!r} was removed")
             binding = self._binding_for(identity, route, app_name)
         return binding
 
@@ -669,6 +682,19 @@ class Session:
         log.info("endpoint_disconnected", endpoint_id=endpoint_id, reason="token_revoked",
                  client_id=self.client_id)
         return True
+
+    def release_app_versions(self, app_versions: Set[str]) -> dict[str, str]:
+        """Stop serving this session's endpoints of `app_versions` (they left the
+        configuration) without reporting them; returns endpoint id -> appversion of those this
+        session held, for the caller's one DisconnectedEvent. The connection stays up."""
+        released = {}
+        for endpoint_id, binding in list(self._endpoints.items()):
+            if binding.app_version in app_versions:
+                del self._endpoints[endpoint_id]
+                self._ctx.presence.forget(endpoint_id)
+                if self._ctx.hub.unbind_endpoint(endpoint_id, self):
+                    released[endpoint_id] = binding.app_version
+        return released
 
     def _remember_request(self, route: Route, endpoint_id: str | None, qos: QoS) -> None:
         """The QoS of the response, keyed by what the reply carries (the device's request id,

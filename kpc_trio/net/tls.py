@@ -66,7 +66,7 @@ async def serve_tls(
     *,
     host: str,
     port: int,
-    ssl_context: ssl.SSLContext,
+    ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext],
     handshake_timeout: float,
     handler_nursery: trio.Nursery,
     on_handshake_failure: HandshakeFailureHook = _ignore_failure,
@@ -106,7 +106,10 @@ async def serve_tls(
             if address is None:
                 await trio.aclose_forcefully(tcp_stream)
                 return None
-            tls_stream = TlsStream(tcp_stream, ssl_context)
+            # A callable gives the context of the moment (certificate rotation): each
+            # handshake takes the newest, sessions already established keep theirs.
+            context = ssl_context() if callable(ssl_context) else ssl_context
+            tls_stream = TlsStream(tcp_stream, context)
             try:
                 peer = await _handshake(tls_stream, address, deadline, handshake_timeout)
             except _HandshakeFailedError as failure:

@@ -103,7 +103,10 @@ async def test_maximum_connections_exceeded_is_logged_as_such(
 ) -> None:
     with NatsServerProcess(config="max_connections: 1\n") as server, \
             socket.create_connection((HOST, server.port)) as only:
-        assert only.recv(4096).startswith(b"INFO")  # accepted: it holds the only connection
+        assert only.recv(4096).startswith(b"INFO")
+        # A client counts against max_connections once registered: CONNECT, then PONG proves it.
+        only.sendall(b"CONNECT {\"verbose\":false}\r\nPING\r\n")
+        assert b"PONG" in only.recv(4096)
         with trio.CancelScope() as scope:  # cancelled, not drained: there is no connection
             async with open_nats_gateway([server.url], reconnect_wait=0.05) as gateway:
                 await eventually(lambda: bool(logged(caplog, "nats_error")))
