@@ -196,12 +196,17 @@ async def serve_tcp(
         return handler(stream, Peer(transport="tcp", address=address))
 
     async def _serve_proxied(stream: LeanSocketStream, address: str) -> None:
-        deadline = trio.current_time() + edge.header_timeout
-        client = await policy.client_address(stream.socket, address, deadline)
+        client = None
+        async with contain_failures(Peer(transport="tcp", address=address),
+                                    ignore_connection_failure):
+            deadline = trio.current_time() + edge.header_timeout
+            client = await policy.client_address(stream.socket, address, deadline)
         if client is None:
             await trio.aclose_forcefully(stream)
             return
-        await handler(stream, Peer(transport="tcp", address=client))
+        # A task of its own, as without the header: no frame of ours under an idle session.
+        handler_nursery.start_soon(handler, stream, Peer(transport="tcp", address=client),
+                                   name="tcp session")
 
     await serve_socket_listeners(
         on_accept,
