@@ -42,6 +42,8 @@ from kpc_trio.http_transport import HttpTransport, ReplyWaiters, kp1_error_respo
 from kpc_trio.httpd import HttpLimits, management_routes, rest_routes, serve_http
 from kpc_trio.hub import Hub
 from kpc_trio.kaa import records, scmp, subjects
+from kpc_trio.kaa.affinity import Affinity
+from kpc_trio.kaa.endpoints import State
 from kpc_trio.kaa.extension_data import read_extension_data
 from kpc_trio.keycloak import ServiceTokens
 from kpc_trio.logs import get_logger
@@ -59,7 +61,7 @@ from kpc_trio.nats.connection import (
 )
 from kpc_trio.nats.credentials import NatsCredentialsError, load_creds, load_nkey_seed
 from kpc_trio.nats.embedded import open_embedded_nats
-from kpc_trio.nats.gateway import InboundMessage, NatsGateway, open_nats_gateway
+from kpc_trio.nats.gateway import InboundMessage, NatsPort, open_nats_gateway
 from kpc_trio.net import (
     HandshakeFailureReason,
     Peer,
@@ -68,7 +70,7 @@ from kpc_trio.net import (
     serve_tls,
     serve_websocket,
 )
-from kpc_trio.presence import Expiry, IdleTracker, run_idle_sweeper
+from kpc_trio.presence import run_idle_sweeper
 from kpc_trio.relay import Relay, TopicLimits, is_expired
 from kpc_trio.revocation import RevocationListener
 from kpc_trio.session import Delivery, Session, SessionContext, SessionLimits, run_refusal
@@ -169,7 +171,9 @@ class KpcService:
 
     @hub.default
     def _hub_for_config(self) -> Hub[Session]:
-        return Hub(unaware_timeout=self.config.kaa.kpc.esp.response_timeout)
+        return Hub(unaware_timeout=self.config.kaa.kpc.esp.response_timeout,
+                   policy_of=lambda app_version: self.applications.disconnect_policy(app_version),
+                   http_idle_timeout=self.config.kaa.kpc.transports.http.idle_timeout)
 
     @property
     def replica_id(self) -> str:
@@ -281,7 +285,7 @@ class KpcService:
             self.ports[name] = await nursery.start(
                 functools.partial(serve_http, routes, host=None, port=port))
 
-    async def _serve_with(self, gateway: NatsGateway,
+    async def _serve_with(self, gateway: NatsPort,
                           task_status: trio.TaskStatus[dict[str, int]]) -> None:
         config = self.config
         context = self._context = self._session_context(gateway)
@@ -294,12 +298,13 @@ class KpcService:
                 # Before any listener opens: devices must not meet an empty configuration.
                 await services.start(self.tekton.serve)
                 self.health.configuration_loaded = True
-            services.start_soon(run_idle_sweeper, context.presence, self._on_idle_endpoints)
+            services.start_soon(context.events.run)
+            services.start_soon(run_idle_sweeper, self.hub.endpoints, context.events.publish)
             services.start_soon(run_memory_trimmer, config.kaa.kpc.limits.memory_trim_interval,
                                 self.metrics.memory_trims.inc)
             if context.traffic is not None:
                 services.start_soon(functools.partial(
-                    run_traffic_reports, context.traffic, gateway.publish_nowait,
+                    run_traffic_reports, context.traffic, gateway,
                     period=config.kaa.kpc.traffic_report.period,
                     subject=subjects.traffic_report(config.service.instance.name),
                     replica_id=self.replica_id,
@@ -319,11 +324,17 @@ class KpcService:
                 self._grace_deadline = trio.current_time() + config.service.graceful_shutdown
                 sessions_nursery.cancel_scope.deadline = self._grace_deadline
             # Endpoints kept online for clients that already left: nobody would report them.
-            self._on_idle_endpoints(context.presence.expired(math.inf))
+            context.events.publish(self.hub.endpoints.shutdown())
+            with trio.move_on_at(max(self._grace_deadline,
+                                     trio.current_time() + NATS_DRAIN_MINIMUM)):
+                await context.events.flushed()
+            if context.events.queued:
+                log.warning("connectivity_events_unpublished", endpoints=context.events.queued,
+                            reason="graceful shutdown period over")
             services.cancel_scope.cancel()
         log.info("kpc_stopped", replica_id=self.replica_id)
 
-    def _session_context(self, gateway: NatsGateway) -> SessionContext:
+    def _session_context(self, gateway: NatsPort) -> SessionContext:
         config = self.config
         kpc = config.kaa.kpc
         traffic = None
@@ -344,6 +355,7 @@ class KpcService:
                     max_token_length=kpc.limits.max_token_length,
                     route_memory_bytes=kpc.limits.route_memory_bytes,
                 ),
+                affinity=Affinity(ttl=kpc.esp.affinity_ttl, max_bytes=kpc.limits.affinity_bytes),
             ),
             resolver=EndpointTokenResolver(
                 gateway,
@@ -356,17 +368,18 @@ class KpcService:
                 max_bytes=kpc.auth.token_cache.max_bytes,
                 metrics=self.metrics,
             ),
-            events=ConnectivityEvents(gateway, kpc_instance=config.service.instance.name,
-                                      replica_id=self.replica_id),
+            events=ConnectivityEvents(
+                gateway, kpc_instance=config.service.instance.name, replica_id=self.replica_id,
+                max_queued=kpc.limits.max_queued_events,
+                on_dropped=self.metrics.messages_dropped.labels("event_queue_full").inc),
             metrics=self.metrics,
-            presence=IdleTracker(self.applications.disconnect_policy),
             traffic=traffic,
             limits=session_limits(config),
             authenticator=NatsClientAuthenticator.from_config(
                 gateway, kpc.auth, replica_id=self.replica_id),
         )
 
-    async def _start_nats_consumers(self, services: trio.Nursery, gateway: NatsGateway,
+    async def _start_nats_consumers(self, services: trio.Nursery, gateway: NatsPort,
                                     context: SessionContext) -> None:
         """Subscribe every task that consumes NATS, then sync so none can miss an early event."""
         instance = self.config.service.instance.name
@@ -454,26 +467,15 @@ class KpcService:
 
     def release_endpoints_of(self, app_versions: frozenset[str],
                              applications: frozenset[str] = frozenset()) -> None:
-        """Endpoints of appversions (and applications) that left the configuration go offline:
-        one DisconnectedEvent per session, token cache entries evicted; connections stay.
-
-        To move into the endpoint lifecycle module once it exists (issue 14).
-        """
+        """Endpoints of appversions (and applications) that left the configuration go offline
+        (one DisconnectedEvent), token cache entries evicted; connections stay."""
         if self._context is None:
             return
-        released = 0
-        for session in list(self.sessions):
-            gone = session.release_app_versions(app_versions)
-            if gone:
-                self._context.events.disconnected(gone)
-                released += len(gone)
-        # Kept online after their client left (idle policy): no session holds them any more.
-        detached = self._context.presence.release_app_versions(app_versions)
-        self._context.events.disconnected(detached)
-        released += len(detached)
+        change = self.hub.endpoints.app_versions_removed(app_versions)
+        self._context.events.publish(change)
         evicted = sum(self._context.resolver.forget_application(app) for app in applications)
         log.info("endpoints_released", app_versions=describe(app_versions),
-                 endpoints=released, token_cache_entries=evicted)
+                 endpoints=len(change.disconnected), token_cache_entries=evicted)
 
     # --- revocation (RevocationHandler) and idle endpoints --------------------------------------
     def on_tokens_revoked(self, app_name: str, endpoint_id: str, token_ids: frozenset[str]) -> None:
@@ -481,7 +483,11 @@ class KpcService:
         assert self._context is not None
         evicted = self._context.resolver.revoke_tokens(app_name, set(token_ids))
         session = self.hub.session_for_endpoint(endpoint_id)
-        ended = session is not None and session.end_endpoint(endpoint_id, token_ids)
+        ended = session is not None and session.uses_token(endpoint_id, token_ids)
+        if ended:
+            self._context.events.publish(self.hub.endpoints.revoked(endpoint_id))
+            log.info("endpoint_disconnected", endpoint_id=endpoint_id, reason="token_revoked",
+                     client_id=session.client_id if session is not None else None)
         log.info("tokens_revoked", app_name=app_name, endpoint_id=endpoint_id,
                  cache_entries=evicted, session_ended=ended)
 
@@ -493,21 +499,6 @@ class KpcService:
             session.terminate("credentials_revoked")
         log.info("credentials_revoked", credentials_id=credentials_id, tenant_id=tenant_id,
                  connections_closed=len(doomed))
-
-    def _on_idle_endpoints(self, expired: list[Expiry]) -> None:
-        """Endpoints idle past their application's duration go offline: one event for all."""
-        gone: dict[str, str] = {}
-        for endpoint_id, app_version, detached in expired:
-            if not detached:
-                session = self.hub.session_for_endpoint(endpoint_id)
-                if session is None:
-                    continue
-                session.forget_endpoint(endpoint_id)
-            gone[endpoint_id] = app_version
-        if gone:
-            assert self._context is not None
-            self._context.events.disconnected(gone)
-            log.info("endpoints_idle", endpoints=len(gone))
 
     async def _start_listeners(self, listeners_nursery: trio.Nursery,
                                sessions_nursery: trio.Nursery) -> None:
@@ -546,7 +537,8 @@ class KpcService:
         transport = HttpTransport(
             relay=self._context.relay, resolver=self._context.resolver,
             gateway=self._context.gateway, waiters=self._http_waiters, metrics=self.metrics,
-            request_timeout=http.request_timeout,
+            request_timeout=http.request_timeout, endpoints=self.hub.endpoints,
+            events=self._context.events, traffic=self._context.traffic,
         )
         self.ports["http"] = await listeners_nursery.start(functools.partial(
             serve_http, {}, host=http.host, port=http.port, fallback=transport.handle,
@@ -602,6 +594,10 @@ class KpcService:
             self.metrics.messages_dropped.labels("expired").inc()
             log.info("extension_data_expired", correlation_id=data.correlation_id)
             return
+        if message.reply and data.endpoint_id and data.extension_instance_name:
+            assert self._context is not None
+            self._context.relay.affinity.remember(data.endpoint_id, data.extension_instance_name,
+                                                  message.reply, time.monotonic())
         delivery = Delivery.DELIVERED if self._http_waiters.deliver(data) else Delivery.NOT_ROUTED
         if delivery is Delivery.NOT_ROUTED:
             session, data = self._session_for(data)
@@ -626,14 +622,12 @@ class KpcService:
                 continue
             if event.originator_replica_id == self.replica_id:
                 continue
-            for endpoint_id in event.endpoints:
-                assert self._context is not None
-                self._context.presence.forget(endpoint_id)
-                session = self.hub.session_for_endpoint(endpoint_id)
-                if session is not None:
-                    session.forget_endpoint(endpoint_id)
-                    log.info("endpoint_roamed", endpoint_id=endpoint_id,
-                             to_replica=event.originator_replica_id)
+            roamed = [endpoint_id for endpoint_id in event.endpoints
+                      if self.hub.endpoints.state_of(endpoint_id) is not State.OFFLINE]
+            self.hub.endpoints.roamed(roamed)  # still online, elsewhere: nothing to publish
+            for endpoint_id in roamed:
+                log.info("endpoint_roamed", endpoint_id=endpoint_id,
+                         to_replica=event.originator_replica_id)
 
     def _session_for(self, data: records.ExtensionData
                      ) -> tuple[Session | None, records.ExtensionData]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from collections.abc import Sequence, Set
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -39,10 +39,9 @@ from kpc_trio.mqtt.connection import (
 from kpc_trio.mqtt.errors import InvalidTopicError, LocalProtocolError, ProtocolError
 from kpc_trio.mqtt.packets import ConnAck, ConnAckCode, Connect, PacketType, Publish, QoS
 from kpc_trio.mqtt.topics import validate_topic_name
-from kpc_trio.nats.gateway import NatsGateway, OutboundMessage
+from kpc_trio.nats.gateway import NatsPort, OutboundMessage
 from kpc_trio.net import Peer
 from kpc_trio.net.socket_stream import LeanSocketStream
-from kpc_trio.presence import IdleTracker
 from kpc_trio.relay import (
     REFUSED_BY_NATS_REASON,
     REFUSED_BY_NATS_STATUS,
@@ -125,12 +124,11 @@ class SessionContext:
     a configuration reload (new limits and authentication settings apply to new sessions)."""
 
     hub: Hub[Session]
-    gateway: NatsGateway
+    gateway: NatsPort
     relay: Relay
     resolver: EndpointTokenResolver
     events: ConnectivityEvents
     metrics: Metrics
-    presence: IdleTracker
     traffic: TrafficMeter | None = None  # None when traffic reports are off
     limits: SessionLimits = SessionLimits()
     authenticator: ClientAuthenticator = AnonymousAuthenticator()
@@ -318,16 +316,10 @@ class Session:
         if self.client_id is not None:
             hub.release_client_id(self.client_id, self)
         hub.forget_session(self)
-        presence = self._ctx.presence
-        # Endpoints whose application keeps them online after their client left (idle policy)
-        # are not reported now: the idle sweeper reports them at their deadline.
-        gone = {
-            endpoint_id: binding.app_version
-            for endpoint_id, binding in self._endpoints.items()
-            if hub.unbind_endpoint(endpoint_id, self) and not presence.detach(endpoint_id)
-        }
-        self._endpoints.clear()
-        self._ctx.events.disconnected(gone)
+        if self._endpoints:
+            change = hub.endpoints.client_gone(self, self._endpoints)
+            self._endpoints.clear()
+            self._ctx.events.publish(change)
 
     # --- reading ----------------------------------------------------------------------------
     def _set_reason(self, reason: str) -> None:
@@ -416,6 +408,10 @@ class Session:
         request with a request id gets 502, since retrying cannot help until the NATS
         permissions change. The PUBACK still goes: MQTT 3.1.1 has no negative one, and holding
         it would only make the device send the same refused message again."""
+        affinity = self._ctx.relay.affinity
+        if affinity:  # a replica subject refused: the service subject from now on
+            for index in refused:
+                affinity.forget_subject(batch.outgoing[index].subject)
         if batch.requests is None:
             return
         for index in refused:
@@ -511,7 +507,7 @@ class Session:
             activity = (endpoint_id, route.app_version)
             if activity not in batch.touched:
                 batch.touched.add(activity)
-                self._ctx.presence.touch(endpoint_id, route.app_version, batch.now)
+                self._ctx.hub.endpoints.touch(endpoint_id, batch.now)
             if self._ctx.traffic is not None:
                 self._ctx.traffic.received(self.auth.tenant_id, binding.app_name, endpoint_id,
                                            len(event.payload))
@@ -577,7 +573,7 @@ class Session:
         binding = self._endpoints.get(identity.endpoint_id)
         if binding is None or binding.token != route.token \
                 or binding.app_version != route.app_version:
-            binding = self._bind(identity, route, app_name, previous=binding)
+            binding = self._bind(identity, route, app_name)
         return binding
 
     async def _identify_subscriber(self, topic_filter: str, batch: _Batch) -> None:
@@ -595,55 +591,29 @@ class Session:
             self._log_repeatable(logging.INFO, "subscription_not_identified",
                                  topic_filter=topic_filter, reason=str(exc))
 
-    def _bind(self, identity: EndpointIdentity, route: Route, app_name: str,
-              previous: EndpointBinding | None) -> EndpointBinding:
+    def _bind(self, identity: EndpointIdentity, route: Route, app_name: str) -> EndpointBinding:
         assert route.token is not None
         endpoint_id = identity.endpoint_id
         binding = self._endpoints[endpoint_id] = EndpointBinding(
             endpoint_id, route.token, route.app_version, app_name, identity.token_id)
-        roamed_from = self._ctx.hub.bind_endpoint(endpoint_id, self)
-        if roamed_from is not None:
-            roamed_from.forget_endpoint(endpoint_id)
-        # Still online from an earlier connection (idle policy): it simply came back.
-        returning = self._ctx.presence.is_detached(endpoint_id)
-        if not returning and (previous is None or previous.app_version != route.app_version):
-            self._ctx.events.connected({endpoint_id: route.app_version})
+        change = self._ctx.hub.endpoints.identified(endpoint_id, self, route.app_version,
+                                                    trio.current_time())
+        if change:
+            self._ctx.events.publish(change)
             log.info("endpoint_connected", endpoint_id=endpoint_id,
                      app_version=route.app_version)
         return binding
 
     def forget_endpoint(self, endpoint_id: str) -> None:
-        """Stop addressing the endpoint here and report nothing (it roamed to another session or
-        replica, or the idle sweeper reports it); the hub route goes too if it still is ours."""
+        """The endpoint lifecycle took the endpoint away (roamed, revoked, idle, appversion
+        removed): stop addressing it here."""
         self._endpoints.pop(endpoint_id, None)
-        self._ctx.hub.unbind_endpoint(endpoint_id, self)
 
-    def end_endpoint(self, endpoint_id: str, token_ids: frozenset[str]) -> bool:
-        """End the endpoint's session here if it uses one of the revoked `token_ids` (16/ECAP:
-        only sessions using a listed token end); the connection stays up."""
+    def uses_token(self, endpoint_id: str, token_ids: frozenset[str]) -> bool:
+        """Whether this session serves the endpoint with one of `token_ids` (16/ECAP: only
+        sessions using a revoked token end)."""
         binding = self._endpoints.get(endpoint_id)
-        if binding is None or binding.token_id not in token_ids:
-            return False
-        del self._endpoints[endpoint_id]
-        self._ctx.presence.forget(endpoint_id)
-        if self._ctx.hub.unbind_endpoint(endpoint_id, self):
-            self._ctx.events.disconnected({endpoint_id: binding.app_version})
-        log.info("endpoint_disconnected", endpoint_id=endpoint_id, reason="token_revoked",
-                 client_id=self.client_id)
-        return True
-
-    def release_app_versions(self, app_versions: Set[str]) -> dict[str, str]:
-        """Stop serving this session's endpoints of `app_versions` (they left the
-        configuration) without reporting them; returns endpoint id -> appversion of those this
-        session held, for the caller's one DisconnectedEvent. The connection stays up."""
-        released = {}
-        for endpoint_id, binding in list(self._endpoints.items()):
-            if binding.app_version in app_versions:
-                del self._endpoints[endpoint_id]
-                self._ctx.presence.forget(endpoint_id)
-                if self._ctx.hub.unbind_endpoint(endpoint_id, self):
-                    released[endpoint_id] = binding.app_version
-        return released
+        return binding is not None and binding.token_id in token_ids
 
     def _remember_request(self, route: Route, endpoint_id: str | None, qos: QoS) -> None:
         """The QoS of the response, keyed by what the reply carries (the device's request id,

@@ -18,42 +18,28 @@ from kpc_trio.kaa.kp1 import ApplicationRegistry
 from kpc_trio.metrics import Metrics
 from kpc_trio.mqtt.codec import Decoder, encode
 from kpc_trio.mqtt.packets import ConnAck, ConnAckCode, Connect, PingReq, PingResp, Publish, QoS
-from kpc_trio.nats.gateway import OutboundMessage
 from kpc_trio.net import Peer
-from kpc_trio.presence import DisconnectPolicy, IdleTracker
 from kpc_trio.relay import Relay
 from kpc_trio.session import Delivery, Session, SessionContext, SessionLimits
+from tests.fake_nats import FakeNats
 from tests.integration.waiting import logged
 
 CONNECT_TIMEOUT = 10.0
 
 
-@attrs.define
-class SilentNats:
-    """Stands in for the gateway; these tests never relay a message."""
-
-    connected: bool = True
-    published: list[OutboundMessage] = attrs.field(factory=list)
-
-    def publish_nowait(self, message: OutboundMessage) -> bool:
-        self.published.append(message)
-        return True
-
-
 @pytest.fixture
 def context() -> SessionContext:
-    gateway = SilentNats()
+    gateway = FakeNats()
     metrics = Metrics()
     return SessionContext(
         hub=Hub(),
-        gateway=gateway,  # type: ignore[arg-type]
+        gateway=gateway,
         relay=Relay(ApplicationRegistry.from_mappings({}, {}), replica_id="r1"),
         resolver=EndpointTokenResolver(
-            gateway, provider="cm", replica_id="r1", request_timeout=5, ttl=60,  # type: ignore[arg-type]
+            gateway, provider="cm", replica_id="r1", request_timeout=5, ttl=60,
             negative_ttl=5, max_entries=10, metrics=metrics),
-        events=ConnectivityEvents(gateway, kpc_instance="kpc", replica_id="r1"),  # type: ignore[arg-type]
+        events=ConnectivityEvents(gateway, kpc_instance="kpc", replica_id="r1"),
         metrics=metrics,
-        presence=IdleTracker(lambda app_version: DisconnectPolicy()),
         limits=SessionLimits(connect_timeout=CONNECT_TIMEOUT),
     )
 
