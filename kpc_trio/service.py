@@ -7,8 +7,12 @@ KpcService.serve
    └─ sessions nursery               deadline = graceful-shutdown period once shutdown starts
       └─ listeners nursery           cancelled first on shutdown
 ```
-Shutdown: not ready -> listeners stop accepting -> sessions stop reading and finish in-flight
-relays (bounded by `service.graceful-shutdown`) -> disconnected events -> NATS drained.
+Shutdown, all within `service.graceful-shutdown` (a second SIGTERM or the end of the period cuts
+it short), each phase logged as `shutdown_phase` with its counts:
+unready (/ready 503 for `service.shutdown.unready-delay`) -> stop accepting -> stop reading (the
+relays under way finish) -> await replies (the ExtensionData of requests already relayed are
+delivered) -> disconnect (the remaining connections, at most `service.shutdown.disconnect-rate`
+per second) -> disconnected events (endpoints still kept online) -> NATS drained.
 """
 
 from __future__ import annotations
@@ -83,6 +87,8 @@ log = get_logger(__name__)
 NATS_STARTUP_WAIT = 10.0
 #: Seconds the NATS gateway may always take to flush the last events during shutdown.
 NATS_DRAIN_MINIMUM = 0.5
+#: How often a shutdown checks whether the replies it waits for arrived.
+REPLY_POLL_INTERVAL = 0.05
 
 
 def session_limits(config: Config) -> SessionLimits:
@@ -94,6 +100,7 @@ def session_limits(config: Config) -> SessionLimits:
         max_inflight=mqtt.max_inflight,
         max_subscriptions=mqtt.max_subscriptions,
         max_client_id_length=mqtt.max_client_id_length,
+        reply_wait=config.kaa.kpc.esp.response_timeout,
         log_repeat_interval=config.logging.repeat_interval,
     )
 
@@ -153,6 +160,7 @@ class KpcService:
     _nats_up: trio.Event = attrs.field(factory=trio.Event)
     _http_waiters: ReplyWaiters = attrs.field(factory=ReplyWaiters)
     _grace_deadline: float = -math.inf
+    _unready_delay: float = 0.0
     _context: SessionContext | None = None
     _sessions_nursery: trio.Nursery | None = None  # hosts the sessions and their writer tasks
     applications: LiveApplications = attrs.field(init=False)
@@ -185,10 +193,15 @@ class KpcService:
     def shutdown_started(self) -> bool:
         return self._shutdown_requested.is_set()
 
-    def request_shutdown(self) -> None:
+    def request_shutdown(self, *, unready_delay: float | None = None) -> None:
+        """Start the graceful shutdown (from the trio thread); `unready_delay` overrides
+        `service.shutdown.unready-delay` (an in-process service has no load balancer)."""
         if not self._shutdown_requested.is_set():
             log.info("shutdown_requested", sessions=len(self.sessions))
             self.health.shutting_down = True
+            self._grace_deadline = trio.current_time() + self.config.service.graceful_shutdown
+            self._unready_delay = (self.config.service.shutdown.unready_delay
+                                   if unready_delay is None else unready_delay)
             self._shutdown_requested.set()
 
     async def serve(self, *, task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED
@@ -320,13 +333,26 @@ class KpcService:
                         f"{name}_port": port for name, port in self.ports.items()})
                     task_status.started(dict(self.ports))
                     await self._shutdown_requested.wait()
+                    log.info("shutdown_phase", phase="unready", seconds=self._unready_delay,
+                             connections=len(self.sessions))
+                    await trio.sleep_until(min(trio.current_time() + self._unready_delay,
+                                               self._grace_deadline))
+                    log.info("shutdown_phase", phase="stop_accepting",
+                             connections=len(self.sessions))
                     listeners_nursery.cancel_scope.cancel()
-                for session in list(self.sessions):
-                    session.stop_reading()
-                self._grace_deadline = trio.current_time() + config.service.graceful_shutdown
                 sessions_nursery.cancel_scope.deadline = self._grace_deadline
+                with trio.move_on_at(self._grace_deadline) as period:
+                    await self._close_sessions()
+                if period.cancelled_caught:
+                    log.warning("shutdown_cut_short", reason="graceful shutdown period over",
+                                connections=len(self.sessions),
+                                awaited_replies=self._awaiting_replies())
+                sessions_nursery.cancel_scope.cancel()  # idle HTTP keep-alive connections
             # Endpoints kept online for clients that already left: nobody would report them.
-            context.events.publish(self.hub.endpoints.shutdown())
+            kept = self.hub.endpoints.shutdown()
+            context.events.publish(kept)
+            log.info("shutdown_phase", phase="disconnected_events",
+                     endpoints=len(kept.disconnected), queued=context.events.queued)
             with trio.move_on_at(max(self._grace_deadline,
                                      trio.current_time() + NATS_DRAIN_MINIMUM)):
                 await context.events.flushed()
@@ -335,6 +361,33 @@ class KpcService:
                             reason="graceful shutdown period over")
             services.cancel_scope.cancel()
         log.info("kpc_stopped", replica_id=self.replica_id)
+
+    async def _close_sessions(self) -> None:
+        """Shutdown phases from stop reading to disconnect (the caller bounds them)."""
+        for session in list(self.sessions):
+            session.stop_reading()
+        log.info("shutdown_phase", phase="stop_reading", connections=len(self.sessions))
+        awaited = self._awaiting_replies()
+        log.info("shutdown_phase", phase="await_replies", requests=awaited)
+        # Polled: an event per delivered reply would cost every reply, for a rare shutdown.
+        while self._awaiting_replies():  # noqa: ASYNC110
+            await trio.sleep(REPLY_POLL_INTERVAL)
+        sessions = list(self.sessions)
+        rate = self.config.service.shutdown.disconnect_rate
+        log.info("shutdown_phase", phase="disconnect", connections=len(sessions),
+                 per_second=rate)
+        start = trio.current_time()
+        for n, session in enumerate(sessions):
+            await trio.sleep_until(start + n / rate)
+            session.close()
+        while self.sessions:  # noqa: ASYNC110 - as above: sessions end on their own
+            await trio.sleep(REPLY_POLL_INTERVAL)
+
+    def _awaiting_replies(self) -> int:
+        """Requests relayed whose reply a device still expects (MQTT sessions and HTTP)."""
+        now = trio.current_time()
+        return sum(session.awaiting_replies(now) for session in self.sessions) + len(
+            self._http_waiters)
 
     def _session_context(self, gateway: NatsPort) -> SessionContext:
         config = self.config
@@ -660,4 +713,4 @@ async def open_kpc(config: Config) -> AsyncIterator[KpcService]:
         try:
             yield service
         finally:
-            service.request_shutdown()
+            service.request_shutdown(unready_delay=0.0)

@@ -72,6 +72,10 @@ class Delivery(enum.Enum):
     DROPPED = "dropped"  # this session counted why (slow consumer, invalid topic)
 
 
+#: What an answer without a remembered request goes out with.
+_NO_REQUEST = (QoS.AT_MOST_ONCE, 0.0)
+
+
 @attrs.frozen
 class SessionLimits:
     max_packet_size: int = 1_048_576
@@ -82,6 +86,8 @@ class SessionLimits:
     max_inflight: int = 100
     max_subscriptions: int = 100
     max_client_id_length: int = 256
+    #: kaa.kpc.esp.response-timeout: how long a graceful shutdown waits for a request's answer.
+    reply_wait: float = 30.0
     #: logging.repeat-interval: what a client can repeat at will is logged once per interval.
     log_repeat_interval: float = 10.0
 
@@ -181,7 +187,7 @@ class Session:
         "_stream", "peer", "_ctx", "_conn", "_endpoints", "_request_qos", "_writer",
         "_writer_nursery", "_writing_inline", "_stopping", "_reading_scope", "_receiving",
         "close_reason", "auth", "_dropping", "_bytes_in", "_bytes_out", "_publishes_in",
-        "_publishes_out", "_repeats",
+        "_publishes_out", "_repeats", "_closing",
     )
 
     def __init__(self, stream: trio.abc.Stream, peer: Peer, context: SessionContext) -> None:
@@ -193,9 +199,10 @@ class Session:
             max_packet_size=limits.max_packet_size, max_subscriptions=limits.max_subscriptions,
             max_client_id_length=limits.max_client_id_length, max_inflight=limits.max_inflight)
         self._endpoints: dict[str, EndpointBinding] = {}
-        # Insertion-ordered: the oldest remembered request goes first when the bound is hit.
-        # Created by the first QoS 1/2 request (thousands of idle sessions need none).
-        self._request_qos: dict[tuple[str, str | None, int], QoS] | None = None
+        # Requests relayed and not answered yet: the QoS of the answer and until when it is
+        # expected (a shutdown waits for it). Insertion-ordered: the oldest goes first when the
+        # bound is hit. Created by the first request (thousands of idle sessions need none).
+        self._request_qos: dict[tuple[str, str | None, int], tuple[QoS, float]] | None = None
         # The writer task runs only while output is pending: an idle connection has one task.
         self._writer: _Writer | None = None
         self._writer_nursery: trio.Nursery | None = None  # None: nothing more is written
@@ -213,6 +220,7 @@ class Session:
         self._publishes_in = metrics.packets_received.labels("PUBLISH")
         self._publishes_out = metrics.packets_sent.labels("PUBLISH")
         self._repeats: RepeatedEvents | None = None  # made by the first repeatable event
+        self._closing: trio.Event | None = None  # set by stop_reading: close() ends the wait
 
     @property
     def client_id(self) -> str | None:
@@ -277,6 +285,9 @@ class Session:
                         self._reading_scope.deadline = deadline  # else still the connect timeout
                 if self._stopping:
                     self._set_reason("shutdown")
+                    if conn.state is ConnectionState.CONNECTED and self._closing is not None:
+                        await self._flush()
+                        await self._closing.wait()  # replies still reach the client meanwhile
                 elif self._reading_scope.cancelled_caught and conn.state is not (
                         ConnectionState.CLOSED):
                     self._time_out()
@@ -306,6 +317,8 @@ class Session:
     def terminate(self, reason: str) -> None:
         """Drop the connection now (takeover, slow consumer, revocation)."""
         self._set_reason(reason)
+        if self._closing is not None:
+            self._closing.set()
         self._conn.close()
         self._writer_nursery = None
         if self._reading_scope is not None:
@@ -314,10 +327,23 @@ class Session:
             self._writer.scope.cancel()
 
     def stop_reading(self) -> None:
-        """Graceful shutdown: read nothing more, finish in-flight relays, then close."""
+        """Graceful shutdown: read nothing more, finish in-flight relays, and keep delivering
+        (replies to relayed requests) until `close()`."""
         self._stopping = True
+        if self._closing is None:
+            self._closing = trio.Event()
         if self._receiving and self._reading_scope is not None:
             self._reading_scope.cancel()  # a read under way is not waited for; handling is
+
+    def close(self) -> None:
+        """Graceful shutdown, after `stop_reading`: close the connection now."""
+        if self._closing is not None:
+            self._closing.set()
+
+    def awaiting_replies(self, now: float) -> int:
+        """Requests relayed whose answer is still expected (not past the ESP response
+        timeout)."""
+        return sum(1 for _, until in (self._request_qos or {}).values() if until > now)
 
     def _release(self) -> None:
         hub = self._ctx.hub
@@ -535,7 +561,7 @@ class Session:
                                "bytes per message")
             return
         if route.request_id is not None:
-            self._remember_request(route, endpoint_id, event.qos)
+            self._remember_request(route, endpoint_id, event.qos, batch.now)
             if batch.requests is None:
                 batch.requests = {}
             batch.requests[len(batch.outgoing)] = (event, route.request_id)
@@ -623,16 +649,17 @@ class Session:
         binding = self._endpoints.get(endpoint_id)
         return binding is not None and binding.token_id in token_ids
 
-    def _remember_request(self, route: Route, endpoint_id: str | None, qos: QoS) -> None:
+    def _remember_request(self, route: Route, endpoint_id: str | None, qos: QoS,
+                          now: float) -> None:
         """The QoS of the response, keyed by what the reply carries (the device's request id,
         also for endpoint-unaware requests: the service maps KPC's back before delivering)."""
         assert route.request_id is not None
-        if qos is not QoS.AT_MOST_ONCE:
-            if self._request_qos is None:
-                self._request_qos = {}
-            self._request_qos[(route.extension, endpoint_id, route.request_id)] = qos
-            while len(self._request_qos) > MAX_REMEMBERED_REQUESTS:
-                del self._request_qos[next(iter(self._request_qos))]
+        if self._request_qos is None:
+            self._request_qos = {}
+        self._request_qos[(route.extension, endpoint_id, route.request_id)] = (
+            qos, now + self._ctx.limits.reply_wait)
+        while len(self._request_qos) > MAX_REMEMBERED_REQUESTS:
+            del self._request_qos[next(iter(self._request_qos))]
 
     def _answer_error(
         self, event: Publish, request_id: int | None, status_code: int, reason: str
@@ -675,7 +702,7 @@ class Session:
         qos = QoS.AT_MOST_ONCE
         if data.request_id is not None and self._request_qos:
             key = (data.extension_instance_name or "", data.endpoint_id, data.request_id)
-            qos = self._request_qos.pop(key, QoS.AT_MOST_ONCE)
+            qos = self._request_qos.pop(key, _NO_REQUEST)[0]
         delivery = self.deliver(message.topic, message.payload, qos)
         traffic = self._ctx.traffic
         if delivery is Delivery.DELIVERED and binding is not None and traffic is not None:

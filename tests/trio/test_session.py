@@ -146,16 +146,19 @@ async def test_a_partial_connect_still_times_out(context, autojump_clock):
     assert finished[session] == pytest.approx(CONNECT_TIMEOUT)
 
 
-async def test_stop_reading_ends_an_idle_session_as_a_shutdown(context, autojump_clock):
+async def test_stop_reading_then_close_ends_an_idle_session_as_a_shutdown(context, autojump_clock):
     finished: dict[Session, float] = {}
     async with trio.open_nursery() as nursery:
         session, client = await start_session(nursery, context, finished)
         await client.connect("dev-1", keepalive=0)
         await trio.sleep(5)
         session.stop_reading()
+        await trio.sleep(1)  # it stays open for the replies still due until close()
+        assert session not in finished
+        session.close()
         assert await client.next_packet() is None
     assert session.close_reason == "shutdown"
-    assert finished[session] == pytest.approx(5)
+    assert finished[session] == pytest.approx(6)
 
 
 async def test_repeated_rejections_are_logged_once_and_all_counted(context, autojump_clock,
