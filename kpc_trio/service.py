@@ -229,6 +229,7 @@ class KpcService:
                     ))
                     await self._await_first_nats_connection()
                     await self._serve_with(gateway, task_status)
+                    log.info("shutdown_phase", phase="nats_drain")
                     # What is left of the graceful period, but a moment at least for the events.
                     drain_scope.deadline = max(self._grace_deadline,
                                                trio.current_time() + NATS_DRAIN_MINIMUM)

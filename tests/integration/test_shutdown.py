@@ -195,7 +195,7 @@ def test_sigterm_delivers_late_replies_then_disconnects_at_the_rate(tmp_path, na
         f"kp1/{APP_VERSION}/dcx/{ENDPOINTS[0].token}/json/7/status", b'{"late":1}')
     phases = {entry["phase"]: entry for entry in kpc.named("shutdown_phase")}
     assert list(phases) == ["unready", "stop_accepting", "stop_reading", "await_replies",
-                            "disconnect", "disconnected_events"]
+                            "disconnect", "disconnected_events", "nats_drain"]
     assert phases["await_replies"]["requests"] == 1
     assert phases["disconnect"]["connections"] == 3
     closed = [entry["ts"] for entry in kpc.named("client_disconnected")
