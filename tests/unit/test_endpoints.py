@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import attrs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kpc_trio.kaa.endpoints import (
     NO_CHANGE,
@@ -228,3 +230,75 @@ def test_many_endpoints_expire_in_deadline_order() -> None:
     gone = endpoints.expired(10_059.5)
     assert list(gone.disconnected) == [f"ep-{i}" for i in range(1, 10_000, 2)]
     assert endpoints.online_count == 5_000 and endpoints.next_deadline() == 20_060.0
+
+
+# ----------------------------------------------------------------------------- any sequence
+
+ENDPOINT_IDS = st.sampled_from(["e1", "e2", "e3"])
+APP_VERSIONS = st.sampled_from(sorted(POLICIES))
+OPERATIONS = st.lists(st.one_of(
+    st.tuples(st.just("identified"), ENDPOINT_IDS, st.integers(0, 2), APP_VERSIONS),
+    st.tuples(st.just("http"), ENDPOINT_IDS, APP_VERSIONS),
+    st.tuples(st.just("close"), st.integers(0, 2)),
+    st.tuples(st.just("revoked"), ENDPOINT_IDS),
+    st.tuples(st.just("roamed"), ENDPOINT_IDS),
+    st.tuples(st.just("removed"), APP_VERSIONS),
+    st.tuples(st.just("time"), st.floats(0, 400)),
+), max_size=40)
+
+
+@given(OPERATIONS)
+def test_the_events_always_tell_who_is_online(operations: list[tuple]) -> None:
+    """Whatever happens, the published events (plus silent roaming) say exactly which
+    endpoints are online, with which appversion, and a session holds only what it was given."""
+    endpoints = make()
+    sessions = [FakeSession() for _ in range(3)]
+    held: list[set[str]] = [set() for _ in sessions]  # what each session believes it holds
+    for session, owned in zip(sessions, held, strict=True):
+        session.forgotten = _Discarding(owned)  # type: ignore[assignment]
+    announced: dict[str, str] = {}
+    now = 0.0
+    for operation in operations:
+        kind = operation[0]
+        if kind == "identified":
+            _, endpoint_id, n, app_version = operation
+            change = endpoints.identified(endpoint_id, sessions[n], app_version, now)
+            held[n].add(endpoint_id)
+        elif kind == "http":
+            change = endpoints.http_request(operation[1], operation[2], now)
+        elif kind == "close":
+            n = operation[1]
+            change = endpoints.client_gone(sessions[n], sorted(held[n]))
+            held[n].clear()
+        elif kind == "revoked":
+            change = endpoints.revoked(operation[1])
+        elif kind == "roamed":
+            change = endpoints.roamed([operation[1]])
+            announced.pop(operation[1], None)
+        elif kind == "removed":
+            change = endpoints.app_versions_removed({operation[1]})
+        else:
+            now += operation[1]
+            change = endpoints.expired(now)
+        for endpoint_id in change.disconnected:
+            assert announced.pop(endpoint_id) == change.disconnected[endpoint_id]
+        announced.update(change.connected)
+        online = {e: endpoints.state_of(e) for e in ("e1", "e2", "e3")}
+        assert set(announced) == {e for e, state in online.items() if state is not State.OFFLINE}
+        for n, session in enumerate(sessions):
+            assert held[n] >= {e for e in online if endpoints.holder_of(e) is session}
+            for endpoint_id in held[n]:
+                assert endpoints.holder_of(endpoint_id) is session
+    assert endpoints.shutdown() == Change(disconnected=announced)
+
+
+class _Discarding(list):
+    """A session's `forgotten` list that also drops the endpoint from what it holds."""
+
+    def __init__(self, owned: set[str]) -> None:
+        super().__init__()
+        self._owned = owned
+
+    def append(self, endpoint_id: str) -> None:  # type: ignore[override]
+        self._owned.discard(endpoint_id)
+        super().append(endpoint_id)
