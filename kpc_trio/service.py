@@ -93,6 +93,8 @@ class KpcService:
     _grace_deadline: float = -math.inf
     _context: SessionContext | None = None
     _sessions_nursery: trio.Nursery | None = None  # hosts the sessions and their writer tasks
+    #: One of `kpc-trio run --workers N`: every listener shares its port (SO_REUSEPORT).
+    reuse_port: bool = False
 
     @property
     def replica_id(self) -> str:
@@ -173,8 +175,8 @@ class KpcService:
                      self.config.server.port),
         }
         for name, (routes, port) in apps.items():
-            self.ports[name] = await nursery.start(
-                functools.partial(serve_http, routes, host=None, port=port))
+            self.ports[name] = await nursery.start(functools.partial(
+                serve_http, routes, host=None, port=port, reuse_port=self.reuse_port))
 
     async def _serve_with(self, gateway: NatsGateway,
                           task_status: trio.TaskStatus[dict[str, int]]) -> None:
@@ -312,18 +314,19 @@ class KpcService:
         if mqtt.tcp.enabled:
             starters["mqtt_tcp"] = functools.partial(
                 serve_tcp, handler, host=mqtt.tcp.host, port=mqtt.tcp.port,
-                handler_nursery=sessions_nursery)
+                handler_nursery=sessions_nursery, reuse_port=self.reuse_port)
         if mqtt.tls.enabled:
             starters["mqtt_tls"] = functools.partial(
                 serve_tls, handler, host=mqtt.tls.host, port=mqtt.tls.port,
                 ssl_context=self._tls_context(), handshake_timeout=mqtt.tls.handshake_timeout,
                 on_handshake_failure=self._count_handshake_failure,
-                handler_nursery=sessions_nursery)
+                handler_nursery=sessions_nursery, reuse_port=self.reuse_port)
         if mqtt.websocket.enabled:
             starters["mqtt_websocket"] = functools.partial(
                 serve_websocket, handler, host=mqtt.websocket.host,
                 port=mqtt.websocket.port, path=mqtt.websocket.path,
-                max_packet_size=mqtt.max_packet_size, handler_nursery=sessions_nursery)
+                max_packet_size=mqtt.max_packet_size, handler_nursery=sessions_nursery,
+                reuse_port=self.reuse_port)
         for name, serve in starters.items():
             _, self.ports[name] = await listeners_nursery.start(serve)
 
@@ -341,7 +344,7 @@ class KpcService:
         self.ports["http"] = await listeners_nursery.start(functools.partial(
             serve_http, {}, host=http.host, port=http.port, fallback=transport.handle,
             error_response=kp1_error_response, handler_nursery=requests_nursery,
-            limits=HttpLimits(max_body_bytes=http.max_body_size),
+            limits=HttpLimits(max_body_bytes=http.max_body_size), reuse_port=self.reuse_port,
         ))
 
     def _count_handshake_failure(self, reason: HandshakeFailureReason) -> None:

@@ -91,6 +91,11 @@ class NatsServerProcess:
         return f"{scheme}://{credentials}{HOST}:{self.port}"
 
     @property
+    def pid(self) -> int | None:
+        """The running server's process id (for CPU accounting), None when stopped."""
+        return self._process.pid if self.running and self._process is not None else None
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
@@ -123,7 +128,7 @@ class NatsServerProcess:
             self._process = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_terminate_with_parent if in_main_thread else None,
+                preexec_fn=terminate_with_parent if in_main_thread else None,
             )
 
     def await_ready(self) -> None:
@@ -197,7 +202,7 @@ async def open_embedded_nats() -> AsyncIterator[str]:
             await trio.to_thread.run_sync(server.stop)
 
 
-def _terminate_with_parent() -> None:
+def terminate_with_parent() -> None:
     """In the child before exec: ask Linux to SIGTERM it when the parent dies."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)

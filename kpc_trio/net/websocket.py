@@ -219,6 +219,7 @@ async def serve_websocket(
     max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     handler_nursery: trio.Nursery,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """MQTT over WebSocket (plain ws://; wss is terminated at the ingress, spec 2.4).
@@ -242,5 +243,6 @@ async def serve_websocket(
         host=host,
         port=port,
         handler_nursery=handler_nursery,
+        reuse_port=reuse_port,
         task_status=task_status,
     )

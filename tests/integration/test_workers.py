@@ -1,0 +1,130 @@
+"""`kpc-trio run --workers 2` as devices and an operator see it (issue 16, item 4).
+
+Two worker processes share the MQTT port (SO_REUSEPORT) behind one supervisor, which starts the
+embedded nats-server since no NATS URL is configured. Which worker a connection reaches is the
+kernel's choice (a hash of the connection's addresses): every connection's `ConnectedEvent` names
+the worker's replica id, so the test sees both serve.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from kpc_trio.simulator.kaa_side import SimulatedKaa, open_simulated_kaa
+from tests.integration.kpc_harness import APP_VERSION, BASE_CONFIG, ENDPOINTS, call, open_device
+from tests.integration.kpc_process import KpcProcess, child_env, kpc_command
+from tests.integration.waiting import eventually
+
+STARTUP_TIMEOUT = 30
+REPLICA_ID = "kpc-workers"
+REPLICAS = {f"{REPLICA_ID}-w0", f"{REPLICA_ID}-w1"}
+# Sequential connections, each reaching either worker: all on one has odds 2 ** -(n - 1).
+CONNECTIONS = 24
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def supervisor(tmp_path: Path) -> Iterator[KpcProcess]:
+    """`kpc-trio run --workers 2` with fixed ports (port 0 would give each worker its own)."""
+    config = tmp_path / "service-config.yml"
+    config.write_text(
+        BASE_CONFIG
+        .replace("tcp: {host: 127.0.0.1, port: 0}",
+                 f"tcp: {{host: 127.0.0.1, port: {free_port()}}}")
+        .replace("management: {port: 0}", f"management: {{port: {free_port()}}}")
+        .replace("server: {port: 0}", f"server: {{port: {free_port()}}}")
+        + "logging: {format: json}\n")
+    log_path = tmp_path / "kpc.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            kpc_command("--config", str(config), "run", "--workers", "2"),
+            env=child_env({"SERVICE_INSTANCE_REPLICA_ID": REPLICA_ID}),
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT)
+    kpc = KpcProcess(process, log_path)
+    try:
+        yield kpc
+    finally:
+        if process.poll() is None:  # its workers get SIGTERM from the kernel (parent death)
+            process.kill()
+            process.wait()
+
+
+def started_replicas(kpc: KpcProcess) -> set[str]:
+    return {event["replica_id"] for event in kpc.named("kpc_started")}
+
+
+async def await_serving(kpc: KpcProcess, count: int) -> None:
+    """Until `count` `kpc_started` were logged (a worker that is restarted logs another)."""
+    await eventually(lambda: len(kpc.named("kpc_started")) >= count
+                     or kpc.process.poll() is not None, timeout=STARTUP_TIMEOUT)
+    assert kpc.process.poll() is None, kpc.log_tail()
+
+
+async def round_trips(kaa: SimulatedKaa, port: int, connections: int, first: int) -> None:
+    """One connection after another, each a request through the echo extension."""
+    for n in range(first, first + connections):
+        endpoint = ENDPOINTS[n % len(ENDPOINTS)]
+        topic = f"kp1/{APP_VERSION}/dcx/{endpoint.token}/json/{n}"
+        async with open_device(port) as device:
+            await call(device.publish, topic, b"%d" % n, qos=1)
+            reply = await call(device.expect)
+        assert (reply.topic, reply.payload) == (topic + "/status", b"%d" % n)
+
+
+def serving_replicas(kaa: SimulatedKaa) -> set[str]:
+    return {event.originator_replica_id
+            for event in kaa.events("connectivity.connected")}
+
+
+def no_internal_errors(kpc: KpcProcess) -> None:
+    failures = [e for e in kpc.events() if e.get("event") == "session_failed"]
+    assert not failures, failures
+    assert "Traceback" not in kpc.log_path.read_text(errors="replace"), kpc.log_tail(40)
+
+
+async def test_two_workers_share_the_port_restart_when_killed_and_drain_on_sigterm(
+        supervisor: KpcProcess) -> None:
+    await await_serving(supervisor, 2)
+    assert started_replicas(supervisor) == REPLICAS
+    port = supervisor.named("kpc_started")[0]["mqtt_tcp_port"]
+    assert {e["mqtt_tcp_port"] for e in supervisor.named("kpc_started")} == {port}
+    [nats] = supervisor.named("embedded_nats_started")
+    async with open_simulated_kaa(nats["url"], endpoints=ENDPOINTS,
+                                  echo_extensions=("dcx",)) as kaa:
+        await round_trips(kaa, port, CONNECTIONS, 0)
+        assert serving_replicas(kaa) == REPLICAS  # both workers served connections
+
+        # A dead worker is logged and replaced under the same replica id; the port keeps serving.
+        victim = supervisor.named("worker_started")[1]
+        os.kill(victim["pid"], signal.SIGKILL)
+        await eventually(lambda: bool(supervisor.named("worker_died")), timeout=10)
+        [died] = supervisor.named("worker_died")
+        assert (died["slot"], died["exit_code"]) == (victim["slot"], -signal.SIGKILL)
+        await await_serving(supervisor, 3)
+        restarted = supervisor.named("worker_started")[-1]
+        assert restarted["slot"] == victim["slot"] and restarted["pid"] != victim["pid"]
+        assert started_replicas(supervisor) == REPLICAS
+        await round_trips(kaa, port, 4, CONNECTIONS)
+
+    supervisor.send_signal(signal.SIGTERM)
+    code = await trio.to_thread.run_sync(supervisor.process.wait, 30)
+    assert code == 0, supervisor.log_tail()
+    exits = supervisor.named("worker_exited")
+    final = {e["slot"]: e["exit_code"] for e in exits if e["pid"] != victim["pid"]}
+    assert final == {0: 0, 1: 0}  # both drained and exited cleanly
+    assert len(supervisor.named("kpc_stopped")) == 2
+    assert supervisor.named("nats_server_stopped")
+    no_internal_errors(supervisor)
