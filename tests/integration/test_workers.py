@@ -36,17 +36,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def supervisor(tmp_path: Path) -> Iterator[KpcProcess]:
-    """`kpc-trio run --workers 2` with fixed ports (port 0 would give each worker its own)."""
+def write_config(tmp_path: Path, mqtt_port: int) -> Path:
+    """Fixed ports: with port 0 each worker would bind a port of its own."""
     config = tmp_path / "service-config.yml"
     config.write_text(
         BASE_CONFIG
         .replace("tcp: {host: 127.0.0.1, port: 0}",
-                 f"tcp: {{host: 127.0.0.1, port: {free_port()}}}")
+                 f"tcp: {{host: 127.0.0.1, port: {mqtt_port}}}")
         .replace("management: {port: 0}", f"management: {{port: {free_port()}}}")
         .replace("server: {port: 0}", f"server: {{port: {free_port()}}}")
         + "logging: {format: json}\n")
+    return config
+
+
+@pytest.fixture
+def supervisor(tmp_path: Path) -> Iterator[KpcProcess]:
+    """`kpc-trio run --workers 2` on a free MQTT port."""
+    config = write_config(tmp_path, free_port())
     log_path = tmp_path / "kpc.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
@@ -128,3 +134,26 @@ async def test_two_workers_share_the_port_restart_when_killed_and_drain_on_sigte
     assert len(supervisor.named("kpc_stopped")) == 2
     assert supervisor.named("nats_server_stopped")
     no_internal_errors(supervisor)
+
+
+def test_a_worker_that_cannot_start_stops_all_with_exit_2(tmp_path: Path) -> None:
+    with socket.socket() as taken:  # bound without SO_REUSEPORT: no worker can share it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = write_config(tmp_path, taken.getsockname()[1])
+        done = subprocess.run(
+            kpc_command("--config", str(config), "run", "--workers", "2"),
+            env=child_env({}), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=60)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "kpc-trio: cannot start:" in done.stderr  # the worker's one-line reason
+    assert "worker_cannot_start" in done.stderr
+    assert "worker_died" not in done.stderr  # not restarted in a loop
+    assert "Traceback" not in done.stderr
+
+
+def test_workers_must_be_at_least_one() -> None:
+    done = subprocess.run(kpc_command("run", "--workers", "0"), env=child_env({}),
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "--workers: must be 1 or more, not 0" in done.stderr
