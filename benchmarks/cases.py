@@ -14,7 +14,7 @@ from collections.abc import Callable
 import attrs
 
 from benchmarks.counters import Counter
-from benchmarks.cpu import CpuWindow, Parties, measure_cpu
+from benchmarks.cpu import CpuWindow, Parties, measure_cpu, tree_pids
 from benchmarks.loadgen import IngestSpec, RoundTripSpec, hold_idle, ingest, round_trip
 from benchmarks.servers import ServerProcess, is_kpc, rss_kib
 from benchmarks.transports import Transport
@@ -170,7 +170,7 @@ def _per_request(cpu: CpuWindow, requests: int) -> Figures:
 
 def idle_memory(bench: Bench, server: ServerProcess) -> Figures:
     total = bench.sizes.idle_connections
-    before = bench.rss_baselines.setdefault(server.name, rss_kib(server.pid))
+    before = bench.rss_baselines.setdefault(server.name, _tree_rss_kib(server))
     context = multiprocessing.get_context("fork")
     opened = context.Queue()
     release = context.Event()
@@ -189,13 +189,18 @@ def idle_memory(bench: Bench, server: ServerProcess) -> Figures:
         if problems:
             raise CaseError(f"idle connections to {server.name}: {problems[0]}")
         time.sleep(IDLE_SETTLE)
-        after = rss_kib(server.pid)
+        after = _tree_rss_kib(server)
     finally:
         release.set()
         for worker in workers:
             worker.join(STALL)
     time.sleep(IDLE_SETTLE)  # let the server close them before the next run
     return {"KiB/conn": (after - before) / total, "total MiB": after / 1024}
+
+
+def _tree_rss_kib(server: ServerProcess) -> int:
+    """The server's RSS with its workers' (`--workers N`; the supervisor's counts too)."""
+    return sum(rss_kib(pid) for pid in tree_pids([server.pid]))
 
 
 def secure_transports(bench: Bench, server: ServerProcess) -> Figures:

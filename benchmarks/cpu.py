@@ -56,15 +56,20 @@ def _children_map() -> dict[int, list[int]]:
     return children
 
 
-def tree_seconds(pids: Sequence[int]) -> float:
-    """CPU of the processes and all their live descendants."""
+def tree_pids(pids: Sequence[int]) -> list[int]:
+    """The processes and all their live descendants."""
     children = _children_map()
-    total, pending = 0.0, list(pids)
+    found, pending = [], list(pids)
     while pending:
         pid = pending.pop()
-        total += process_seconds(pid)
+        found.append(pid)
         pending += children.get(pid, [])
-    return total
+    return found
+
+
+def tree_seconds(pids: Sequence[int]) -> float:
+    """CPU of the processes and all their live descendants."""
+    return sum(process_seconds(pid) for pid in tree_pids(pids))
 
 
 def machine_seconds() -> tuple[float, float]:
