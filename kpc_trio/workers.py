@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 import attrs
 import trio
 
-from kpc_trio.config import Config, env_var_name
+from kpc_trio.config import Config, ConfigError, env_var_name
 from kpc_trio.logs import get_logger
 from kpc_trio.nats.embedded import open_embedded_nats, terminate_with_parent
 
@@ -39,6 +39,29 @@ RESTART_DELAY_MAX = 30.0
 STABLE_AFTER = 10.0
 REPLICA_ID_ENV = env_var_name("service.instance.replica.id")
 NATS_URLS_ENV = env_var_name("nats.urls")
+
+
+def shared_ports(config: Config) -> dict[str, int]:
+    """Key path -> port of every listener the workers share."""
+    transports = config.kaa.kpc.transports
+    mqtt = transports.mqtt
+    listeners = {
+        "server.port": (True, config.server.port),
+        "management.port": (True, config.management.port),
+        "kaa.kpc.transports.mqtt.tcp.port": (mqtt.tcp.enabled, mqtt.tcp.port),
+        "kaa.kpc.transports.mqtt.tls.port": (mqtt.tls.enabled, mqtt.tls.port),
+        "kaa.kpc.transports.mqtt.websocket.port": (mqtt.websocket.enabled, mqtt.websocket.port),
+        "kaa.kpc.transports.http.port": (transports.http.enabled, transports.http.port),
+    }
+    return {key: port for key, (enabled, port) in listeners.items() if enabled}
+
+
+def check_ports_fixed(config: Config, workers: int) -> None:
+    """Port 0 lets each worker pick its own port: devices would reach one worker only."""
+    for key, port in shared_ports(config).items():
+        if port == 0:
+            raise ConfigError(f"{key}: --workers {workers} needs a fixed port, not 0 (each "
+                              "worker would listen on a port of its own)", key_path=key)
 
 
 def worker_replica_id(replica_id: str, slot: int) -> str:
@@ -151,6 +174,7 @@ def open_pidfd(pid: int) -> Iterator[int]:
 
 async def run_workers(config: Config, config_path: str | None, workers: int) -> int:
     """Supervise `workers` service processes until they all exited; returns the exit code."""
+    check_ports_fixed(config, workers)
     argv = [sys.executable, "-m", "kpc_trio"]
     if config_path is not None:
         argv += ["--config", config_path]

@@ -157,3 +157,13 @@ def test_workers_must_be_at_least_one() -> None:
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert "--workers: must be 1 or more, not 0" in done.stderr
+
+
+def test_workers_need_fixed_ports(tmp_path: Path) -> None:
+    config = write_config(tmp_path, 0)
+    done = subprocess.run(kpc_command("--config", str(config), "run", "--workers", "2"),
+                          env=child_env({}), stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 2
+    assert ("kpc-trio: cannot start: kaa.kpc.transports.mqtt.tcp.port: --workers 2 needs a "
+            "fixed port, not 0") in done.stderr
