@@ -105,6 +105,8 @@ def _number(value: float) -> str:
     return f"{value:.3g}" if value < 10 else f"{value:.1f}"
 
 
+# The load picture of a case, not a figure of the server: no ratios.
+LOAD_METRICS = frozenset({"gen cores", "idle cores", "foreign cores"})
 # Cells over these medians are flagged: the case was co-limited by something not the server.
 FLAG_LIMITS = {"gen cores": cpu.GENERATOR_LIMIT, "foreign cores": cpu.FOREIGN_LIMIT}
 
@@ -141,7 +143,8 @@ def table(measurements: Sequence[Measurement]) -> str:
         text, met = row.target()
         lines.append([
             row.case, row.metric, *(_cell(row.by_server.get(s)) for s in names),
-            *("-" if (r := row.ratio(p)) is None else f"{r:.2f}x" for p in PEERS),
+            *("-" if (r := row.ratio(p)) is None or row.metric in LOAD_METRICS
+              else f"{r:.2f}x" for p in PEERS),
             text, {True: "yes", False: "NO", None: "-"}[met],
         ])
     return _render(lines)
@@ -152,7 +155,8 @@ CPU_TARGET_FACTOR = 2.0
 
 
 def cpu_summary(measurements: Sequence[Measurement]) -> str:
-    """Server CPU per message, kpc_trio against the peers' pub->sub and ingest-only floors."""
+    """Server CPU per message (per request for the round trip), kpc_trio against the peers'
+    pub->sub (round trip: loopback) and ingest-only floors."""
     found = {(m.case, m.metric, m.server): m for m in measurements}
 
     def median(case: str, metric: str, server: str) -> float | None:
@@ -161,24 +165,26 @@ def cpu_summary(measurements: Sequence[Measurement]) -> str:
 
     kpcs = [s for s in servers(measurements) if is_kpc(s)]
     columns: list[tuple[str, str, str, str]] = [  # header, case suffix, metric, server
-        *((s, "", "server µs/msg", s) for s in kpcs),
-        ("nats-server", "", "nats µs/msg", KPC), ("Kaa side", "", "kaa µs/msg", KPC),
-        *((f"{p} {label}", suffix, "server µs/msg", p) for p in PEERS
+        *((s, "", "server", s) for s in kpcs),
+        ("nats-server", "", "nats", KPC), ("Kaa side", "", "kaa", KPC),
+        *((f"{p} {label}", suffix, "server", p) for p in PEERS
           for label, suffix in (("pub->sub", ""), ("ingest", "_ingest"))),
     ]
-    header = ["CPU µs/msg", *(c[0] for c in columns), f"{KPC}/mosquitto pub->sub",
+    header = ["CPU µs per msg (req)", *(c[0] for c in columns), f"{KPC}/mosquitto pub->sub",
               f"{KPC}/mosquitto ingest", f"{KPC}/amqtt ingest",
               f"target <= {CPU_TARGET_FACTOR:g}x mosquitto ingest"]
     lines = [header]
-    for case in ("qos1", "qos0"):
-        cells = [median(case + suffix, metric, server) for _, suffix, metric, server in columns]
+    for case, unit in (("qos1", "msg"), ("qos0", "msg"), ("roundtrip", "req")):
+        cells = [median(case + suffix, f"{party} µs/{unit}", server)
+                 for _, suffix, party, server in columns]
         if all(cell is None for cell in cells):
             continue
-        ours = median(case, "server µs/msg", KPC)
+        metric = f"server µs/{unit}"
+        ours = median(case, metric, KPC)
         ratios = [None if ours is None or not theirs else ours / theirs
-                  for theirs in (median(case, "server µs/msg", "mosquitto"),
-                                 median(f"{case}_ingest", "server µs/msg", "mosquitto"),
-                                 median(f"{case}_ingest", "server µs/msg", "amqtt"))]
+                  for theirs in (median(case, metric, "mosquitto"),
+                                 median(f"{case}_ingest", metric, "mosquitto"),
+                                 median(f"{case}_ingest", metric, "amqtt"))]
         met = None if ratios[1] is None else ratios[1] <= CPU_TARGET_FACTOR
         lines.append([case, *("-" if c is None else _number(c) for c in cells),
                       *("-" if r is None else f"{r:.2f}x" for r in ratios),
