@@ -150,7 +150,8 @@ class NatsFrameCounter:
             elif buffer.startswith(b"PONG", position):
                 self.ponged = True
             elif buffer.startswith(b"-ERR", position):
-                raise CounterError(f"NATS refused the counter: {bytes(buffer[position:line_end])!r}")
+                refusal = bytes(buffer[position:line_end])
+                raise CounterError(f"NATS refused the counter: {refusal!r}")
             position = line_end + 2  # INFO, +OK
         del buffer[:position]
         return self.messages

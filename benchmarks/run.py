@@ -101,7 +101,6 @@ def _start_everything(stack: contextlib.ExitStack, workdir: Path, args: argparse
         else:
             counters[server.name] = start_mqtt_counter(server.port, wire_size_qos0(0))
             stack.callback(counters[server.name].close)
-    assert nats.pid is not None
     helpers = {"nats": [nats.pid], "kaa": [token_provider.pid]}
     return servers, Bench(sizes=QUICK if args.quick else Sizes(), counters=counters,
                           helper_pids=helpers), nats.url

@@ -138,7 +138,7 @@ class _Cap:
             response_type=records.ClientCertificateAuthenticationResponse, timeout=timeout,
             correlation_prefix=f"{replica_id}-cap-cert",
         )
-        self.replies = (self._basic, self._certificate)
+        self.replies: tuple[CorrelatedRequests[Any], ...] = (self._basic, self._certificate)
 
     async def check_password(self, username: str, password: str | None) -> _ProviderAnswer:
         who = split_tenant_username(username)
@@ -184,7 +184,7 @@ class _Ecap:
             response_type=records.ClientCertificateValidationResponse, timeout=timeout,
             correlation_prefix=f"{replica_id}-ecap-cert",
         )
-        self.replies = (self._password, self._certificate)
+        self.replies: tuple[CorrelatedRequests[Any], ...] = (self._password, self._certificate)
 
     async def check_password(self, username: str, password: str | None) -> _ProviderAnswer:
         request = records.ClientUsernamePasswordValidationRequest(

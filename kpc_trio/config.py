@@ -54,7 +54,9 @@ class InvalidValue(Exception):
 
 
 class ValueType(Protocol):
-    label: str  # short type name for the reference table
+    @property
+    def label(self) -> str:
+        """Short type name for the reference table."""
 
     def parse(self, raw: object) -> Any: ...
 
@@ -174,6 +176,11 @@ class Text:
 # Instance names and replica ids become NATS subject tokens (3/ISM), so they cannot hold separators.
 SUBJECT_TOKEN = Text(r"[^\s.*>]+", "a non-empty NATS subject token (no spaces, '.', '*' or '>')",
                      label="NATS subject token")
+# Application, application-version and extension-instance names: versions and instances are
+# MQTT topic levels of 1/KP, instances also NATS subject tokens (3/ISM); one rule for all three.
+ENTRY_NAME = Text(r"[^\s.*>/+#]+",
+                  "a non-empty name without spaces, '.', '*', '>', '/', '+' or '#' (it goes into "
+                  "NATS subjects and MQTT topics)", label="name")
 URL_PATH = Text(r"/\S*", "a URL path starting with '/'", label="URL path")
 
 
@@ -237,11 +244,17 @@ class NatsUrls(Text):
 
 @attrs.frozen
 class TextList:
+    item: Text = Text()
     label: str = "list of strings"
 
     def parse(self, raw: object) -> tuple[str, ...]:
         if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
             raise InvalidValue
+        for item in raw:
+            try:
+                self.item.parse(item)
+            except InvalidValue:
+                raise InvalidValue(f"{item!r} is not {self.item.expected()}") from None
         return tuple(raw)
 
     def expected(self) -> str:
@@ -346,9 +359,34 @@ class ManagementSettings:
 
 
 @attrs.frozen
+class NatsTlsSettings:
+    ca_file: str = setting("", Text(), "Trust store (PEM) the NATS servers' certificates are "
+                                       "verified against; empty = the system's.")
+    cert_file: str = setting("", Text(), "Client certificate chain (PEM) KPC presents to NATS "
+                                         "servers that ask for one.")
+    key_file: str = setting("", Text(), "Private key (PEM) of `nats.tls.cert-file`.")
+    handshake_first: bool = setting(False, Boolean(),
+                                    "TLS before the server's INFO (nats-server "
+                                    "`handshake_first`); implies TLS to every server.")
+
+
+@attrs.frozen
 class NatsSettings:
     urls: str = setting("", NatsUrls(), "Comma-separated NATS URLs, `nats://` or `tls://` (may "
-                                        "carry credentials); empty starts an embedded nats-server.")
+                                        "carry credentials); one cluster member, a Service name "
+                                        "or every member (the rest is discovered); empty starts "
+                                        "an embedded nats-server.")
+    randomize_servers: bool = setting(True, Boolean(),
+                                      "Shuffle the servers (configured and discovered) before "
+                                      "trying them; false keeps the configured order.")
+    reconnect_wait: float = setting(2.0, Duration(positive=True),
+                                    "Least time between two attempts on the same server; "
+                                    "doubles per failure, up to 8 times, plus jitter.")
+    creds_file: str = setting("", Text(), "JWT credentials file (`.creds`: user JWT and nkey "
+                                          "seed) for NATS in operator mode.")
+    nkey_seed_file: str = setting("", Text(), "File holding a user nkey seed (`SU...`) for "
+                                              "NATS nkey authentication.")
+    tls: NatsTlsSettings = section(NatsTlsSettings)
 
 
 @attrs.frozen
@@ -463,6 +501,9 @@ class EspSettings:
     with_config_name: bool = setting(True, Boolean(),
                                      "Encode ClientData with the `configName` field (false = the "
                                      "legacy schema).")
+    response_timeout: float = setting(30.0, Duration(positive=True),
+                                      "How long a request to an endpoint-unaware extension waits "
+                                      "for its reply; a later reply is dropped.")
 
 
 @attrs.frozen
@@ -517,7 +558,8 @@ class DisconnectOverride:
 @attrs.frozen
 class ApplicationVersion:
     allowed_extension_instances: tuple[str, ...] = setting(
-        (), TextList(), "Extension instances that clients of this application version may address."
+        (), TextList(ENTRY_NAME),
+        "Extension instances that clients of this application version may address."
     )
     disconnect: DisconnectOverride = section(DisconnectOverride)
 
@@ -605,7 +647,7 @@ _DEFAULT_DISCONNECT_POLICY = DisconnectPolicy()
 # Loading.
 
 
-def _yaml_key(field: attrs.Attribute) -> str:  # type: ignore[type-arg]
+def _yaml_key(field: attrs.Attribute) -> str:
     return field.name.replace("_", "-")
 
 
@@ -688,6 +730,13 @@ def _build(node: type, raw: object, path: str, origin: _Origin) -> Any:
             values[field.name] = _build(kind.node, given.get(key), key_path, origin)
         elif isinstance(kind, NamedEntries):
             entries = _expand_dotted(given.get(key), key_path, origin)
+            for name in entries:
+                try:
+                    ENTRY_NAME.parse(name)
+                except InvalidValue:
+                    raise ConfigError(f"{_join(key_path, name)}: {name!r} is not "
+                                      f"{ENTRY_NAME.expected()} (from {origin.file})",
+                                      key_path=_join(key_path, name)) from None
             inner = _Origin(origin.file, env=None)
             values[field.name] = types.MappingProxyType({
                 name: _build(kind.node, entry, _join(key_path, name), inner)
@@ -755,6 +804,19 @@ def _check_consistency(config: Config) -> None:
                     f"belongs to exactly one application (from {where})", key_path=path)
             applications_of[version_name] = app_name
     _check_disconnect_settings(config)
+    _check_nats_settings(config)
+
+
+def _check_nats_settings(config: Config) -> None:
+    nats = config.nats
+    if nats.creds_file and nats.nkey_seed_file:
+        raise ConfigError(f"nats.nkey-seed-file: set either nats.creds-file or "
+                          f"nats.nkey-seed-file, not both (from {config.source})",
+                          key_path="nats.nkey-seed-file")
+    if bool(nats.tls.cert_file) != bool(nats.tls.key_file):
+        key = "nats.tls.key-file" if nats.tls.cert_file else "nats.tls.cert-file"
+        raise ConfigError(f"{key}: nats.tls.cert-file and nats.tls.key-file go together "
+                          f"(set it in the YAML file or env {env_var_name(key)})", key_path=key)
 
 
 def _check_disconnect_settings(config: Config) -> None:

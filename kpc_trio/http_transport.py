@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from urllib.parse import unquote
 
 import attrs
 import trio
@@ -21,12 +22,13 @@ from kpc_trio.kaa.kp1 import Kp1Error
 from kpc_trio.logs import get_logger
 from kpc_trio.metrics import Metrics
 from kpc_trio.nats.gateway import NatsGateway, NatsUnavailableError
-from kpc_trio.relay import Relay, reason_for
+from kpc_trio.relay import REFUSED_BY_NATS_REASON, REFUSED_BY_NATS_STATUS, Relay, reason_for
 
 log = get_logger(__name__)
 
 #: Request ids KPC generates for HTTP requests start high, away from the small ids devices use
-#: over MQTT for the same endpoint and extension (4/ESP has no other way to tell them apart).
+#: over MQTT for the same endpoint and extension (4/ESP has no other way to tell them apart), and
+#: from those it gives endpoint-unaware MQTT requests (below `hub.UNAWARE_REQUEST_ID_LIMIT`).
 HTTP_REQUEST_ID_BASE = 1 << 30
 
 
@@ -72,6 +74,21 @@ class ReplyWaiters:
         return len(self._waiting)
 
 
+def kp1_topic(path: str) -> str:
+    """The 1/KP topic a request path names: without the leading '/', each level percent-decoded
+    (a token or resource path level may need escaping in a URL). `%2F` is data within a level
+    (RFC 3986), and a 1/KP level cannot hold a '/': such a path is refused, as is one that does
+    not decode to UTF-8."""
+    try:
+        levels = [unquote(level, errors="strict") for level in path[1:].split("/")]
+    except UnicodeDecodeError:
+        raise Kp1Error(400, "Bad resource path", detail="percent-encoded bytes are not UTF-8"
+                       ) from None
+    if any("/" in level or "\0" in level for level in levels):
+        raise Kp1Error(400, "Bad resource path", detail="a level decodes to '/' or NUL")
+    return "/".join(levels)
+
+
 def kp1_error_response(status: int, reason: str) -> Response:
     """Every HTTP error of this transport carries the 1/KP error JSON."""
     return status, [("content-type", "application/json")], kp1.error_payload(status, reason)
@@ -111,7 +128,7 @@ class HttpTransport:
             status, headers, body = kp1_error_response(405, "Only POST is supported")
             return status, [*headers, ("allow", "POST")], body
         try:
-            route = self._relay.route(request.path[1:])
+            route = self._relay.route(kp1_topic(request.path))
             endpoint_id = await self._identify(route) if route.token is not None else None
         except Kp1Error as err:
             return kp1_error_response(err.status_code, err.reason_phrase)
@@ -126,9 +143,11 @@ class HttpTransport:
             message = self._relay.client_data_message(route, endpoint_id, request.body,
                                                       correlation_id)
             try:
-                await self._gateway.publish_confirmed([message], fail_fast=True)
+                refused = await self._gateway.publish_confirmed([message], fail_fast=True)
             except NatsUnavailableError:
                 return kp1_error_response(503, "Service unavailable: NATS is not connected")
+            if refused:
+                return kp1_error_response(REFUSED_BY_NATS_STATUS, REFUSED_BY_NATS_REASON)
             self._metrics.relayed_to(route.extension).inc()
             with trio.move_on_after(self._timeout):
                 await waiter.done.wait()

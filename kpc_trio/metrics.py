@@ -118,6 +118,22 @@ class Metrics:
             buckets=_BATCH_SIZE_BUCKETS,
             registry=r,
         )
+        self.nats_reconnects: Final = Counter(
+            "kpc_nats_reconnects", "Connections to NATS made after the first one.", registry=r
+        )
+        self.nats_lame_duck_moves: Final = Counter(
+            "kpc_nats_lame_duck_moves",
+            "Moves to another NATS server because the one in use entered lame duck mode.",
+            registry=r,
+        )
+        self.nats_server_errors: Final = Counter(
+            "kpc_nats_server_errors", "-ERR messages from NATS servers by kind.", ["kind"],
+            registry=r,
+        )
+        self.nats_server: Final = Gauge(
+            "kpc_nats_server", "1 for the NATS server in use (host:port and server name).",
+            ["server", "server_name"], registry=r,
+        )
         self.nats_publish_latency: Final = Histogram(
             "kpc_nats_publish_latency_seconds",
             "Time from handing a batch to NATS until it was flushed.",

@@ -18,6 +18,10 @@ from kpc_trio.kaa.kp1 import ApplicationRegistry, Route
 from kpc_trio.nats.gateway import OutboundMessage
 
 MAX_REMEMBERED_ROUTES = 10_000
+#: The 1/KP answer to a request NATS refused to take (a publish permissions violation): 502, as
+#: from a gateway whose upstream refused; retrying cannot help until the NATS permissions change.
+REFUSED_BY_NATS_STATUS = 502
+REFUSED_BY_NATS_REASON = "Bad Gateway: NATS refused the message (publish permission denied)"
 
 
 @attrs.frozen
@@ -98,7 +102,8 @@ class Relay:
         """The `/status` or `/error` PUBLISH for an `ExtensionData` (spec 4.5)."""
         app_version = data.app_version_name or fallback_app_version
         if not app_version or not data.extension_instance_name:
-            raise UndeliverableError("ExtensionData without appVersionName or extensionInstanceName")
+            raise UndeliverableError(
+                "ExtensionData without appVersionName or extensionInstanceName")
         success = kp1.is_success(data.status_code)
         topic = kp1.response_topic(
             app_version, data.extension_instance_name, token, data.resource_path,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -25,17 +26,28 @@ import trio
 
 from kpc_trio.auth import EndpointTokenResolver
 from kpc_trio.client_auth import NatsClientAuthenticator
-from kpc_trio.config import Config
+from kpc_trio.config import Config, ConfigError, env_var_name
 from kpc_trio.connectivity import ConnectivityEvents
 from kpc_trio.health import Health
 from kpc_trio.http_transport import HttpTransport, ReplyWaiters, kp1_error_response
 from kpc_trio.httpd import HttpLimits, management_routes, rest_routes, serve_http
-from kpc_trio.hub import Hub, UnawareRequestKey
+from kpc_trio.hub import Hub
 from kpc_trio.kaa import records, subjects
 from kpc_trio.kaa.extension_data import read_extension_data
 from kpc_trio.kaa.kp1 import ApplicationRegistry
 from kpc_trio.logs import get_logger
 from kpc_trio.metrics import Metrics
+from kpc_trio.nats.connection import (
+    Connected,
+    ConnectOptions,
+    LameDuck,
+    NatsEvent,
+    PublishRefused,
+    ServerErrorSeen,
+    SubscriptionRefused,
+    TlsOptions,
+)
+from kpc_trio.nats.credentials import NatsCredentialsError, load_creds, load_nkey_seed
 from kpc_trio.nats.embedded import open_embedded_nats
 from kpc_trio.nats.gateway import InboundMessage, NatsGateway, open_nats_gateway
 from kpc_trio.net import (
@@ -49,7 +61,7 @@ from kpc_trio.net import (
 from kpc_trio.presence import Expiry, IdleTracker, run_idle_sweeper
 from kpc_trio.relay import Relay, is_expired
 from kpc_trio.revocation import RevocationListener
-from kpc_trio.session import Session, SessionContext, SessionLimits
+from kpc_trio.session import Session, SessionContext, SessionLimits, run_refusal
 from kpc_trio.traffic import TrafficMeter, run_traffic_reports
 
 log = get_logger(__name__)
@@ -79,10 +91,49 @@ def nats_urls(config: Config) -> list[str]:
     return [url.strip() for url in config.nats.urls.split(",") if url.strip()]
 
 
+def nats_connect_options(config: Config, name: str) -> ConnectOptions:
+    """The NATS connection settings, with their files read and checked now: a wrong path, a bad
+    seed or an unusable certificate stops the start with the key to fix."""
+    nats = config.nats
+    credentials = None
+    for key, path, load in (("nats.creds-file", nats.creds_file, load_creds),
+                            ("nats.nkey-seed-file", nats.nkey_seed_file, load_nkey_seed)):
+        if path:
+            try:
+                credentials = load(path)
+            except NatsCredentialsError as exc:
+                raise ConfigError(f"{key}: {exc} (from {_origin(config, key)})",
+                                  key_path=key) from None
+    tls = TlsOptions(nats.tls.ca_file, nats.tls.cert_file, nats.tls.key_file,
+                     nats.tls.handshake_first)
+    for key, path in (("nats.tls.ca-file", tls.ca_file), ("nats.tls.cert-file", tls.cert_file),
+                      ("nats.tls.key-file", tls.key_file)):
+        if path:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise ConfigError(f"{key}: cannot read {path}: {exc.strerror} (from "
+                                  f"{_origin(config, key)})", key_path=key) from None
+    try:
+        tls.context()
+    except ssl.SSLError as exc:
+        key = "nats.tls.cert-file" if tls.cert_file else "nats.tls.ca-file"
+        raise ConfigError(f"{key}: the NATS TLS files cannot be used: {exc} (from "
+                          f"{_origin(config, key)})", key_path=key) from None
+    return ConnectOptions(name=name, reconnect_wait=nats.reconnect_wait,
+                          randomize=nats.randomize_servers, credentials=credentials, tls=tls)
+
+
+def _origin(config: Config, key: str) -> str:
+    env_name = env_var_name(key)
+    return f"env {env_name}" if env_name in os.environ else config.source
+
+
 @attrs.define
 class KpcService:
     config: Config
-    hub: Hub[Session] = attrs.field(factory=Hub)
+    hub: Hub[Session] = attrs.field()
     ports: dict[str, int] = attrs.field(factory=dict)
     sessions: set[Session] = attrs.field(factory=set)
     metrics: Metrics = attrs.field(factory=Metrics)
@@ -95,6 +146,10 @@ class KpcService:
     _sessions_nursery: trio.Nursery | None = None  # hosts the sessions and their writer tasks
     #: One of `kpc-trio run --workers N`: every listener shares its port (SO_REUSEPORT).
     reuse_port: bool = False
+
+    @hub.default
+    def _hub_for_config(self) -> Hub[Session]:
+        return Hub(unaware_timeout=self.config.kaa.kpc.esp.response_timeout)
 
     @property
     def replica_id(self) -> str:
@@ -113,6 +168,9 @@ class KpcService:
     async def serve(self, *, task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED
                     ) -> None:
         self.metrics.endpoints_online.set_function(lambda: self.hub.endpoint_count)
+        # Its files are checked before anything listens.
+        options = nats_connect_options(
+            self.config, f"{self.config.service.instance.name}-{self.replica_id}")
         async with trio.open_nursery() as http_nursery:
             # Metrics, health and REST live until the very end: readiness reports the shutdown.
             await self._start_http(http_nursery)
@@ -125,9 +183,10 @@ class KpcService:
                         log.info("embedded_nats_started", url=urls[0])
                     gateway = await stack.enter_async_context(open_nats_gateway(
                         urls,
-                        name=f"{self.config.service.instance.name}-{self.replica_id}",
+                        options=options,
                         on_connection_change=self._nats_connection_changed,
                         on_batch=self._observe_batch,
+                        on_event=self._nats_event,
                     ))
                     await self._await_first_nats_connection()
                     await self._serve_with(gateway, task_status)
@@ -161,6 +220,27 @@ class KpcService:
                     replies.abandon_all()
         self.health.nats_connected = connected
         self.metrics.nats_connected.set(1 if connected else 0)
+
+    def _nats_event(self, event: NatsEvent) -> None:
+        metrics = self.metrics
+        if isinstance(event, Connected):
+            if event.reconnect:
+                metrics.nats_reconnects.inc()
+            metrics.nats_server.clear()
+            metrics.nats_server.labels(event.server, event.server_name).set(1)
+            self.health.nats_refused_subscriptions = event.refused_subscriptions
+        elif isinstance(event, LameDuck):
+            metrics.nats_lame_duck_moves.inc()
+        elif isinstance(event, ServerErrorSeen):
+            metrics.nats_server_errors.labels(event.kind).inc()
+        elif isinstance(event, PublishRefused):
+            metrics.messages_dropped.labels("nats_permission_denied").inc()
+        elif isinstance(event, SubscriptionRefused):
+            self.health.nats_refused_subscriptions |= {event.subject}
+        if isinstance(event, (Connected, SubscriptionRefused)) and \
+                self.health.nats_refused_subscriptions:
+            log.error("not_ready", reason="nats_subscription_refused",
+                      subjects=",".join(sorted(self.health.nats_refused_subscriptions)))
 
     def _observe_batch(self, messages: int, seconds: float) -> None:
         self.metrics.nats_publish_batch_size.observe(messages)
@@ -366,11 +446,11 @@ class KpcService:
         assert self._context is not None and self._sessions_nursery is not None
         limit = self.config.kaa.kpc.transports.mqtt.max_connections
         if limit and len(self.sessions) >= limit:
-            # Refused before reading anything: under a connection storm this is the cheapest.
+            # Refused without a session: under a connection storm this is the cheapest.
             self.metrics.connect_refusals.labels(peer.transport, "max_connections").inc()
             log.warning("connection_refused", reason="max_connections", peer=peer.address,
                         limit=limit)
-            return trio.aclose_forcefully(stream)
+            return run_refusal(stream, self.config.kaa.kpc.transports.mqtt.connect_timeout)
         return Session(stream, peer, self._context).run(self._sessions_nursery)
 
     def _dispatch_extension_data(self, message: InboundMessage) -> None:
@@ -388,7 +468,7 @@ class KpcService:
             return
         delivered = self._http_waiters.deliver(data)
         if not delivered:
-            session = self._session_for(data)
+            session, data = self._session_for(data)
             delivered = session is not None and session.deliver_extension_data(data)
         if delivered:
             self.metrics.extension_data_delivered.labels(data.extension_instance_name or "").inc()
@@ -418,14 +498,24 @@ class KpcService:
                     log.info("endpoint_roamed", endpoint_id=endpoint_id,
                              to_replica=event.originator_replica_id)
 
-    def _session_for(self, data: records.ExtensionData) -> Session | None:
+    def _session_for(self, data: records.ExtensionData
+                     ) -> tuple[Session | None, records.ExtensionData]:
+        """The session to deliver `data` to, and `data` as that session's device knows it (the
+        reply to an endpoint-unaware request carries KPC's request id, not the device's).
+
+        An endpoint-unaware `ExtensionData` without a request id (a reply to a request that had
+        none, fire and forget) names no device: it goes nowhere."""
         if data.endpoint_id is not None:
-            return self.hub.session_for_endpoint(data.endpoint_id)
+            return self.hub.session_for_endpoint(data.endpoint_id), data
         if data.request_id is None or not data.app_version_name \
                 or not data.extension_instance_name:
-            return None
-        return self.hub.take_unaware_reply(UnawareRequestKey(
-            data.app_version_name, data.extension_instance_name, data.request_id))
+            return None, data
+        pending = self.hub.take_unaware_reply(data.app_version_name,
+                                              data.extension_instance_name, data.request_id,
+                                              trio.current_time())
+        if pending is None:
+            return None, data
+        return pending.session, attrs.evolve(data, request_id=pending.device_request_id)
 
 
 @contextlib.asynccontextmanager

@@ -11,6 +11,7 @@ buffer outgrows `max_outbox_bytes` is dropped instead of growing memory.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -19,11 +20,12 @@ import trio
 from kpc_trio.auth import EndpointIdentity, EndpointTokenResolver, TokenValidationError
 from kpc_trio.client_auth import ANONYMOUS, AuthOutcome
 from kpc_trio.connectivity import ConnectivityEvents
-from kpc_trio.hub import Hub, UnawareRequestKey
+from kpc_trio.hub import Hub
 from kpc_trio.kaa import records
 from kpc_trio.kaa.kp1 import Kp1Error, Route, error_payload
 from kpc_trio.logs import get_logger, set_log_source
 from kpc_trio.metrics import Metrics
+from kpc_trio.mqtt.codec import encode
 from kpc_trio.mqtt.connection import (
     ConnectionState,
     ConnectReceived,
@@ -33,12 +35,17 @@ from kpc_trio.mqtt.connection import (
     Unsubscribed,
 )
 from kpc_trio.mqtt.errors import LocalProtocolError, ProtocolError
-from kpc_trio.mqtt.packets import ConnAckCode, Connect, Publish, QoS
+from kpc_trio.mqtt.packets import ConnAck, ConnAckCode, Connect, PacketType, Publish, QoS
 from kpc_trio.nats.gateway import NatsGateway, OutboundMessage
 from kpc_trio.net import Peer
 from kpc_trio.net.socket_stream import LeanSocketStream
 from kpc_trio.presence import IdleTracker
-from kpc_trio.relay import Relay, UndeliverableError
+from kpc_trio.relay import (
+    REFUSED_BY_NATS_REASON,
+    REFUSED_BY_NATS_STATUS,
+    Relay,
+    UndeliverableError,
+)
 from kpc_trio.traffic import TrafficMeter
 
 log = get_logger(__name__)
@@ -59,6 +66,29 @@ class SessionLimits:
     max_outbox_bytes: int = 1_048_576
     #: QoS 1/2 messages relayed but not yet confirmed by NATS before a connection stops reading.
     max_inflight: int = 100
+
+
+#: The first byte of a CONNECT packet (type 1, no flags).
+CONNECT_FIRST_BYTE = bytes([PacketType.CONNECT << 4])
+#: CONNACK 3 (server unavailable), the same bytes in MQTT 3.1 and 3.1.1.
+SERVER_UNAVAILABLE_CONNACK = encode(ConnAck(ConnAckCode.SERVER_UNAVAILABLE))
+
+
+async def run_refusal(stream: trio.abc.Stream, connect_timeout: float) -> None:
+    """Answer a connection KPC has no room for (`max-connections`): CONNACK 3 to its CONNECT,
+    then close. No session and nothing decoded beyond the packet type: under a connection storm
+    a refusal must cost less than a connection. A client that sends no CONNECT within the
+    connect timeout, or something else first, is closed without an answer, as a session would.
+    """
+    try:
+        with trio.move_on_after(connect_timeout):
+            first = await stream.receive_some(RECEIVE_SIZE)
+            if first[:1] == CONNECT_FIRST_BYTE:
+                await stream.send_all(SERVER_UNAVAILABLE_CONNACK)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 class ClientAuthenticator(Protocol):
@@ -103,6 +133,8 @@ class _Batch:
     relayed: dict[str, int] = attrs.field(factory=dict)  # per extension (a Counter costs more)
     # Endpoints already marked active at `now`: once per read is enough.
     touched: set[tuple[str, str]] = attrs.field(factory=set)
+    # outgoing index -> (PUBLISH, request id) of requests: what a refused message is answered on.
+    requests: dict[int, tuple[Publish, int]] | None = None
     debug: bool = attrs.field(factory=log.is_debug)  # asked once per read, not per message
 
 
@@ -330,13 +362,16 @@ class Session:
         is dropped (counted) while NATS is away."""
         if batch.outgoing:
             if batch.needs_confirmation:
-                await self._ctx.gateway.publish_confirmed(batch.outgoing)
+                refused = await self._ctx.gateway.publish_confirmed(batch.outgoing)
+                if refused:
+                    self._answer_refused(batch, refused)
             elif await self._ctx.gateway.publish(batch.outgoing):
                 self._dropping = False
             else:
                 self._count_drops(len(batch.outgoing))
             batch.outgoing = []
             batch.needs_confirmation = False
+            batch.requests = None
         for packet_id in batch.acknowledgements:
             self._conn.acknowledge(packet_id)
         batch.acknowledgements.clear()
@@ -353,6 +388,20 @@ class Session:
                 self.terminate("connection_lost")
             finally:
                 self._writing_inline = False
+
+    def _answer_refused(self, batch: _Batch, refused: Sequence[int]) -> None:
+        """NATS refused these messages (permissions; counted and logged by the gateway): a
+        request with a request id gets 502, since retrying cannot help until the NATS
+        permissions change. The PUBACK still goes: MQTT 3.1.1 has no negative one, and holding
+        it would only make the device send the same refused message again."""
+        if batch.requests is None:
+            return
+        for index in refused:
+            request = batch.requests.get(index)
+            if request is not None:
+                event, request_id = request
+                self._answer_error(event, request_id, REFUSED_BY_NATS_STATUS,
+                                   REFUSED_BY_NATS_REASON)
 
     def _count_drops(self, count: int) -> None:
         self._ctx.metrics.messages_dropped.labels("nats_unavailable").inc(count)
@@ -401,15 +450,19 @@ class Session:
 
     def _relay_identified(self, event: Publish, batch: _Batch) -> bool:
         """Relay `event` if its route is valid and its endpoint known without waiting (a cached
-        token): the common case, with no coroutine per message. False leaves the message,
-        untouched, to `_on_message`."""
+        token): the common case, with no coroutine per message. A cached token rejection is
+        answered here. False leaves the message, untouched, to `_on_message`."""
         try:
             route = self._ctx.relay.route(event.topic)
         except Kp1Error:
             return False
         binding = None
         if route.token is not None:
-            binding = self._identify_cached(route, batch)
+            try:
+                binding = self._identify_cached(route, batch)
+            except TokenValidationError as err:  # a cached rejection: answered like the first
+                self._answer_error(event, route.request_id, err.status_code, err.reason_phrase)
+                return True
             if binding is None:
                 return False
         self._relay(event, route, binding, batch)
@@ -441,8 +494,13 @@ class Session:
                 self._ctx.traffic.received(self.auth.tenant_id, binding.app_name, endpoint_id,
                                            len(event.payload))
         correlation_id = self._ctx.relay.next_correlation_id()
-        message = self._ctx.relay.client_data_message(route, endpoint_id, event.payload,
-                                                      correlation_id)
+        relayed_route = route
+        if route.request_id is not None and endpoint_id is None:
+            # Devices' own ids are not unique among them: the extension sees one of KPC's.
+            relayed_route = attrs.evolve(route, request_id=self._ctx.hub.expect_unaware_reply(
+                self, route.app_version, route.extension, route.request_id, batch.now))
+        message = self._ctx.relay.client_data_message(relayed_route, endpoint_id,
+                                                      event.payload, correlation_id)
         if len(message.payload) > self._ctx.gateway.max_payload:
             # NATS would refuse the whole batch: refuse this one message instead.
             self._ctx.metrics.messages_dropped.labels("too_large_for_nats").inc()
@@ -452,6 +510,9 @@ class Session:
             return
         if route.request_id is not None:
             self._remember_request(route, endpoint_id, event.qos)
+            if batch.requests is None:
+                batch.requests = {}
+            batch.requests[len(batch.outgoing)] = (event, route.request_id)
         batch.outgoing.append(message)
         if event.qos is not QoS.AT_MOST_ONCE:
             batch.needs_confirmation = True
@@ -544,10 +605,9 @@ class Session:
         return True
 
     def _remember_request(self, route: Route, endpoint_id: str | None, qos: QoS) -> None:
+        """The QoS of the response, keyed by what the reply carries (the device's request id,
+        also for endpoint-unaware requests: the service maps KPC's back before delivering)."""
         assert route.request_id is not None
-        if endpoint_id is None:
-            key = UnawareRequestKey(route.app_version, route.extension, route.request_id)
-            self._ctx.hub.expect_unaware_reply(key, self)
         if qos is not QoS.AT_MOST_ONCE:
             if self._request_qos is None:
                 self._request_qos = {}

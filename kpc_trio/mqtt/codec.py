@@ -43,7 +43,7 @@ PROTOCOL_NAMES = {3: "MQIsdp", 4: "MQTT"}
 _QOS_BY_VALUE = (QoS.AT_MOST_ONCE, QoS.AT_LEAST_ONCE, QoS.EXACTLY_ONCE)
 _SUBACK_CODES = frozenset((0, 1, 2, SUBACK_FAILURE))
 # Fixed-header flags every packet type but PUBLISH must carry (MQTT 3.1.1 section 2.2.2).
-_REQUIRED_FLAGS = {
+_REQUIRED_FLAGS: dict[int, int] = {
     packet_type: 0b0010
     if packet_type in (PacketType.PUBREL, PacketType.SUBSCRIBE, PacketType.UNSUBSCRIBE)
     else 0

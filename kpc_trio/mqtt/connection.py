@@ -212,8 +212,10 @@ class ServerConnection:
         elif isinstance(packet, Subscribe):
             events.append(self._handle_subscribe(packet))
         elif isinstance(packet, Unsubscribe):
-            for topic_filter in packet.topic_filters if self._subscriptions else ():
-                self._subscriptions.pop(topic_filter, None)
+            subscriptions = self._subscriptions
+            if subscriptions:
+                for topic_filter in packet.topic_filters:
+                    subscriptions.pop(topic_filter, None)
             self._send_packet(UnsubAck(packet.packet_id))
             events.append(Unsubscribed(packet.topic_filters))
         elif isinstance(packet, Disconnect):

@@ -163,7 +163,7 @@ async def serve_tcp(
         # coroutine of ours stays on the stack of thousands of idle connections.
         address = peer_address(stream)
         if address is None:
-            return trio.aclose_forcefully(stream)
+            return trio.aclose_forcefully(stream)  # noqa: ASYNC105 - awaited by the caller
         return handler(stream, Peer(transport="tcp", address=address))
 
     await serve_socket_listeners(

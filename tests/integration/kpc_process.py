@@ -19,6 +19,8 @@ from typing import Any
 
 import attrs
 
+from tests.integration.internal_errors import watch_child_log
+
 STARTUP_TIMEOUT = 20.0
 
 
@@ -90,6 +92,7 @@ def running_kpc(config_path: str, log_path: Path, env: Mapping[str, str]) -> Ite
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
         )
     kpc = KpcProcess(process, log_path)
+    watch_child_log(log_path)
     try:
         kpc._await_started()
         yield kpc

@@ -110,3 +110,20 @@ async def test_200_concurrent_requests_all_answered_correctly(kaa, port):
         for n in range(200):
             nursery.start_soon(one, n)
     assert replies == {n: (200, f'{{"n":{n}}}'.encode()) for n in range(200)}
+
+
+async def test_the_path_is_percent_decoded_level_by_level(kaa, port):
+    # token-1 as t%6Fken-1, and a resource path level with an escaped space.
+    reply = await post(port, f"/kp1/{APP_VERSION}/dcx/t%6Fken-1/json%20data", b"{}")
+    assert (reply.status, reply.body) == (200, b"{}")
+    [client_data] = kaa.received("dcx")
+    assert client_data.endpoint_id == EP1.endpoint_id
+    assert client_data.resource_path == "/json data"
+
+
+@pytest.mark.parametrize("token", ["token%2F1", "token%FF", "token%00"])
+async def test_a_path_level_that_decodes_to_no_1kp_level_is_a_400(kaa, port, token):
+    reply = await post(port, f"/kp1/{APP_VERSION}/dcx/{token}/json", b"{}")
+    assert reply.status == 400
+    assert error_of(reply) == {"statusCode": 400, "reasonPhrase": "Bad resource path"}
+    assert kaa.received("dcx") == []

@@ -1,4 +1,4 @@
-"""The NATS gateway against a real nats-server, with an independent nats-py client on the far side."""
+"""The NATS gateway against a real nats-server, an independent nats-py client on the far side."""
 
 from __future__ import annotations
 
@@ -96,7 +96,8 @@ async def test_publish_confirmed_delivers_exactly_the_messages_in_order(
 ) -> None:
     await trio.to_thread.run_sync(peer.subscribe, f"{subject}.>")
     groups = [
-        [OutboundMessage(f"{subject}.a", b"1"), OutboundMessage(f"{subject}.b", b"2", reply="re.2")],
+        [OutboundMessage(f"{subject}.a", b"1"),
+         OutboundMessage(f"{subject}.b", b"2", reply="re.2")],
         [OutboundMessage(f"{subject}.a", bytes([n])) for n in range(100)],
     ]
     async with open_nats_gateway([nats_server.url]) as gateway:

@@ -131,12 +131,12 @@ async def test_nats_restart_under_load(nats_server_factory, tmp_path, nursery):
                 open_device(port) as third, open_device(port) as probe:
             # Validate the tokens first: a validation slowed down by a busy machine would
             # otherwise answer an early message with a 504 (rejected, so not relayed).
-            for device, token in zip((first, second, third), tokens):
+            for device, token in zip((first, second, third), tokens, strict=False):
                 await call(device.publish, topic.format(token) + "/1", b"warm-up", qos=1)
                 assert (await call(device.expect, 15)).topic.endswith("/1/status")
             publishers = [CountingPublisher(device, topic.format(token), f"dev{n}").start()
                           for n, (device, token) in enumerate(zip((first, second, third),
-                                                                  tokens))]
+                                                                  tokens, strict=False))]
             try:
                 await wait_for(lambda: _all_have(publishers, 100), 20, "load before the outage")
                 before = len(all_acknowledged(publishers))
@@ -202,7 +202,8 @@ async def _all_have(publishers: list[CountingPublisher], count: int) -> bool:
 
 async def _all_grew(publishers: list[CountingPublisher], counts: list[int], more: int) -> bool:
     await trio.lowlevel.checkpoint()
-    return all(len(p.acknowledged) >= count + more for p, count in zip(publishers, counts))
+    return all(len(p.acknowledged) >= count + more
+               for p, count in zip(publishers, counts, strict=True))
 
 
 async def _equals(status, expected: int) -> bool:

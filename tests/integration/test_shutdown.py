@@ -75,7 +75,7 @@ def test_sigterm_under_load_loses_no_acknowledged_message(tmp_path, nats, kaa):
         publishers = [
             CountingPublisher(device, f"kp1/{APP_VERSION}/dcx/{endpoint.token}/json",
                               f"dev{n}").start()
-            for n, (device, endpoint) in enumerate(zip(devices, ENDPOINTS))
+            for n, (device, endpoint) in enumerate(zip(devices, ENDPOINTS, strict=True))
         ]
         try:
             kaa.wait_events("connectivity.connected", len(ENDPOINTS), timeout=10)

@@ -98,7 +98,8 @@ async def open_setup(tmp_path: Path, nats_url: str, **env: str) -> AsyncIterator
                                   **providers) as kaa, \
             open_nats_gateway([nats_url], name=f"{instance}-reports") as gateway, \
             trio.open_nursery() as nursery:
-        nursery.start_soon(collector.run, await gateway.subscribe(subjects.traffic_report(instance)))
+        reports = await gateway.subscribe(subjects.traffic_report(instance))
+        nursery.start_soon(collector.run, reports)
         await gateway.sync()
         async with open_kpc(config) as kpc:
             yield Setup(kaa, kpc, collector)
@@ -117,7 +118,8 @@ def totals(reports: list[Report]) -> dict[str, dict[str, dict[str, Stat]]]:
                     endpoints_so_far[endpoint] = tuple(  # type: ignore[assignment]
                         a + b for a, b in zip(before, (
                             stat["totalReceivedPayload"], stat["totalSentPayload"],
-                            stat["totalReceivedMessageCount"], stat["totalSentMessageCount"])))
+                            stat["totalReceivedMessageCount"], stat["totalSentMessageCount"]),
+                            strict=True))
     return summed
 
 
@@ -161,7 +163,7 @@ async def test_report_counts_what_the_device_sent_and_received(tmp_path, nats_se
     assert started_ns <= reports[0]["timeFrom"] and reports[-1]["timeTo"] <= finished_ns
     # The windows tile time (an empty period does not move the next window's start).
     assert all(earlier["timeTo"] == later["timeFrom"]
-               for earlier, later in zip(reports, reports[1:]))
+               for earlier, later in zip(reports, reports[1:], strict=False))
 
 
 async def test_authenticated_client_is_reported_under_its_tenant(tmp_path, nats_server):

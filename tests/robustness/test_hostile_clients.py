@@ -142,7 +142,7 @@ async def test_client_id_takeover_race_leaves_exactly_one(kpc, port):
         client_id = f"contended-{round_number}"
         clients = [await RawClient.open(port) for _ in range(TAKEOVER_RACERS)]
 
-        async def race(client: RawClient) -> None:
+        async def race(client: RawClient, client_id: str = client_id) -> None:
             # Each racer also claims the same endpoint, so endpoint routes race too.
             await client.send(connect_packet(client_id), Publish(
                 f"kp1/{APP_VERSION}/dcx/{endpoint.token}/json", b"{}"))

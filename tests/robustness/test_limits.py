@@ -1,9 +1,10 @@
 """Issue 6 item 4: the connection limit and the per-connection in-flight limit.
 
 Expected behaviour:
-- `max-connections`: a connection beyond the limit is closed, at most after a CONNACK 3 (server
-  unavailable), and counted in `kpc_connect_refusals_total{reason="max_connections"}`; the
-  connections already open are untouched, and a freed slot can be taken again.
+- `max-connections`: a connection beyond the limit gets CONNACK 3 (server unavailable) to its
+  CONNECT, then is closed (one that sends no CONNECT is closed after the connect timeout),
+  counted in `kpc_connect_refusals_total{reason="max_connections"}`; the connections already
+  open are untouched, and a freed slot can be taken again.
 - `max-inflight`: backpressure, not a disconnect: KPC holds at most that many unacknowledged
   QoS 1/2 PUBLISHes of one connection, so no NATS hand-over carries more of them; the client's
   further PUBLISHes wait in the socket and are all relayed and acknowledged in the end.
@@ -31,6 +32,22 @@ BURST = 40
 ACCEPTED = ConnAck(ConnAckCode.ACCEPTED)
 
 
+# Written by hand: CONNECT "MQTT" level 4, clean session, keepalive 0, client id "extra"...
+CONNECT_311 = bytes.fromhex("1011" "00044d515454" "04" "02" "0000" "0005" "6578747261")
+# ... and "MQIsdp" level 3, client id "extra".
+CONNECT_31 = bytes.fromhex("1013" "00064d5149736470" "03" "02" "0000" "0005" "6578747261")
+CONNACK_SERVER_UNAVAILABLE = bytes.fromhex("20020003")
+
+
+async def bytes_until_closed(stream: trio.SocketStream) -> bytes:
+    """Everything the server sends until it closes; fails if it never does."""
+    received = b""
+    with trio.fail_after(SERVER_DEADLINE):
+        while data := await stream.receive_some(1024):
+            received += data
+    return received
+
+
 @pytest.fixture
 def limits() -> dict[str, str]:
     return {
@@ -45,13 +62,18 @@ async def test_connection_beyond_max_connections_is_refused_and_counted(kpc, por
     admitted = [await RawClient.open(port) for _ in range(MAX_CONNECTIONS)]
     for n, client in enumerate(admitted):
         assert await client.handshake(f"admitted-{n}") == ACCEPTED
-    extra = await RawClient.open(port)
-    assert await extra.handshake("one-too-many") in (
-        None, ConnAck(ConnAckCode.SERVER_UNAVAILABLE))
-    assert await extra.packets_until_closed() == []
-    await extra.aclose()
+    # Over the limit, MQTT 3.1.1 and 3.1 alike: CONNACK 3 (server unavailable), then the close.
+    for connect in (CONNECT_311, CONNECT_31):
+        extra = await trio.open_tcp_stream("127.0.0.1", port)
+        async with extra:
+            await extra.send_all(connect)
+            assert await bytes_until_closed(extra) == CONNACK_SERVER_UNAVAILABLE
+    # One that never sends CONNECT is closed after the connect timeout, with nothing to read.
+    silent = await trio.open_tcp_stream("127.0.0.1", port)
+    async with silent:
+        assert await bytes_until_closed(silent) == b""
     assert sample(kpc, "kpc_connect_refusals_total", transport="tcp",
-                  reason="max_connections") == 1
+                  reason="max_connections") == 3
     assert sample(kpc, "kpc_connections_open", transport="tcp") == MAX_CONNECTIONS
     # A freed slot is available again.
     await admitted.pop().aclose()

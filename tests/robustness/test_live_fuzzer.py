@@ -248,7 +248,7 @@ async def test_random_mutations_are_closed_while_a_device_works(kpc, port):
 
     async def fuzz() -> None:
         async with trio.open_nursery() as nursery:
-            for stream, offending in zip(streams, verdicts):
+            for stream, offending in zip(streams, verdicts, strict=True):
                 nursery.start_soon(one_case, stream, offending)
 
     await run_alongside_well_behaved_device(port, fuzz)

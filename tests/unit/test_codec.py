@@ -140,7 +140,7 @@ def test_round_trip_at_arbitrary_split_points(sent: list[Packet], cuts: list[int
     points = sorted({min(cut, len(stream)) for cut in cuts} | {0, len(stream)})
     decoder = Decoder(MAX)
     received = []
-    for start, end in zip(points, points[1:]):
+    for start, end in zip(points, points[1:], strict=False):
         decoder.feed(stream[start:end])
         while (packet := decoder.next_packet()) is not None:
             received.append(packet)
