@@ -78,7 +78,7 @@ class Supervisor:
     env: dict[str, str] = attrs.field(factory=dict)
     _stop_requested: trio.Event = attrs.field(factory=trio.Event)
     _running: dict[int, subprocess.Popen[bytes]] = attrs.field(factory=dict)
-    _failed: list[str] = attrs.field(factory=list)
+    _worker_failed: bool = False  # a worker ended non-zero after the stop was asked
     _startup_failed: bool = False
 
     @property
@@ -89,7 +89,7 @@ class Supervisor:
     def exit_code(self) -> int:
         if self._startup_failed:
             return EXIT_STARTUP_ERROR
-        return EXIT_WORKER_FAILED if self._failed else 0
+        return EXIT_WORKER_FAILED if self._worker_failed else 0
 
     async def run(self) -> int:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -120,8 +120,7 @@ class Supervisor:
             started = trio.current_time()
             code = await self._run_once(slot)
             if self.stopping:
-                if code != 0:
-                    self._failed.append(f"worker {slot} exited with {code}")
+                self._worker_failed |= code != 0
                 return
             if code == EXIT_STARTUP_ERROR:
                 log.error("worker_cannot_start", slot=slot, exit_code=code,
@@ -150,7 +149,7 @@ class Supervisor:
         log.info("worker_started", slot=slot, pid=process.pid,
                  replica_id=worker_replica_id(self.replica_id, slot))
         try:
-            with open_pidfd(process.pid) as pidfd:
+            with exit_descriptor(process.pid) as pidfd:
                 await trio.lowlevel.wait_readable(pidfd)
             code = process.wait()
         finally:
@@ -163,7 +162,7 @@ class Supervisor:
 
 
 @contextlib.contextmanager
-def open_pidfd(pid: int) -> Iterator[int]:
+def exit_descriptor(pid: int) -> Iterator[int]:
     """A descriptor that becomes readable when the process `pid` exits (Linux 5.3+)."""
     fd = os.pidfd_open(pid)
     try:
