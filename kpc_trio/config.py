@@ -346,6 +346,9 @@ class ServiceSettings:
     instance: InstanceSettings = section(InstanceSettings)
     graceful_shutdown: float = setting(30.0, Duration(),
                                        "Time given to open sessions to finish on SIGTERM.")
+    config_watch_interval: float = setting(
+        5.0, Duration(), "How often the configuration file (APP_CONFIG_PATH) is checked for a "
+        "change to reload (its content, inode and mtime; 0 = on SIGHUP only).")
 
 
 @attrs.frozen
@@ -394,6 +397,13 @@ class LoggingSettings:
     level: str = setting("INFO", Choice(("DEBUG", "INFO", "WARNING", "ERROR")), "Log level.")
     format: str = setting("kv", Choice(("kv", "json")),
                           "Log line format: key=value pairs or one JSON object per line.")
+    max_value_length: int = setting(
+        256, Integer(16, 65536), "Characters of one field value in a log line; longer values "
+        "(a client id, topic, token chosen by a client) are cut and marked with the full length.")
+    repeat_interval: float = setting(
+        10.0, Duration(positive=True), "Events a client can repeat at will (rejected requests, "
+        "unidentified subscriptions, refused publishes) are logged once per connection and "
+        "interval; the repeats are summarised with a count at the end of it.")
 
 
 @attrs.frozen
@@ -431,6 +441,9 @@ class WebSocketListenerSettings:
     host: str = setting("0.0.0.0", Text(), "Address the MQTT/WebSocket listener binds to.")
     port: int = setting(8081, PORT, "Port of the MQTT/WebSocket listener.")
     path: str = setting("/ws", URL_PATH, "HTTP path of the WebSocket endpoint.")
+    max_message_fragments: int = setting(
+        1024, Integer(1), "Frames one WebSocket message may span; more close the connection "
+        "with 1009 (each frame costs a parse, whatever its size).")
 
 
 @attrs.frozen
@@ -474,6 +487,9 @@ class TokenCacheSettings:
     negative_ttl: float = setting(30.0, Duration(),
                                   "How long a rejected endpoint token stays cached.")
     max_entries: int = setting(100000, Integer(0), "Cached token validations kept at most.")
+    max_bytes: int = setting(33554432, Integer(0),
+                             "Bytes of cached token validations kept at most (tokens, endpoint "
+                             "ids and bookkeeping); expired entries are reclaimed as they expire.")
 
 
 @attrs.frozen
@@ -517,8 +533,27 @@ class TrafficReportSettings:
 
 
 @attrs.frozen
+class LimitSettings:
+    # 65535 (the MQTT maximum) minus room for "/<request-id>/status" in the answer's topic.
+    max_topic_length: int = setting(
+        1024, Integer(16, 65500), "Longest 1/KP topic (HTTP: resource path) accepted, in UTF-8 "
+        "bytes; a longer one is answered with 414 (when it carries a request id) and never sent "
+        "to NATS.")
+    max_token_length: int = setting(
+        256, Integer(1, 65500), "Longest endpoint token accepted, in UTF-8 bytes; a longer one "
+        "is answered with 401 without asking the token provider.")
+    route_memory_bytes: int = setting(
+        8388608, Integer(0), "Bytes of parsed topics remembered for reuse (at most 10,000 "
+        "topics); when full, the memory starts over.")
+    memory_trim_interval: float = setting(
+        10.0, Duration(), "How often freed memory is given back to the operating system "
+        "(glibc's malloc_trim), so the RSS comes back after a burst; 0 = never.")
+
+
+@attrs.frozen
 class KpcSettings:
     transports: TransportSettings = section(TransportSettings)
+    limits: LimitSettings = section(LimitSettings)
     auth: AuthSettings = section(AuthSettings)
     esp: EspSettings = section(EspSettings)
     traffic_report: TrafficReportSettings = section(TrafficReportSettings)
@@ -604,8 +639,75 @@ class ExtensionInstance:
 
 
 @attrs.frozen
+class TektonSettings:
+    enabled: bool = setting(False, Boolean(), "Load applications, appversions and KPC's "
+                            "application configuration from Tekton and follow its 17/SCMP "
+                            "events; `kaa.applications` in the file is then ignored.")
+    url: str = setting("http://tekton", Text(r"https?://\S+", "an http:// or https:// URL",
+                                             label="URL"),
+                       "Tekton's base URL; its REST API is `<url>/api/v1`.")
+    request_timeout: float = setting(10.0, Duration(positive=True),
+                                     "Time allowed for one Tekton or Keycloak request.")
+    max_concurrency: int = setting(8, Integer(1), "Tekton requests in parallel during a load.")
+    resync_interval: float = setting(600.0, Duration(), "Interval of full reloads from Tekton, "
+                                     "covering lost 17/SCMP events (0 = off).")
+    debounce: float = setting(0.25, Duration(), "Time 17/SCMP events are collected before "
+                              "the changed scopes are fetched.")
+    initial_load_timeout: float = setting(300.0, Duration(), "Give up starting when the first "
+                                          "load from Tekton fails for this long (0 = wait "
+                                          "forever).")
+    default_allow_all_extensions: bool = setting(
+        True, Boolean(), "An appversion whose Tekton configuration lists no "
+        "allowed-extension-instances may address every instance in kaa.extension-instances.")
+    accept_legacy_scmp: bool = setting(True, Boolean(), "Also follow the pre-2020 "
+                                       "`...app-configuration.*` 17/SCMP subjects and schemas.")
+
+
+@attrs.frozen
+class ScmpProviderInstance:
+    name: str = setting("tekton", SUBJECT_TOKEN, "Service instance name of the 17/SCMP "
+                        "configuration provider, a token of its broadcast subject.")
+
+
+@attrs.frozen
+class ScmpProvider:
+    service_instance: ScmpProviderInstance = section(ScmpProviderInstance)
+
+
+@attrs.frozen
+class ScmpConsumer:
+    provider: ScmpProvider = section(ScmpProvider)
+
+
+@attrs.frozen
+class ScmpSettings:
+    consumer: ScmpConsumer = section(ScmpConsumer)
+
+
+@attrs.frozen
+class OAuth2Settings:
+    enabled: bool = setting(True, Boolean(), "Call Tekton with a Keycloak service token "
+                            "(false: without Authorization, for Tekton with API security off).")
+    token_url: str = setting(
+        "http://keycloak/auth/realms/kaa/protocol/openid-connect/token",
+        Text(r"https?://\S+", "an http:// or https:// URL", label="URL"),
+        "Keycloak token endpoint (client credentials grant).")
+    client_id: str = setting("kpc", Text(r"\S+", "a non-empty client id", label="client id"),
+                             "OAuth2 client id of KPC's service account.")
+    client_secret: str = setting("", Text(), "OAuth2 client secret (prefer the env variable or "
+                                 "client-secret-file; never logged).")
+    client_secret_file: str = setting("", Text(), "File holding the client secret (a mounted "
+                                      "Kubernetes secret); read at each token request.")
+    refresh_skew: float = setting(30.0, Duration(), "Renew the token when less than "
+                                  "max(refresh-skew, 10% of its lifetime) remains.")
+
+
+@attrs.frozen
 class KaaSettings:
     kpc: KpcSettings = section(KpcSettings)
+    tekton: TektonSettings = section(TektonSettings)
+    scmp: ScmpSettings = section(ScmpSettings)
+    oauth2: OAuth2Settings = section(OAuth2Settings)
     applications: Mapping[str, Application] = named_entries(
         Application, "<application>", "Applications served by this KPC (file-based, Kaa 1.0 style)."
     )
@@ -898,10 +1000,35 @@ def _plain(node: Any) -> dict[str, Any]:
     return plain
 
 
+def values_by_key(node: Any, path: str = "") -> dict[str, Any]:
+    """Every key path of `node` with its value; a map of named entries (`kaa.applications`)
+    is one value, in its YAML form."""
+    values: dict[str, Any] = {}
+    for key, field, kind in _config_fields(type(node)):
+        key_path, value = _join(path, key), getattr(node, field.name)
+        if isinstance(kind, Section):
+            values.update(values_by_key(value, key_path))
+        elif isinstance(kind, NamedEntries):
+            values[key_path] = {name: _plain(entry) for name, entry in value.items()}
+        else:
+            values[key_path] = value
+    return values
+
+
+def with_value(node: Any, key_path: str, value: Any) -> Any:
+    """A copy of `node` with the setting at `key_path` (outside named entries) set to `value`."""
+    head, _, rest = key_path.partition(".")
+    name = head.replace("-", "_")
+    inner = with_value(getattr(node, name), rest, value) if rest else value
+    return attrs.evolve(node, **{name: inner})
+
+
 def render_effective_config(config: Config) -> str:
     """YAML of the effective configuration (loadable again; NATS credentials are masked)."""
     plain = _plain(config)
     plain["nats"]["urls"] = _redact_credentials(config.nats.urls)
+    if config.kaa.oauth2.client_secret:
+        plain["kaa"]["oauth2"]["client-secret"] = "***"
     body = yaml.safe_dump(plain, sort_keys=False, default_flow_style=False)
     return f"# kpc-trio effective configuration (source: {config.source})\n{body}"
 

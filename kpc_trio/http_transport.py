@@ -142,6 +142,11 @@ class HttpTransport:
         try:
             message = self._relay.client_data_message(route, endpoint_id, request.body,
                                                       correlation_id)
+            if len(message.payload) > self._gateway.max_payload:
+                # As over MQTT: NATS would refuse it, the client learns why.
+                self._metrics.messages_dropped.labels("too_large_for_nats").inc()
+                return kp1_error_response(413, "Payload too large: NATS takes "
+                                               f"{self._gateway.max_payload} bytes per message")
             try:
                 refused = await self._gateway.publish_confirmed([message], fail_fast=True)
             except NatsUnavailableError:

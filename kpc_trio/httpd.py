@@ -57,6 +57,9 @@ class HttpLimits:
 
     max_header_bytes: int = 16 * 1024
     max_body_bytes: int = 64 * 1024
+    #: Pieces (chunks of a chunked body, reads) one body may arrive in: each costs a parse, so
+    #: a megabyte in 1-byte chunks would cost seconds of CPU.
+    max_body_pieces: int = 4096
     #: Time allowed to receive one whole request; also how long an idle keep-alive connection
     #: stays open.
     read_timeout: float = 10.0
@@ -67,6 +70,10 @@ class HttpLimits:
 
 
 class _BodyTooLargeError(Exception):
+    pass
+
+
+class _BodyTooFragmentedError(Exception):
     pass
 
 
@@ -166,6 +173,11 @@ class _HttpConnection:
                 limit = self.limits.max_body_bytes
                 await self._send_error_and_close(413, f"request body exceeds {limit} bytes")
                 return
+            except _BodyTooFragmentedError:
+                pieces = self.limits.max_body_pieces
+                await self._send_error_and_close(400, f"request body in more than {pieces} "
+                                                      "pieces")
+                return
             if request is None:
                 return
             response = await self._respond(request)
@@ -182,9 +194,13 @@ class _HttpConnection:
         """The next complete request, or None when the client closed between requests."""
         head: h11.Request | None = None
         body = bytearray()
+        pieces = 0
         while True:
             event = self.h11_conn.next_event()
             if event is h11.NEED_DATA:
+                if self.h11_conn.they_are_waiting_for_100_continue:
+                    await self._send_events([h11.InformationalResponse(status_code=100,
+                                                                       headers=[])])
                 self.h11_conn.receive_data(await self.stream.receive_some(_RECEIVE_SIZE))
             elif isinstance(event, h11.Request):
                 if _declared_length(event) > self.limits.max_body_bytes:
@@ -192,8 +208,11 @@ class _HttpConnection:
                 head = event
             elif isinstance(event, h11.Data):
                 body += event.data
+                pieces += 1
                 if len(body) > self.limits.max_body_bytes:
                     raise _BodyTooLargeError
+                if pieces > self.limits.max_body_pieces:
+                    raise _BodyTooFragmentedError
             elif isinstance(event, h11.EndOfMessage):
                 assert head is not None  # h11 emits Request before EndOfMessage
                 return _to_request(head, bytes(body))
@@ -233,6 +252,9 @@ class _HttpConnection:
             events.append(h11.Data(data=body))
         events.append(h11.EndOfMessage())
         log.debug("http_response", status=status)
+        await self._send_events(events)
+
+    async def _send_events(self, events: Sequence[h11.Event]) -> None:
         with trio.fail_after(self.limits.write_timeout):
             for event in events:
                 data = self.h11_conn.send(event)

@@ -11,7 +11,7 @@ duration" (for gateways such as LoRaWAN whose connection outlives their devices)
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
+from collections.abc import Callable, Set
 
 import attrs
 import trio
@@ -110,6 +110,18 @@ class IdleTracker:
         del bucket[endpoint_id]
         if not bucket:
             del self._by_timeout[timeout]
+
+    def release_app_versions(self, app_versions: Set[str]) -> dict[str, str]:
+        """Stop tracking the endpoints of `app_versions` (they left the configuration); returns
+        endpoint id -> appversion of the detached ones, which no session reports any more."""
+        released = {}
+        for bucket in list(self._by_timeout.values()):
+            for endpoint_id, presence in list(bucket.items()):
+                if presence.app_version in app_versions:
+                    if presence.detached:
+                        released[endpoint_id] = presence.app_version
+                    self.forget(endpoint_id)
+        return released
 
     def expired(self, now: float) -> list[Expiry]:
         """Remove and return the endpoints whose deadline (last activity + timeout) is <= now."""

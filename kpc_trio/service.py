@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import os
 import ssl
@@ -24,6 +25,14 @@ from collections.abc import AsyncIterator, Awaitable
 import attrs
 import trio
 
+from kpc_trio.applications import (
+    Applications,
+    ApplicationsChange,
+    AppVersionSettings,
+    LiveApplications,
+    describe,
+    endpoint_aware_of,
+)
 from kpc_trio.auth import EndpointTokenResolver
 from kpc_trio.client_auth import NatsClientAuthenticator
 from kpc_trio.config import Config, ConfigError, env_var_name
@@ -32,10 +41,11 @@ from kpc_trio.health import Health
 from kpc_trio.http_transport import HttpTransport, ReplyWaiters, kp1_error_response
 from kpc_trio.httpd import HttpLimits, management_routes, rest_routes, serve_http
 from kpc_trio.hub import Hub
-from kpc_trio.kaa import records, subjects
+from kpc_trio.kaa import records, scmp, subjects
 from kpc_trio.kaa.extension_data import read_extension_data
-from kpc_trio.kaa.kp1 import ApplicationRegistry
+from kpc_trio.keycloak import ServiceTokens
 from kpc_trio.logs import get_logger
+from kpc_trio.memory import run_memory_trimmer
 from kpc_trio.metrics import Metrics
 from kpc_trio.nats.connection import (
     Connected,
@@ -59,9 +69,10 @@ from kpc_trio.net import (
     serve_websocket,
 )
 from kpc_trio.presence import Expiry, IdleTracker, run_idle_sweeper
-from kpc_trio.relay import Relay, is_expired
+from kpc_trio.relay import Relay, TopicLimits, is_expired
 from kpc_trio.revocation import RevocationListener
-from kpc_trio.session import Session, SessionContext, SessionLimits, run_refusal
+from kpc_trio.session import Delivery, Session, SessionContext, SessionLimits, run_refusal
+from kpc_trio.tekton import EVERYTHING, Catalogue, TektonClient, TektonSource
 from kpc_trio.traffic import TrafficMeter, run_traffic_reports
 
 log = get_logger(__name__)
@@ -72,19 +83,15 @@ NATS_STARTUP_WAIT = 10.0
 NATS_DRAIN_MINIMUM = 0.5
 
 
-def registry_from_config(config: Config) -> ApplicationRegistry:
-    applications = {
-        app_name: {
-            version_name: version.allowed_extension_instances
-            for version_name, version in app.versions.items()
-        }
-        for app_name, app in config.kaa.applications.items()
-    }
-    endpoint_aware = {
-        name: bool(instance and instance.endpoint_aware)
-        for name, instance in config.kaa.extension_instances.items()
-    }
-    return ApplicationRegistry.from_mappings(applications, endpoint_aware)
+def session_limits(config: Config) -> SessionLimits:
+    mqtt = config.kaa.kpc.transports.mqtt
+    return SessionLimits(
+        max_packet_size=mqtt.max_packet_size,
+        connect_timeout=mqtt.connect_timeout,
+        max_outbox_bytes=mqtt.max_outbox_bytes,
+        max_inflight=mqtt.max_inflight,
+        log_repeat_interval=config.logging.repeat_interval,
+    )
 
 
 def nats_urls(config: Config) -> list[str]:
@@ -144,8 +151,23 @@ class KpcService:
     _grace_deadline: float = -math.inf
     _context: SessionContext | None = None
     _sessions_nursery: trio.Nursery | None = None  # hosts the sessions and their writer tasks
+    applications: LiveApplications = attrs.field(init=False)
+    tekton: TektonSource | None = None  # set when kaa.tekton.enabled
+    _ssl_context: ssl.SSLContext | None = None  # replaced by a reload: new handshakes use it
     #: One of `kpc-trio run --workers N`: every listener shares its port (SO_REUSEPORT).
     reuse_port: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.config.kaa.tekton.enabled:
+            if self.config.kaa.applications:
+                log.warning("file_applications_ignored", reason="kaa.tekton.enabled is true: "
+                            "Tekton is the source of applications",
+                            applications=describe(self.config.kaa.applications))
+            self.health.configuration_loaded = False
+            self.applications = LiveApplications(
+                Applications.build({}, endpoint_aware_of(self.config), "tekton"))
+        else:
+            self.applications = LiveApplications(Applications.from_config(self.config))
 
     @hub.default
     def _hub_for_config(self) -> Hub[Session]:
@@ -210,6 +232,9 @@ class KpcService:
 
     def _nats_connection_changed(self, connected: bool) -> None:
         if connected:
+            if self._nats_up.is_set() and self.tekton is not None:
+                # Core NATS is at most once: events sent while we were away are lost.
+                self.tekton.request(EVERYTHING)
             self._nats_up.set()
         elif self._context is not None:
             # Replies cannot arrive now: fail what waits (503 / CONNACK 3) instead of timing out.
@@ -262,9 +287,18 @@ class KpcService:
                           task_status: trio.TaskStatus[dict[str, int]]) -> None:
         config = self.config
         context = self._context = self._session_context(gateway)
+        self.metrics.token_cache_bytes.set_function(lambda: context.resolver.cache_bytes)
+        self.metrics.route_memory_bytes.set_function(
+            lambda: context.relay.remembered_routes_bytes)
         async with trio.open_nursery() as services:
             await self._start_nats_consumers(services, gateway, context)
+            if self.tekton is not None:
+                # Before any listener opens: devices must not meet an empty configuration.
+                await services.start(self.tekton.serve)
+                self.health.configuration_loaded = True
             services.start_soon(run_idle_sweeper, context.presence, self._on_idle_endpoints)
+            services.start_soon(run_memory_trimmer, config.kaa.kpc.limits.memory_trim_interval,
+                                self.metrics.memory_trims.inc)
             if context.traffic is not None:
                 services.start_soon(functools.partial(
                     run_traffic_reports, context.traffic, gateway.publish_nowait,
@@ -294,7 +328,6 @@ class KpcService:
     def _session_context(self, gateway: NatsGateway) -> SessionContext:
         config = self.config
         kpc = config.kaa.kpc
-        mqtt = kpc.transports.mqtt
         traffic = None
         if kpc.traffic_report.enabled:
             traffic = TrafficMeter(start_ns=time.time_ns(),
@@ -304,10 +337,15 @@ class KpcService:
             hub=self.hub,
             gateway=gateway,
             relay=Relay(
-                registry_from_config(config),
+                self.applications.current.registry,
                 replica_id=self.replica_id,
                 message_timeout_ms=kpc.esp.message_timeout,
                 with_config_name=kpc.esp.with_config_name,
+                limits=TopicLimits(
+                    max_topic_length=kpc.limits.max_topic_length,
+                    max_token_length=kpc.limits.max_token_length,
+                    route_memory_bytes=kpc.limits.route_memory_bytes,
+                ),
             ),
             resolver=EndpointTokenResolver(
                 gateway,
@@ -317,19 +355,15 @@ class KpcService:
                 ttl=kpc.auth.token_cache.ttl,
                 negative_ttl=kpc.auth.token_cache.negative_ttl,
                 max_entries=kpc.auth.token_cache.max_entries,
+                max_bytes=kpc.auth.token_cache.max_bytes,
                 metrics=self.metrics,
             ),
             events=ConnectivityEvents(gateway, kpc_instance=config.service.instance.name,
                                       replica_id=self.replica_id),
             metrics=self.metrics,
-            presence=IdleTracker(config.disconnect_policy),
+            presence=IdleTracker(self.applications.disconnect_policy),
             traffic=traffic,
-            limits=SessionLimits(
-                max_packet_size=mqtt.max_packet_size,
-                connect_timeout=mqtt.connect_timeout,
-                max_outbox_bytes=mqtt.max_outbox_bytes,
-                max_inflight=mqtt.max_inflight,
-            ),
+            limits=session_limits(config),
             authenticator=NatsClientAuthenticator.from_config(
                 gateway, kpc.auth, replica_id=self.replica_id),
         )
@@ -349,7 +383,99 @@ class KpcService:
         services.start_soon(self._follow_roaming,
                             await gateway.subscribe(subjects.connected_event(instance)))
         await services.start(RevocationListener(self).run, gateway)
+        tekton = self.config.kaa.tekton
+        if tekton.enabled:
+            self.tekton = TektonSource(
+                tekton, TektonClient(tekton, ServiceTokens(
+                    self.config.kaa.oauth2, request_timeout=tekton.request_timeout)),
+                instance=instance,
+                extension_instances=lambda: self.config.kaa.extension_instances,
+                on_catalogue=self._use_catalogue, metrics=self.metrics)
+            # No queue group: every replica keeps its own copy of the configuration.
+            provider = self.config.kaa.scmp.consumer.provider.service_instance.name
+            for subject in scmp.subjects(provider, instance, legacy=tekton.accept_legacy_scmp):
+                await gateway.subscribe_handler(subject, self.tekton.on_scmp_message)
         await gateway.sync()
+
+    # --- live configuration ---------------------------------------------------------------------
+    def _use_catalogue(self, catalogue: Catalogue) -> None:
+        """Tekton's applications, with this file's extension instances."""
+        versions: dict[str, AppVersionSettings] = {}
+        for app_name, app_versions in catalogue.items():
+            for name, settings in app_versions.items():
+                if name in versions:
+                    log.error("tekton_appversion_ambiguous", app_version=name,
+                              applications=f"{versions[name].app_name},{app_name}",
+                              action=f"served for {versions[name].app_name} only")
+                    continue
+                versions[name] = settings
+        self.replace_applications(Applications.build(
+            versions, endpoint_aware_of(self.config), "tekton"))
+
+    def replace_applications(self, applications: Applications) -> ApplicationsChange:
+        """Serve `applications` from now on: new messages are routed by it, and endpoints of
+        appversions that left are released (the connections stay)."""
+        change = self.applications.replace(applications)
+        if self._context is not None:
+            self._context.relay.use_registry(applications.registry)
+        if not change:
+            return change
+        for kind, names in (("added", change.added), ("removed", change.removed),
+                            ("changed", change.changed)):
+            if names:
+                self.metrics.applications_changes.labels(kind).inc(len(names))
+        log.info("applications_changed", source=applications.source,
+                 added=describe(change.added) or None, removed=describe(change.removed) or None,
+                 changed=describe(change.changed) or None,
+                 appversions=len(applications.versions))
+        if change.removed:
+            self.release_endpoints_of(change.removed, change.removed_applications)
+        return change
+
+    def apply_config(self, config: Config, changed: frozenset[str],
+                     ssl_context: ssl.SSLContext | None) -> None:
+        """A reloaded configuration (kpc_trio.reload): `changed` holds the live keys that
+        changed; every other key of `config` has its running value."""
+        self.config = config
+        if ssl_context is not None and self._ssl_context is not None:
+            self._ssl_context = ssl_context  # new handshakes; sessions keep theirs
+        if "logging.level" in changed:
+            logging.getLogger().setLevel(config.logging.level)
+        if self._context is not None:
+            self._context.limits = session_limits(config)
+            authenticator = self._context.authenticator
+            if isinstance(authenticator, NatsClientAuthenticator):
+                authenticator.anonymous_allowed = config.kaa.kpc.auth.anonymous_allowed
+        if changed & {"kaa.applications", "kaa.extension-instances"}:
+            if self.tekton is None:
+                self.replace_applications(Applications.from_config(config))
+            else:  # Tekton's applications, with the new extension instances
+                self.replace_applications(Applications.build(
+                    self.applications.current.versions, endpoint_aware_of(config), "tekton"))
+                self.tekton.request(EVERYTHING)
+
+    def release_endpoints_of(self, app_versions: frozenset[str],
+                             applications: frozenset[str] = frozenset()) -> None:
+        """Endpoints of appversions (and applications) that left the configuration go offline:
+        one DisconnectedEvent per session, token cache entries evicted; connections stay.
+
+        To move into the endpoint lifecycle module once it exists (issue 14).
+        """
+        if self._context is None:
+            return
+        released = 0
+        for session in list(self.sessions):
+            gone = session.release_app_versions(app_versions)
+            if gone:
+                self._context.events.disconnected(gone)
+                released += len(gone)
+        # Kept online after their client left (idle policy): no session holds them any more.
+        detached = self._context.presence.release_app_versions(app_versions)
+        self._context.events.disconnected(detached)
+        released += len(detached)
+        evicted = sum(self._context.resolver.forget_application(app) for app in applications)
+        log.info("endpoints_released", app_versions=describe(app_versions),
+                 endpoints=released, token_cache_entries=evicted)
 
     # --- revocation (RevocationHandler) and idle endpoints --------------------------------------
     def on_tokens_revoked(self, app_name: str, endpoint_id: str, token_ids: frozenset[str]) -> None:
@@ -396,16 +522,21 @@ class KpcService:
                 serve_tcp, handler, host=mqtt.tcp.host, port=mqtt.tcp.port,
                 handler_nursery=sessions_nursery, reuse_port=self.reuse_port)
         if mqtt.tls.enabled:
+            self._ssl_context = self.tls_context(self.config)
             starters["mqtt_tls"] = functools.partial(
                 serve_tls, handler, host=mqtt.tls.host, port=mqtt.tls.port,
-                ssl_context=self._tls_context(), handshake_timeout=mqtt.tls.handshake_timeout,
+                ssl_context=self._current_ssl_context,
+                handshake_timeout=mqtt.tls.handshake_timeout,
                 on_handshake_failure=self._count_handshake_failure,
-                handler_nursery=sessions_nursery, reuse_port=self.reuse_port)
+                on_failure=self._count_connection_failure, handler_nursery=sessions_nursery,
+                reuse_port=self.reuse_port)
         if mqtt.websocket.enabled:
             starters["mqtt_websocket"] = functools.partial(
                 serve_websocket, handler, host=mqtt.websocket.host,
                 port=mqtt.websocket.port, path=mqtt.websocket.path,
-                max_packet_size=mqtt.max_packet_size, handler_nursery=sessions_nursery,
+                max_packet_size=mqtt.max_packet_size,
+                max_message_fragments=mqtt.websocket.max_message_fragments,
+                on_failure=self._count_connection_failure, handler_nursery=sessions_nursery,
                 reuse_port=self.reuse_port)
         for name, serve in starters.items():
             _, self.ports[name] = await listeners_nursery.start(serve)
@@ -430,8 +561,17 @@ class KpcService:
     def _count_handshake_failure(self, reason: HandshakeFailureReason) -> None:
         self.metrics.tls_handshake_failures.labels(reason.name.lower()).inc()
 
-    def _tls_context(self) -> ssl.SSLContext:
-        tls = self.config.kaa.kpc.transports.mqtt.tls
+    def _count_connection_failure(self, transport: str) -> None:
+        self.metrics.connection_failures.labels(transport).inc()
+
+    def _current_ssl_context(self) -> ssl.SSLContext:
+        assert self._ssl_context is not None
+        return self._ssl_context
+
+    @staticmethod
+    def tls_context(config: Config) -> ssl.SSLContext:
+        """The MQTT/TLS server context of `config`; raises TlsConfigError."""
+        tls = config.kaa.kpc.transports.mqtt.tls
         client_auth = tls.client_auth
         if client_auth == "request" and not tls.ca_file:
             # Nothing to verify client certificates against: serve TLS without asking for them.
@@ -466,13 +606,14 @@ class KpcService:
             self.metrics.messages_dropped.labels("expired").inc()
             log.info("extension_data_expired", correlation_id=data.correlation_id)
             return
-        delivered = self._http_waiters.deliver(data)
-        if not delivered:
+        delivery = Delivery.DELIVERED if self._http_waiters.deliver(data) else Delivery.NOT_ROUTED
+        if delivery is Delivery.NOT_ROUTED:
             session, data = self._session_for(data)
-            delivered = session is not None and session.deliver_extension_data(data)
-        if delivered:
+            if session is not None:
+                delivery = session.deliver_extension_data(data)
+        if delivery is Delivery.DELIVERED:
             self.metrics.extension_data_delivered.labels(data.extension_instance_name or "").inc()
-        else:
+        elif delivery is Delivery.NOT_ROUTED:  # a dropped one is counted with its reason
             # Normal with several replicas: the endpoint is held by another one.
             self.metrics.messages_dropped.labels("not_routed").inc()
             log.debug("extension_data_not_routed", endpoint_id=data.endpoint_id,

@@ -10,8 +10,10 @@ buffer outgrows `max_outbox_bytes` is dropped instead of growing memory.
 
 from __future__ import annotations
 
+import enum
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from typing import Any, Protocol
 
 import attrs
@@ -23,7 +25,7 @@ from kpc_trio.connectivity import ConnectivityEvents
 from kpc_trio.hub import Hub
 from kpc_trio.kaa import records
 from kpc_trio.kaa.kp1 import Kp1Error, Route, error_payload
-from kpc_trio.logs import get_logger, set_log_source
+from kpc_trio.logs import RepeatedEvents, get_logger, set_log_source
 from kpc_trio.metrics import Metrics
 from kpc_trio.mqtt.codec import encode
 from kpc_trio.mqtt.connection import (
@@ -34,8 +36,9 @@ from kpc_trio.mqtt.connection import (
     Subscribed,
     Unsubscribed,
 )
-from kpc_trio.mqtt.errors import LocalProtocolError, ProtocolError
+from kpc_trio.mqtt.errors import InvalidTopicError, LocalProtocolError, ProtocolError
 from kpc_trio.mqtt.packets import ConnAck, ConnAckCode, Connect, PacketType, Publish, QoS
+from kpc_trio.mqtt.topics import validate_topic_name
 from kpc_trio.nats.gateway import NatsGateway, OutboundMessage
 from kpc_trio.net import Peer
 from kpc_trio.net.socket_stream import LeanSocketStream
@@ -45,6 +48,7 @@ from kpc_trio.relay import (
     REFUSED_BY_NATS_STATUS,
     Relay,
     UndeliverableError,
+    utf8_length,
 )
 from kpc_trio.traffic import TrafficMeter
 
@@ -57,6 +61,16 @@ KEEPALIVE_FACTOR = 1.5
 FINAL_FLUSH_TIMEOUT = 5.0
 #: Request QoS remembered per pending request id so the response goes out at the same QoS.
 MAX_REMEMBERED_REQUESTS = 1024
+#: MQTT 3.1.1 section 1.5.3: a topic is at most 65,535 bytes of UTF-8.
+MAX_TOPIC_BYTES = 65_535
+
+
+class Delivery(enum.Enum):
+    """What became of a message for the client; a dropped one is counted with its reason."""
+
+    DELIVERED = "delivered"
+    NOT_ROUTED = "not_routed"  # not this session's (any more): the caller counts it
+    DROPPED = "dropped"  # this session counted why (slow consumer, invalid topic)
 
 
 @attrs.frozen
@@ -66,6 +80,8 @@ class SessionLimits:
     max_outbox_bytes: int = 1_048_576
     #: QoS 1/2 messages relayed but not yet confirmed by NATS before a connection stops reading.
     max_inflight: int = 100
+    #: logging.repeat-interval: what a client can repeat at will is logged once per interval.
+    log_repeat_interval: float = 10.0
 
 
 #: The first byte of a CONNECT packet (type 1, no flags).
@@ -103,9 +119,10 @@ class AnonymousAuthenticator:
         return ANONYMOUS
 
 
-@attrs.frozen
+@attrs.define
 class SessionContext:
-    """Everything a session needs from the service, shared by all sessions."""
+    """Everything a session needs from the service, shared by all sessions. Mutable only for
+    a configuration reload (new limits and authentication settings apply to new sessions)."""
 
     hub: Hub[Session]
     gateway: NatsGateway
@@ -163,7 +180,7 @@ class Session:
         "_stream", "peer", "_ctx", "_conn", "_endpoints", "_request_qos", "_writer",
         "_writer_nursery", "_writing_inline", "_stopping", "_reading_scope", "_receiving",
         "close_reason", "auth", "_dropping", "_bytes_in", "_bytes_out", "_publishes_in",
-        "_publishes_out",
+        "_publishes_out", "_repeats",
     )
 
     def __init__(self, stream: trio.abc.Stream, peer: Peer, context: SessionContext) -> None:
@@ -191,6 +208,7 @@ class Session:
         self._bytes_out = metrics.sent_bytes.labels(peer.transport)
         self._publishes_in = metrics.packets_received.labels("PUBLISH")
         self._publishes_out = metrics.packets_sent.labels("PUBLISH")
+        self._repeats: RepeatedEvents | None = None  # made by the first repeatable event
 
     @property
     def client_id(self) -> str | None:
@@ -275,6 +293,8 @@ class Session:
                 await trio.aclose_forcefully(self._stream)
             open_connections.dec()
             self._ctx.live.discard(self)
+            if self._repeats is not None:
+                self._repeats.flush(log)
             log.info("client_disconnected", client_id=self.client_id, reason=self.close_reason)
 
     def terminate(self, reason: str) -> None:
@@ -344,12 +364,14 @@ class Session:
                     events = [*events, *self._conn.receive_data(b"")]
             elif isinstance(event, Subscribed):
                 self._count_packet("SUBSCRIBE")
-                log.debug("subscribed", filters=",".join(f for f, _ in event.subscriptions))
+                if log.is_debug():  # a SUBSCRIBE may carry thousands of filters
+                    log.debug("subscribed", filters=",".join(f for f, _ in event.subscriptions))
                 for topic_filter, _ in event.subscriptions:
                     await self._identify_subscriber(topic_filter, batch)
             elif isinstance(event, Unsubscribed):
                 self._count_packet("UNSUBSCRIBE")
-                log.debug("unsubscribed", filters=",".join(event.topic_filters))
+                if log.is_debug():
+                    log.debug("unsubscribed", filters=",".join(event.topic_filters))
             elif isinstance(event, DisconnectReceived):
                 self._count_packet("DISCONNECT")
                 self._set_reason("client_disconnect")
@@ -528,6 +550,10 @@ class Session:
             assert route.token is not None
             app_name = self._app_name(route)
             identity = await self._ctx.resolver.identify(app_name, route.token)
+            if self._ctx.relay.registry.app_name(route.app_version) != app_name:
+                # The appversion left the configuration while its token was being validated.
+                raise Kp1Error(404, "Application version not found", route.request_id,
+                               f"appversion {route.app_version!r} was removed")
             binding = self._binding_for(identity, route, app_name)
         return binding
 
@@ -565,7 +591,9 @@ class Session:
             if route.token is not None:
                 await self._identify(route, batch)
         except (Kp1Error, TokenValidationError) as exc:
-            log.info("subscription_not_identified", topic_filter=topic_filter, reason=str(exc))
+            self._ctx.metrics.subscriptions_unidentified.inc()
+            self._log_repeatable(logging.INFO, "subscription_not_identified",
+                                 topic_filter=topic_filter, reason=str(exc))
 
     def _bind(self, identity: EndpointIdentity, route: Route, app_name: str,
               previous: EndpointBinding | None) -> EndpointBinding:
@@ -604,6 +632,19 @@ class Session:
                  client_id=self.client_id)
         return True
 
+    def release_app_versions(self, app_versions: Set[str]) -> dict[str, str]:
+        """Stop serving this session's endpoints of `app_versions` (they left the
+        configuration) without reporting them; returns endpoint id -> appversion of those this
+        session held, for the caller's one DisconnectedEvent. The connection stays up."""
+        released = {}
+        for endpoint_id, binding in list(self._endpoints.items()):
+            if binding.app_version in app_versions:
+                del self._endpoints[endpoint_id]
+                self._ctx.presence.forget(endpoint_id)
+                if self._ctx.hub.unbind_endpoint(endpoint_id, self):
+                    released[endpoint_id] = binding.app_version
+        return released
+
     def _remember_request(self, route: Route, endpoint_id: str | None, qos: QoS) -> None:
         """The QoS of the response, keyed by what the reply carries (the device's request id,
         also for endpoint-unaware requests: the service maps KPC's back before delivering)."""
@@ -619,18 +660,31 @@ class Session:
         self, event: Publish, request_id: int | None, status_code: int, reason: str
     ) -> None:
         """KPC's own 1/KP error: only when the request carries a request id (RFC 1, PR59)."""
-        log.info("request_rejected", topic=event.topic, status_code=status_code, reason=reason)
+        self._ctx.metrics.requests_rejected.labels(str(status_code)).inc()
+        self._log_repeatable(logging.INFO, "request_rejected", topic=event.topic,
+                             status_code=status_code, reason=reason)
         if request_id is None:
             return
-        self.deliver(event.topic + "/error", error_payload(status_code, reason),
-                     min(event.qos, QoS.AT_LEAST_ONCE))
+        topic = event.topic + "/error"
+        if utf8_length(topic) > MAX_TOPIC_BYTES:  # no MQTT topic can carry the answer
+            self._ctx.metrics.messages_dropped.labels("reply_topic_too_long").inc()
+            self._log_repeatable(logging.INFO, "request_unanswerable", topic=event.topic,
+                                 reason=f"the answer's topic would exceed {MAX_TOPIC_BYTES} bytes")
+            return
+        self.deliver(topic, error_payload(status_code, reason), min(event.qos, QoS.AT_LEAST_ONCE))
+
+    def _log_repeatable(self, level: int, event: str, **fields: Any) -> None:
+        """Log an event the client can cause at will: once per interval, then a count."""
+        if self._repeats is None:
+            self._repeats = RepeatedEvents(self._ctx.limits.log_repeat_interval)
+        self._repeats.log(log, level, event, trio.current_time(), **fields)
 
     # --- delivering to the client -----------------------------------------------------------
-    def deliver_extension_data(self, data: records.ExtensionData) -> bool:
-        """Publish an extension's answer or push to this client; False if it cannot be."""
+    def deliver_extension_data(self, data: records.ExtensionData) -> Delivery:
+        """Publish an extension's answer or push to this client."""
         binding = self._endpoints.get(data.endpoint_id) if data.endpoint_id else None
         if data.endpoint_id is not None and binding is None:
-            return False
+            return Delivery.NOT_ROUTED
         try:
             message = self._ctx.relay.client_message(
                 data, binding.token if binding else None,
@@ -639,41 +693,49 @@ class Session:
         except UndeliverableError as exc:
             log.warning("extension_data_undeliverable", reason=str(exc),
                         correlation_id=data.correlation_id)
-            return False
+            return Delivery.NOT_ROUTED
         qos = QoS.AT_MOST_ONCE
         if data.request_id is not None and self._request_qos:
             key = (data.extension_instance_name or "", data.endpoint_id, data.request_id)
             qos = self._request_qos.pop(key, QoS.AT_MOST_ONCE)
-        delivered = self.deliver(message.topic, message.payload, qos)
-        if delivered and binding is not None and self._ctx.traffic is not None:
-            self._ctx.traffic.sent(self.auth.tenant_id, binding.app_name, binding.endpoint_id,
-                                   len(message.payload))
-        return delivered
+        delivery = self.deliver(message.topic, message.payload, qos)
+        traffic = self._ctx.traffic
+        if delivery is Delivery.DELIVERED and binding is not None and traffic is not None:
+            traffic.sent(self.auth.tenant_id, binding.app_name, binding.endpoint_id,
+                         len(message.payload))
+        return delivery
 
-    def deliver(self, topic: str, payload: bytes, qos: QoS) -> bool:
+    def deliver(self, topic: str, payload: bytes, qos: QoS) -> Delivery:
         """Queue a PUBLISH to the client without blocking (official clients never SUBSCRIBE)."""
         if self._conn.state is not ConnectionState.CONNECTED:
-            return False
+            return Delivery.NOT_ROUTED
         subscribed = self._conn.subscription_qos(topic)
         if subscribed is not None and subscribed > qos:
             qos = subscribed
         try:
             self._conn.publish(topic, payload, qos)
         except LocalProtocolError as exc:
-            # e.g. an extension's resource path that makes the topic invalid (wildcards, NUL)
-            self._ctx.metrics.messages_dropped.labels("invalid_topic").inc()
-            log.warning("publish_refused", client_id=self.client_id, topic=topic,
-                        reason=str(exc))
-            return False
+            try:
+                validate_topic_name(topic)
+            except InvalidTopicError:
+                # e.g. an extension's resource path that makes the topic invalid (wildcards, NUL)
+                self._ctx.metrics.messages_dropped.labels("invalid_topic").inc()
+                self._log_repeatable(logging.WARNING, "publish_refused", topic=topic,
+                                     reason=str(exc))
+                return Delivery.DROPPED
+            # Every packet id is in flight: the client stopped acknowledging its QoS 1 messages.
+            return self._drop_slow_consumer(reason=str(exc))
         if self._conn.pending_output > self._ctx.limits.max_outbox_bytes:
-            log.warning("slow_consumer", client_id=self.client_id,
-                        pending_bytes=self._conn.pending_output)
-            self._ctx.metrics.messages_dropped.labels("slow_consumer").inc()
-            self.terminate("slow_consumer")
-            return False
+            return self._drop_slow_consumer(pending_bytes=self._conn.pending_output)
         self._publishes_out.inc()
         self._wake_writer()
-        return True
+        return Delivery.DELIVERED
+
+    def _drop_slow_consumer(self, **why: Any) -> Delivery:
+        log.warning("slow_consumer", client_id=self.client_id, **why)
+        self._ctx.metrics.messages_dropped.labels("slow_consumer").inc()
+        self.terminate("slow_consumer")
+        return Delivery.DROPPED
 
     # --- writing ----------------------------------------------------------------------------
     def _wake_writer(self) -> None:

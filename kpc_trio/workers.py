@@ -10,6 +10,7 @@ on the worker that holds its connection. The parent serves nothing itself:
   failing fast (a worker that cannot start at all, exit code 2, stops the whole service);
 - SIGTERM/SIGINT are passed on to every worker, which drain as a single process does; a second
   signal is passed on too (workers force their exit). The parent exits 0 when every worker did.
+  SIGHUP is passed on as is: every worker reloads its configuration.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class Supervisor:
         return EXIT_WORKER_FAILED if self._worker_failed else 0
 
     async def run(self) -> int:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._pass_on_signals, signals)
                 async with trio.open_nursery() as workers:
@@ -105,14 +106,20 @@ class Supervisor:
         async for signum in signals:
             log.info("signal_received", signal=signal.Signals(signum).name, pid=os.getpid(),
                      workers=len(self._running))
-            self.stop()
+            if signum == signal.SIGHUP:
+                self._signal_all(signal.SIGHUP)  # each worker reloads its configuration
+            else:
+                self.stop()
 
     def stop(self) -> None:
         """Ask every worker to drain (again: to exit at once)."""
         self._stop_requested.set()
+        self._signal_all(signal.SIGTERM)
+
+    def _signal_all(self, signum: signal.Signals) -> None:
         for process in self._running.values():
             with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
+                process.send_signal(signum)
 
     async def _run_worker(self, slot: int) -> None:
         delay = RESTART_DELAY

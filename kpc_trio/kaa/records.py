@@ -541,11 +541,16 @@ def _avro_string(text: str) -> bytes:
 
 
 # Appversions, endpoint ids and resource paths repeat message after message: encode each once.
+# Resource paths are the client's choice: only short strings are kept (long ones gain little
+# and would make this table 20 MB, held after the client left), so it stays under 3 MB.
 _INTERNED_MAX = 10_000
+_INTERNED_MAX_LENGTH = 64
 _interned: dict[str, bytes] = {}
 
 
 def _interned_avro_string(text: str) -> bytes:
+    if len(text) > _INTERNED_MAX_LENGTH:
+        return _avro_string(text)
     encoded = _interned.get(text)
     if encoded is None:
         if len(_interned) >= _INTERNED_MAX:

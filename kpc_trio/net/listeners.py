@@ -32,6 +32,52 @@ ACCEPT_RETRY_DELAY = 0.1
 GRACEFUL_CLOSE_TIMEOUT = 5.0
 
 BoundAddress = tuple[str, int]
+#: Called with the transport name once per connection ended by an unexpected error.
+ConnectionFailureHook = Callable[[str], None]
+#: Longest exception text logged for a failed connection (it may quote client bytes).
+MAX_FAILURE_REASON = 200
+
+
+def ignore_connection_failure(transport: str) -> None:
+    """Default hook: failures are still logged."""
+
+
+@asynccontextmanager
+async def contain_failures(peer: Peer, on_failure: ConnectionFailureHook) -> AsyncIterator[None]:
+    """End one connection, and only it, on whatever its block raises (a transport library's
+    bug a client can trigger must not reach the sessions nursery, which only ever sees
+    cancellation). Logged once with the reason and counted by `on_failure`."""
+    try:
+        yield
+    except BaseException as exc:  # noqa: BLE001 - everything but cancellation stays here
+        failure, rest = _split_failure(exc)
+        if failure is not None:
+            log.error("connection_failed", transport=peer.transport, peer=peer.address,
+                      reason=_describe(failure)[:MAX_FAILURE_REASON])
+            on_failure(peer.transport)
+        if rest is exc:
+            raise
+        if rest is not None:
+            raise rest from None
+
+
+def _describe(exc: BaseException) -> str:
+    """The leaf errors of `exc` (nurseries wrap them in groups), with their types."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(inner) for inner in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _split_failure(
+    exc: BaseException,
+) -> tuple[Exception | None, BaseException | None]:
+    """(the errors, what else must propagate: cancellation, KeyboardInterrupt)."""
+    if isinstance(exc, BaseExceptionGroup):
+        errors, rest = exc.split(Exception)
+        return errors, rest
+    if isinstance(exc, Exception):
+        return exc, None
+    return None, exc
 
 
 @asynccontextmanager

@@ -235,6 +235,11 @@ class SimulatedKaa:
                  endpoint_id=data.endpoint_id, resource_path=data.resource_path,
                  status=data.status_code)
 
+    def publish(self, subject: str, payload: bytes) -> None:
+        """Publish raw bytes on `subject` (e.g. a simulated Tekton's 17/SCMP event); returns
+        once the NATS server has them."""
+        self._call(self._publish(subject, payload))
+
     async def _publish(self, subject: str, payload: bytes) -> None:
         assert self._nc is not None  # set before the loop accepts calls
         await self._nc.publish(subject, payload)

@@ -80,15 +80,17 @@ class KpcProcess:
 
 
 @contextlib.contextmanager
-def running_kpc(config_path: str, log_path: Path, env: Mapping[str, str]) -> Iterator[KpcProcess]:
-    """Start `kpc-trio run` and wait until it listens; killed at exit if still running.
+def running_kpc(config_path: str, log_path: Path, env: Mapping[str, str],
+                command: tuple[str, ...] = ("run",)) -> Iterator[KpcProcess]:
+    """Start `kpc-trio run` (or `command`) and wait until it listens; killed at exit if still
+    running.
 
     The configuration must select `logging.format: json`. The log goes to a file, not a pipe
     (an unread pipe would block the service once full).
     """
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            kpc_command("--config", config_path, "run"), env=child_env(env),
+            kpc_command("--config", config_path, *command), env=child_env(env),
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
         )
     kpc = KpcProcess(process, log_path)

@@ -65,6 +65,8 @@ async def test_extension_error_status_and_error_json(kaa, port):
     ("GET", DCX, b"", 405),
     ("POST", f"/kp1/{APP_VERSION}/dcx/bad-token/json", b"", 401),
     ("POST", DCX, b"x" * 5000, 413),
+    ("POST", DCX + "/" + "j" * 1024, b"", 414),  # kaa.kpc.limits.max-topic-length
+    ("POST", f"/kp1/{APP_VERSION}/dcx/{'t' * 257}/json", b"", 401),  # max-token-length
 ])
 async def test_error_statuses(port, method, path, body, status):
     reply = await post(port, path, body, method=method)
@@ -110,6 +112,19 @@ async def test_200_concurrent_requests_all_answered_correctly(kaa, port):
         for n in range(200):
             nursery.start_soon(one, n)
     assert replies == {n: (200, f'{{"n":{n}}}'.encode()) for n in range(200)}
+
+
+async def test_body_within_the_default_limit_but_over_nats_max_payload_is_413(
+        nats_server, tmp_path, kaa):
+    http = "kaa.kpc.transports.http: {enabled: true, host: 127.0.0.1, port: 0}\n"
+    async with open_kpc(make_config(tmp_path, nats_server.url, http)) as service:
+        max_body = service.config.kaa.kpc.transports.http.max_body_size
+        reply = await post(service.ports["http"], DCX, b"x" * max_body)
+        assert reply.status == 413
+        assert error_of(reply)["reasonPhrase"].startswith("Payload too large")
+        assert kaa.received("dcx") == []
+        reply = await post(service.ports["http"], DCX, b"{}")  # the connection pool is fine
+        assert reply.status == 200
 
 
 async def test_the_path_is_percent_decoded_level_by_level(kaa, port):

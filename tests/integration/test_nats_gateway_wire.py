@@ -405,6 +405,7 @@ async def test_lame_duck_moves_after_the_new_connection_is_confirmed(
     assert logged(caplog, "nats_lame_duck")[0]["server"] == f"{HOST}:{old_server.port}"
 
 
+@pytest.mark.expected_errors("nats_publish_refused")
 async def test_a_refused_publish_is_reported_for_its_batch_only() -> None:
     refused = OutboundMessage("kaa.v1.service.denied.esp.ClientData", b"no")
     async with scripted_nats() as server, undrained_gateway([server.url]) as gateway, \

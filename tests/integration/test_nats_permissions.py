@@ -45,6 +45,7 @@ def dropped(kpc: object) -> float:
         "kpc_messages_dropped_total", {"reason": "nats_permission_denied"}) or 0.0
 
 
+@pytest.mark.expected_errors("nats_publish_refused")
 @pytest.mark.parametrize(
     "restricted_nats",
     [f'{{ publish: {{ deny: ["kaa.v1.service.{REFUSED_EXTENSION}.>"] }} }}'], indirect=True)
@@ -82,6 +83,7 @@ async def test_a_refused_publish_answers_the_request_with_502_and_is_counted(
         f"kaa.v1.service.{REFUSED_EXTENSION}.esp.ClientData"]
 
 
+@pytest.mark.expected_errors("nats_subscription_refused", "not_ready")
 @pytest.mark.parametrize(
     "restricted_nats", ['{ subscribe: { deny: ["kaa.v1.replica.>"] } }'], indirect=True)
 async def test_a_refused_reply_subscription_makes_kpc_unready(
@@ -101,7 +103,10 @@ async def test_maximum_connections_exceeded_is_logged_as_such(
 ) -> None:
     with NatsServerProcess(config="max_connections: 1\n") as server, \
             socket.create_connection((HOST, server.port)) as only:
-        assert only.recv(4096).startswith(b"INFO")  # accepted: it holds the only connection
+        assert only.recv(4096).startswith(b"INFO")
+        # A client counts against max_connections once registered: CONNECT, then PONG proves it.
+        only.sendall(b"CONNECT {\"verbose\":false}\r\nPING\r\n")
+        assert b"PONG" in only.recv(4096)
         with trio.CancelScope() as scope:  # cancelled, not drained: there is no connection
             async with open_nats_gateway([server.url], reconnect_wait=0.05) as gateway:
                 await eventually(lambda: bool(logged(caplog, "nats_error")))

@@ -97,7 +97,7 @@ def serving_replicas(kaa: SimulatedKaa) -> set[str]:
             for event in kaa.events("connectivity.connected")}
 
 
-async def test_two_workers_share_the_port_restart_when_killed_and_drain_on_sigterm(
+async def test_two_workers_share_the_port_reload_restart_when_killed_and_drain_on_sigterm(
         supervisor: KpcProcess) -> None:
     await await_serving(supervisor, 2)
     assert started_replicas(supervisor) == REPLICAS
@@ -108,6 +108,11 @@ async def test_two_workers_share_the_port_restart_when_killed_and_drain_on_sigte
                                   echo_extensions=("dcx",)) as kaa:
         await round_trips(kaa, port, CONNECTIONS, 0)
         assert serving_replicas(kaa) == REPLICAS  # both workers served connections
+
+        # SIGHUP reaches every worker (each reloads its configuration), not the supervisor alone.
+        supervisor.send_signal(signal.SIGHUP)
+        await eventually(lambda: len(supervisor.named("config_reloaded")) == 2, timeout=10)
+        assert supervisor.process.poll() is None
 
         # A dead worker is logged and replaced under the same replica id; the port keeps serving.
         victim = supervisor.named("worker_started")[1]

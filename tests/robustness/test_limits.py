@@ -8,9 +8,13 @@ Expected behaviour:
 - `max-inflight`: backpressure, not a disconnect: KPC holds at most that many unacknowledged
   QoS 1/2 PUBLISHes of one connection, so no NATS hand-over carries more of them; the client's
   further PUBLISHes wait in the socket and are all relayed and acknowledged in the end.
+- Issue 18: a topic or endpoint token over its byte limit (`kaa.kpc.limits`) is answered with a
+  1/KP error and costs no NATS request.
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import trio
@@ -101,5 +105,31 @@ async def test_max_inflight_bounds_the_unacknowledged_messages_of_a_connection(k
     small_batches = sample(kpc, "kpc_nats_publish_batch_size_bucket", le=f"{MAX_INFLIGHT:.1f}")
     assert batches >= BURST // MAX_INFLIGHT
     assert small_batches == batches  # no hand-over carried more than max-inflight messages
+    await client.aclose()
+    await assert_nothing_left(kpc, baseline)
+
+
+async def test_topics_and_tokens_over_their_byte_limits_are_answered_without_nats(kpc, kaa,
+                                                                                port):
+    """kaa.kpc.limits: a 1/KP error on `/error`, no token validation and no ClientData."""
+    baseline = task_count()
+    client = await RawClient.open(port)
+    assert await client.handshake("long-names") == ACCEPTED
+    long_topic = f"kp1/{APP_VERSION}/dcx/token-1/" + "j" * 1_000 + "/1"
+    long_token = f"kp1/{APP_VERSION}/dcx/" + "t" * 257 + "/json/2"
+    await client.send(Publish(long_topic, b"{}", QoS.AT_LEAST_ONCE, packet_id=1),
+                      Publish(long_token, b"{}", QoS.AT_LEAST_ONCE, packet_id=2))
+    with trio.fail_after(SERVER_DEADLINE):
+        received = [await client.next_packet() for _ in range(4)]
+    answers = {packet.topic: json.loads(packet.payload)
+               for packet in received if isinstance(packet, Publish)}
+    assert answers == {
+        long_topic + "/error": {"statusCode": 414, "reasonPhrase": "Topic too long"},
+        long_token + "/error": {"statusCode": 401, "reasonPhrase": "Endpoint token too long"},
+    }
+    assert {PubAck(1), PubAck(2)} <= set(received)
+    assert sample(kpc, "kpc_token_cache_misses_total") == 0
+    assert sample(kpc, "kpc_client_data_relayed_total", extension="dcx") == 0
+    assert sample(kpc, "kpc_requests_rejected_total", status="414") == 1
     await client.aclose()
     await assert_nothing_left(kpc, baseline)

@@ -182,3 +182,14 @@ async def test_sweeper_hands_over_everything_due_at_once(
         await trio.sleep(61)
         nursery.cancel_scope.cancel()
     assert recorder.calls == [(now + 60.0, [(f"ep-{i}", "gateway", False) for i in range(3)])]
+
+
+def test_releasing_appversions_returns_their_detached_endpoints() -> None:
+    tracker = make_tracker()
+    tracker.touch("ep-1", "gateway", now=0.0)
+    tracker.touch("ep-2", "gateway", now=0.0)
+    tracker.touch("ep-3", "idle-5m", now=0.0)
+    assert tracker.detach("ep-1")
+    assert tracker.release_app_versions({"gateway"}) == {"ep-1": "gateway"}
+    assert len(tracker) == 1 and not tracker.is_detached("ep-1")
+    assert tracker.expired(10_000.0) == [("ep-3", "idle-5m", False)]

@@ -4,6 +4,8 @@ in the session, and the relay through a real nats-server is tested in tests/inte
 
 from __future__ import annotations
 
+import logging
+
 import attrs
 import pytest
 import trio
@@ -15,12 +17,13 @@ from kpc_trio.hub import Hub
 from kpc_trio.kaa.kp1 import ApplicationRegistry
 from kpc_trio.metrics import Metrics
 from kpc_trio.mqtt.codec import Decoder, encode
-from kpc_trio.mqtt.packets import ConnAck, ConnAckCode, Connect, PingReq, PingResp
+from kpc_trio.mqtt.packets import ConnAck, ConnAckCode, Connect, PingReq, PingResp, Publish, QoS
 from kpc_trio.nats.gateway import OutboundMessage
 from kpc_trio.net import Peer
 from kpc_trio.presence import DisconnectPolicy, IdleTracker
 from kpc_trio.relay import Relay
-from kpc_trio.session import Session, SessionContext, SessionLimits
+from kpc_trio.session import Delivery, Session, SessionContext, SessionLimits
+from tests.integration.waiting import logged
 
 CONNECT_TIMEOUT = 10.0
 
@@ -167,3 +170,41 @@ async def test_stop_reading_ends_an_idle_session_as_a_shutdown(context, autojump
         assert await client.next_packet() is None
     assert session.close_reason == "shutdown"
     assert finished[session] == pytest.approx(5)
+
+
+async def test_repeated_rejections_are_logged_once_and_all_counted(context, autojump_clock,
+                                                                    caplog):
+    caplog.set_level(logging.INFO)
+    rejected = 3_000
+    finished: dict[Session, float] = {}
+    async with trio.open_nursery() as nursery:
+        session, client = await start_session(nursery, context, finished)
+        await client.connect("c" * 65_535, keepalive=0)
+        # Unknown appversion (the registry is empty): each one answered with a 404.
+        await client.send(*(Publish(f"kp1/nowhere/dcx/{n}", b"") for n in range(1, rejected + 1)))
+        for n in range(1, rejected + 1):
+            answer = await client.next_packet()
+            assert isinstance(answer, Publish) and answer.topic == f"kp1/nowhere/dcx/{n}/error"
+        await client.stream.aclose()
+    assert len(logged(caplog, "request_rejected")) == 1
+    assert [(fields["repeated_event"], fields["count"])
+            for fields in logged(caplog, "events_repeated")] == [("request_rejected", rejected - 1)]
+    assert context.metrics.requests_rejected.labels("404")._value.get() == rejected
+
+
+async def test_a_qos1_subscriber_that_never_acknowledges_is_one_slow_consumer(
+        context, autojump_clock):
+    context = attrs.evolve(context, limits=SessionLimits(max_outbox_bytes=1 << 30))
+    finished: dict[Session, float] = {}
+    async with trio.open_nursery() as nursery:
+        session, client = await start_session(nursery, context, finished)
+        await client.connect("never-acks", keepalive=0)
+        outcomes = [session.deliver("kp1/v1/cex/t/command", b"x", QoS.AT_LEAST_ONCE)
+                    for _ in range(65_536)]  # one more than there are packet ids
+        assert outcomes == [Delivery.DELIVERED] * 65_535 + [Delivery.DROPPED]
+        while await client.next_packet() is not None:
+            pass
+    dropped = context.metrics.messages_dropped
+    assert dropped.labels("slow_consumer")._value.get() == 1
+    assert dropped.labels("invalid_topic")._value.get() == 0
+    assert session.close_reason == "slow_consumer"

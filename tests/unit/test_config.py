@@ -345,7 +345,7 @@ def test_errors_name_the_full_key_path(tmp_path: Path, text: str, key_path: str,
 
 def test_unknown_key_lists_the_known_ones(tmp_path: Path) -> None:
     error = config_error(tmp_path, "logging: {lvl: INFO}")
-    assert str(error).endswith("known keys here: level, format")
+    assert str(error).endswith("known keys here: level, format, max-value-length, repeat-interval")
 
 
 # ---------------------------------------------------------------------------------- cross-field
