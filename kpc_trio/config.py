@@ -456,10 +456,20 @@ class MqttSettings:
                                      "Time a new connection has to send CONNECT.")
     max_connections: int = setting(0, Integer(0), "Open MQTT connections allowed; 0 = unlimited.")
     max_inflight: int = setting(100, Integer(1),
-                                "Unacknowledged inbound QoS 1/2 messages allowed per connection.")
+                                "Unacknowledged inbound QoS 1/2 messages allowed per connection; "
+                                "also QoS 2 messages awaiting PUBREL (one more closes the "
+                                "connection).")
     max_outbox_bytes: int = setting(1048576, Integer(1),
                                     "Queued outbound bytes per connection before a slow client is "
                                     "dropped.")
+    max_subscriptions: int = setting(100, Integer(1),
+                                     "Topic filters one connection may hold (and at most "
+                                     "max-packet-size bytes of them); further ones get SUBACK "
+                                     "0x80, a SUBSCRIBE with more closes the connection.")
+    # MQTT 3.1.1 [MQTT-3.1.3-5]: a server must accept client ids of up to 23 bytes.
+    max_client_id_length: int = setting(256, Integer(23),
+                                        "Longest client identifier accepted, in UTF-8 bytes; "
+                                        "longer ones get CONNACK 2 (identifier rejected).")
     tcp: TcpListenerSettings = section(TcpListenerSettings)
     tls: TlsListenerSettings = section(TlsListenerSettings)
     websocket: WebSocketListenerSettings = section(WebSocketListenerSettings)

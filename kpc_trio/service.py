@@ -90,6 +90,8 @@ def session_limits(config: Config) -> SessionLimits:
         connect_timeout=mqtt.connect_timeout,
         max_outbox_bytes=mqtt.max_outbox_bytes,
         max_inflight=mqtt.max_inflight,
+        max_subscriptions=mqtt.max_subscriptions,
+        max_client_id_length=mqtt.max_client_id_length,
         log_repeat_interval=config.logging.repeat_interval,
     )
 

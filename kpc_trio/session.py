@@ -78,8 +78,11 @@ class SessionLimits:
     max_packet_size: int = 1_048_576
     connect_timeout: float = 10.0
     max_outbox_bytes: int = 1_048_576
-    #: QoS 1/2 messages relayed but not yet confirmed by NATS before a connection stops reading.
+    #: QoS 1/2 messages relayed but not yet confirmed by NATS before a connection stops reading;
+    #: also the QoS 2 messages a client may leave unreleased (no PUBREL) before it is closed.
     max_inflight: int = 100
+    max_subscriptions: int = 100
+    max_client_id_length: int = 256
     #: logging.repeat-interval: what a client can repeat at will is logged once per interval.
     log_repeat_interval: float = 10.0
 
@@ -187,7 +190,10 @@ class Session:
         self._stream = stream
         self.peer = peer
         self._ctx = context
-        self._conn = ServerConnection(max_packet_size=context.limits.max_packet_size)
+        limits = context.limits
+        self._conn = ServerConnection(
+            max_packet_size=limits.max_packet_size, max_subscriptions=limits.max_subscriptions,
+            max_client_id_length=limits.max_client_id_length, max_inflight=limits.max_inflight)
         self._endpoints: dict[str, EndpointBinding] = {}
         # Insertion-ordered: the oldest remembered request goes first when the bound is hit.
         # Created by the first QoS 1/2 request (thousands of idle sessions need none).
@@ -279,7 +285,9 @@ class Session:
             except ProtocolError as exc:
                 self._set_reason("protocol_error")
                 if self.client_id is None:
-                    self._count_refusal("protocol_error")
+                    # e.g. identifier_rejected: the CONNACK the core sent says why
+                    self._count_refusal(exc.connack.name.lower() if exc.connack else
+                                        "protocol_error")
                 log.info("protocol_violation", client_id=self.client_id, reason=exc.reason)
             await self._flush()
         except Exception as exc:  # noqa: BLE001 - one connection's failure must not stop KPC

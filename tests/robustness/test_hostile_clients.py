@@ -23,6 +23,7 @@ from kpc_trio.mqtt.packets import (
     PingResp,
     PubAck,
     Publish,
+    PubRec,
     QoS,
     SubAck,
     Subscribe,
@@ -516,6 +517,48 @@ async def unanswerable_reply_topic(target: Target) -> None:
     assert await target.metric("kpc_messages_dropped_total", reason="reply_topic_too_long") >= 1
 
 
+async def subscription_flood(target: Target) -> None:
+    """10 connections with 60,000 filters each (the issue: every reply then cost 0.7 s), sent as
+    600 SUBSCRIBEs of 100: each holds the first 100, the rest get 0x80 without being stored;
+    and one SUBSCRIBE of 10,000 filters, refused at the 101st."""
+    async def subscriber(n: int) -> None:
+        client = await RawClient.open(target.port("mqtt_tcp"))
+        assert await client.handshake(f"subscriber-{n}") == ACCEPTED
+        for batch in range(600):
+            filters = tuple((f"kp1/unknown_v9/dcx/t{n}/{batch}-{index}/" + "s" * 60,
+                             QoS.AT_LEAST_ONCE) for index in range(100))
+            await client.send(Subscribe(batch + 1, filters))
+            with trio.fail_after(SERVER_DEADLINE):
+                suback = await client.next_packet()
+            assert suback == SubAck(batch + 1, (1,) * 100 if batch == 0 else (0x80,) * 100)
+        await client.aclose()
+
+    async with trio.open_nursery() as nursery:
+        for n in range(10):
+            nursery.start_soon(subscriber, n)
+    client = await RawClient.open(target.port("mqtt_tcp"))
+    assert await client.handshake("one-packet-flood") == ACCEPTED
+    await client.send(Subscribe(1, tuple((f"f/{n}", QoS.AT_MOST_ONCE) for n in range(10_000))))
+    assert await client.packets_until_closed() == []
+    await client.aclose()
+
+
+async def unreleased_qos2(target: Target) -> None:
+    """QoS 2 PUBLISHes never released by PUBREL (the issue: 65,535 held 5 MB a connection):
+    the connection is closed at the first beyond max-inflight (100)."""
+    client = await RawClient.open(target.port("mqtt_tcp"))
+    assert await client.handshake("never-releases") == ACCEPTED
+    topic = f"kp1/{APP_VERSION}/tsx/unreleased"
+    for packet_id in range(1, 101):
+        await client.send(Publish(topic, b"", QoS.EXACTLY_ONCE, packet_id=packet_id))
+        with trio.fail_after(SERVER_DEADLINE):
+            assert await client.next_packet() == PubRec(packet_id)
+    await client.send(*(Publish(topic, b"", QoS.EXACTLY_ONCE, packet_id=packet_id)
+                        for packet_id in range(101, 65_536)))
+    assert await client.packets_until_closed() == []
+    await client.aclose()
+
+
 @attrs.frozen
 class Attack:
     run: Callable[[Target], Awaitable[None]]
@@ -536,6 +579,9 @@ ATTACKS = {
     "log amplifier (3k rejected, 50 filters)": Attack(log_amplifier),
     "http 1-byte chunks, 1 MiB body, 100-continue": Attack(http_slow_bodies, connections=3),
     "reply topic over 65,535 bytes": Attack(unanswerable_reply_topic),
+    "mqtt 10 x 60k subscribe filters + 10k in one packet": Attack(subscription_flood,
+                                                                  connections=11),
+    "mqtt 65k qos 2 never released": Attack(unreleased_qos2),
 }
 
 

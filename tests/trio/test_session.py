@@ -179,7 +179,8 @@ async def test_repeated_rejections_are_logged_once_and_all_counted(context, auto
     finished: dict[Session, float] = {}
     async with trio.open_nursery() as nursery:
         session, client = await start_session(nursery, context, finished)
-        await client.connect("c" * 65_535, keepalive=0)
+        # The longest client id accepted (a longer one gets CONNACK 2): in every log line.
+        await client.connect("c" * SessionLimits().max_client_id_length, keepalive=0)
         # Unknown appversion (the registry is empty): each one answered with a 404.
         await client.send(*(Publish(f"kp1/nowhere/dcx/{n}", b"") for n in range(1, rejected + 1)))
         for n in range(1, rejected + 1):
