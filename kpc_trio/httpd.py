@@ -26,6 +26,7 @@ from kpc_trio.health import Health
 from kpc_trio.logs import get_logger
 from kpc_trio.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kpc_trio.metrics import Metrics
+from kpc_trio.net.listeners import open_tcp_listeners
 
 log = get_logger(__name__)
 
@@ -98,6 +99,7 @@ async def serve_http(
     error_response: ErrorRenderer = error_document,
     limits: HttpLimits = HttpLimits(),
     handler_nursery: trio.Nursery | None = None,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Serve `routes` (exact path -> GET/HEAD handler) on `host:port` until cancelled.
@@ -107,9 +109,9 @@ async def serve_http(
 
     Reports the bound port through `task_status` (useful with `port=0`). `host=None` binds all
     interfaces; with `port=0` pass a literal address, since each resolved address would get its
-    own ephemeral port.
+    own ephemeral port. `reuse_port` shares the port with other workers (SO_REUSEPORT).
     """
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    listeners = await open_tcp_listeners(port, host=host, reuse_port=reuse_port)
     bound_port: int = listeners[0].socket.getsockname()[1]
     log.info("http_listening", host=host or "*", port=bound_port, paths=",".join(routes))
     task_status.started(bound_port)

@@ -166,6 +166,8 @@ class KpcService:
     applications: LiveApplications = attrs.field(init=False)
     tekton: TektonSource | None = None  # set when kaa.tekton.enabled
     _ssl_context: ssl.SSLContext | None = None  # replaced by a reload: new handshakes use it
+    #: One of `kpc-trio run --workers N`: every listener shares its port (SO_REUSEPORT).
+    reuse_port: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.config.kaa.tekton.enabled:
@@ -298,8 +300,8 @@ class KpcService:
                      self.config.server.port),
         }
         for name, (routes, port) in apps.items():
-            self.ports[name] = await nursery.start(
-                functools.partial(serve_http, routes, host=None, port=port))
+            self.ports[name] = await nursery.start(functools.partial(
+                serve_http, routes, host=None, port=port, reuse_port=self.reuse_port))
 
     async def _serve_with(self, gateway: NatsPort,
                           task_status: trio.TaskStatus[dict[str, int]]) -> None:
@@ -565,7 +567,7 @@ class KpcService:
         if mqtt.tcp.enabled:
             starters["mqtt_tcp"] = functools.partial(
                 serve_tcp, handler, host=mqtt.tcp.host, port=mqtt.tcp.port,
-                handler_nursery=sessions_nursery)
+                handler_nursery=sessions_nursery, reuse_port=self.reuse_port)
         if mqtt.tls.enabled:
             self._ssl_context = self.tls_context(self.config)
             starters["mqtt_tls"] = functools.partial(
@@ -573,14 +575,16 @@ class KpcService:
                 ssl_context=self._current_ssl_context,
                 handshake_timeout=mqtt.tls.handshake_timeout,
                 on_handshake_failure=self._count_handshake_failure,
-                on_failure=self._count_connection_failure, handler_nursery=sessions_nursery)
+                on_failure=self._count_connection_failure, handler_nursery=sessions_nursery,
+                reuse_port=self.reuse_port)
         if mqtt.websocket.enabled:
             starters["mqtt_websocket"] = functools.partial(
                 serve_websocket, handler, host=mqtt.websocket.host,
                 port=mqtt.websocket.port, path=mqtt.websocket.path,
                 max_packet_size=mqtt.max_packet_size,
                 max_message_fragments=mqtt.websocket.max_message_fragments,
-                on_failure=self._count_connection_failure, handler_nursery=sessions_nursery)
+                on_failure=self._count_connection_failure, handler_nursery=sessions_nursery,
+                reuse_port=self.reuse_port)
         for name, serve in starters.items():
             _, self.ports[name] = await listeners_nursery.start(serve)
 
@@ -599,7 +603,7 @@ class KpcService:
         self.ports["http"] = await listeners_nursery.start(functools.partial(
             serve_http, {}, host=http.host, port=http.port, fallback=transport.handle,
             error_response=kp1_error_response, handler_nursery=requests_nursery,
-            limits=HttpLimits(max_body_bytes=http.max_body_size),
+            limits=HttpLimits(max_body_bytes=http.max_body_size), reuse_port=self.reuse_port,
         ))
 
     def _count_handshake_failure(self, reason: HandshakeFailureReason) -> None:

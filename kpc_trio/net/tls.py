@@ -69,6 +69,7 @@ async def serve_tls(
     handler_nursery: trio.Nursery,
     on_handshake_failure: HandshakeFailureHook = _ignore_failure,
     on_failure: ConnectionFailureHook = ignore_connection_failure,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """MQTT/TLS: handshake (with client certificate verification per `ssl_context`), then
@@ -113,6 +114,7 @@ async def serve_tls(
         host=host,
         port=port,
         handler_nursery=handler_nursery,
+        reuse_port=reuse_port,
         task_status=task_status,
     )
 

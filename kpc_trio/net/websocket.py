@@ -299,6 +299,7 @@ async def serve_websocket(
     max_message_fragments: int = DEFAULT_MAX_MESSAGE_FRAGMENTS,
     on_failure: ConnectionFailureHook = ignore_connection_failure,
     handler_nursery: trio.Nursery,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """MQTT over WebSocket (plain ws://; wss is terminated at the ingress, spec 2.4).
@@ -327,5 +328,6 @@ async def serve_websocket(
         host=host,
         port=port,
         handler_nursery=handler_nursery,
+        reuse_port=reuse_port,
         task_status=task_status,
     )
