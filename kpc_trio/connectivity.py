@@ -57,11 +57,13 @@ class ConnectivityEvents:
         self._wake = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
+        self._sending = 0  # endpoints of the events handed to NATS, not confirmed yet
         self.dropped = 0
 
     @property
     def queued(self) -> int:
-        return len(self._queued)
+        """Endpoints whose event NATS has not confirmed yet."""
+        return len(self._queued) + self._sending
 
     def publish(self, change: Change) -> None:
         """Queue the change's events (never blocks); the publisher task sends them."""
@@ -95,12 +97,15 @@ class ConnectivityEvents:
             await self._wake.wait()
             self._wake = trio.Event()
             while self._queued:
+                self._sending = len(self._queued)
                 messages = self._take()
                 try:
                     await self._gateway.publish_confirmed(messages)
                 except (MessageRejectedError, NatsUnavailableError) as exc:
                     log.warning("connectivity_events_lost", reason=str(exc),
                                 events=len(messages))
+                finally:
+                    self._sending = 0
             self._idle.set()
 
     def _take(self) -> list[OutboundMessage]:

@@ -310,6 +310,7 @@ class KpcService:
         self.metrics.token_cache_bytes.set_function(lambda: context.resolver.cache_bytes)
         self.metrics.route_memory_bytes.set_function(
             lambda: context.relay.remembered_routes_bytes)
+        self.metrics.connectivity_events_queued.set_function(lambda: context.events.queued)
         async with trio.open_nursery() as services:
             await self._start_nats_consumers(services, gateway, context)
             if self.tekton is not None:

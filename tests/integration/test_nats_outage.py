@@ -271,6 +271,7 @@ async def test_disconnected_event_of_an_outage_arrives_after_nats_returns(
         # the device left while NATS was away: KPC took it offline, the event waits
         await eventually(lambda: kpc.hub.endpoint_count == 1)
         assert kaa.events("connectivity.disconnected") == []
+        assert metric_value(await metrics_text(kpc), "kpc_connectivity_events_queued") == 1
         gate.is_open = True
         [event] = await kaa.await_events("connectivity.disconnected", 1, timeout=15)
         assert event.endpoints == {leaving.endpoint_id: APP_VERSION}
