@@ -414,7 +414,8 @@ class KpcService:
                     max_token_length=kpc.limits.max_token_length,
                     route_memory_bytes=kpc.limits.route_memory_bytes,
                 ),
-                affinity=Affinity(ttl=kpc.esp.affinity_ttl, max_bytes=kpc.limits.affinity_bytes),
+                affinity=Affinity(ttl=kpc.esp.affinity_ttl, max_bytes=kpc.limits.affinity_bytes,
+                                  unanswered_limit=kpc.esp.response_timeout),
             ),
             resolver=EndpointTokenResolver(
                 gateway,

@@ -5,8 +5,11 @@ ExtensionData (`kaa.v1.replica.<replica-id>.esp.<type>`). KPC remembers it per (
 extension) and sends that endpoint's following ClientData for that extension there
 (`kaa.v1.replica.<replica-id>.esp.ClientData`, the last token substituted as RFC 3 says),
 instead of the service-wide subject, until the entry expires (`kaa.kpc.esp.affinity-ttl`), or is
-forgotten because the replica was unreachable. Bounded in bytes (least recently used go first):
-endpoints and extensions are many, and the subject comes from the far side.
+forgotten because the replica looks unreachable: NATS refused a message to it, or it has been
+sent messages for the endpoint and not answered any for `unanswered_limit` (the ESP response
+timeout; core NATS drops a message nobody subscribes to without a word). Falling back is always
+safe: any replica of the service takes the service subject. Bounded in bytes (least recently
+used go first): endpoints and extensions are many, and the subject comes from the far side.
 """
 
 from __future__ import annotations
@@ -31,13 +34,23 @@ def client_data_subject(reply_to: str) -> str | None:
     return f"{_PREFIX}{parts[3]}{_ESP_CLIENT_DATA}"
 
 
+class _Entry:
+    __slots__ = ("subject", "expires_at", "unanswered_since")
+
+    def __init__(self, subject: str, expires_at: float) -> None:
+        self.subject = subject
+        self.expires_at = expires_at
+        self.unanswered_since: float | None = None  # first message sent since the last answer
+
+
 class Affinity:
-    def __init__(self, *, ttl: float, max_bytes: int) -> None:
+    def __init__(self, *, ttl: float, max_bytes: int, unanswered_limit: float = 30.0) -> None:
         self._ttl = ttl
         self._max_bytes = max_bytes
+        self._unanswered_limit = unanswered_limit
         self._bytes = 0
-        # (endpoint id, extension) -> (subject, expires at), least recently used first
-        self._entries: collections.OrderedDict[tuple[str, str], tuple[str, float]] = (
+        # (endpoint id, extension) -> entry, least recently used first
+        self._entries: collections.OrderedDict[tuple[str, str], _Entry] = (
             collections.OrderedDict())
 
     @property
@@ -61,29 +74,33 @@ class Affinity:
             return
         key = (endpoint_id, extension)
         self._drop(key)
-        self._entries[key] = (subject, now + self._ttl)
+        self._entries[key] = _Entry(subject, now + self._ttl)
         self._bytes += _size(key, subject)
         while self._bytes > self._max_bytes and self._entries:
             self._drop(next(iter(self._entries)))
 
     def subject_for(self, endpoint_id: str, extension: str, now: float) -> str | None:
-        """The replica subject to send the endpoint's ClientData for `extension` to, or None
-        (unknown or expired: the service subject)."""
+        """The replica subject to send the endpoint's ClientData for `extension` to now, or None
+        (unknown, expired or unanswered: the service subject)."""
         key = (endpoint_id, extension)
         entry = self._entries.get(key)
         if entry is None:
             return None
-        subject, expires_at = entry
-        if expires_at <= now:
+        if entry.unanswered_since is None:
+            entry.unanswered_since = now
+        elif now - entry.unanswered_since >= self._unanswered_limit:
+            self._drop(key)
+            return None
+        if entry.expires_at <= now:
             self._drop(key)
             return None
         self._entries.move_to_end(key)
-        return subject
+        return entry.subject
 
     def forget_subject(self, subject: str) -> int:
         """NATS refused a message to this replica subject: every endpoint sent there goes to
         the service subject from now on. Returns how many were forgotten (rare: a scan)."""
-        doomed = [key for key, (known, _) in self._entries.items() if known == subject]
+        doomed = [key for key, entry in self._entries.items() if entry.subject == subject]
         for key in doomed:
             self._drop(key)
         return len(doomed)
@@ -91,7 +108,7 @@ class Affinity:
     def _drop(self, key: tuple[str, str]) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
-            self._bytes -= _size(key, entry[0])
+            self._bytes -= _size(key, entry.subject)
 
 
 def _size(key: tuple[str, str], subject: str) -> int:

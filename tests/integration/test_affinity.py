@@ -62,3 +62,24 @@ async def test_next_client_data_goes_to_the_replica_that_answered_until_the_ttl(
         assert last_subject(kaa, 4) == replica
         await trio.sleep(TTL)  # the affinity is time-bound: let the TTL pass
         assert await request(EP1, 4, 5) == SERVICE_SUBJECT
+
+
+async def test_a_replica_that_stops_answering_is_left_for_the_service_subject(
+        kaa, nats_server, tmp_path):
+    response_timeout = 1.0
+    config = make_config(tmp_path, nats_server.url, "kaa.kpc.esp: {affinity-ttl: 60s, "
+                         f"response-timeout: {response_timeout}s}}\n")
+    topic = f"kp1/{APP_VERSION}/dcx/{EP1.token}/json/{{}}"
+    async with open_kpc(config) as kpc, open_device(kpc.ports["mqtt_tcp"]) as device:
+        kaa.set_extension_behaviour("dcx", ExtensionBehaviour(name_replica=True))
+        await call(device.publish, topic.format(1), b"{}", qos=1)
+        assert (await call(device.expect)).topic.endswith("/1/status")
+        kaa.set_extension_behaviour("dcx", ExtensionBehaviour(silent=True))  # the replica died
+        await call(device.publish, topic.format(2), b"{}", qos=1)
+        await kaa.await_received("dcx", 2)
+        assert last_subject(kaa, 2) == kaa.replica_subject("dcx")
+        await trio.sleep(response_timeout)  # unanswered for the ESP response timeout
+        kaa.set_extension_behaviour("dcx", ExtensionBehaviour())
+        await call(device.publish, topic.format(3), b"{}", qos=1)
+        assert (await call(device.expect)).topic.endswith("/3/status")
+        assert last_subject(kaa, 3) == SERVICE_SUBJECT

@@ -71,3 +71,15 @@ def test_ttl_zero_disables() -> None:
     affinity = Affinity(ttl=0, max_bytes=1 << 20)
     affinity.remember("ep", "dcx", REPLICA, 0.0)
     assert not affinity and affinity.subject_for("ep", "dcx", 0.0) is None
+
+
+def test_a_replica_that_stops_answering_is_left_after_the_limit() -> None:
+    affinity = Affinity(ttl=600, max_bytes=1 << 20, unanswered_limit=30)
+    affinity.remember("ep", "dcx", REPLICA, 0.0)
+    assert affinity.subject_for("ep", "dcx", 1.0) == SUBJECT  # sent, unanswered from 1.0
+    assert affinity.subject_for("ep", "dcx", 30.9) == SUBJECT
+    affinity.remember("ep", "dcx", REPLICA, 31.0)  # it answered: the clock starts again
+    assert affinity.subject_for("ep", "dcx", 40.0) == SUBJECT
+    assert affinity.subject_for("ep", "dcx", 69.9) == SUBJECT
+    assert affinity.subject_for("ep", "dcx", 70.0) is None  # 30 s of silence since 40.0
+    assert len(affinity) == 0
