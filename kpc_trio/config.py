@@ -547,7 +547,9 @@ class EspSettings:
                                       "for its reply; a later reply is dropped.")
     affinity_ttl: float = setting(600.0, Duration(),
                                   "How long an endpoint's ClientData keep going to the replica "
-                                  "subject an extension answered from (its replyTo); 0 = never.")
+                                  "subject an extension answered from (its replyTo); 0 = never. "
+                                  "A replica refused by NATS, or silent for response-timeout, "
+                                  "is left sooner.")
 
 
 @attrs.frozen
