@@ -371,15 +371,17 @@ class KpcService:
         for session in list(self.sessions):
             session.stop_reading()
         log.info("shutdown_phase", phase="stop_reading", connections=len(self.sessions))
-        awaited = self._awaiting_replies()
-        log.info("shutdown_phase", phase="await_replies", requests=awaited)
-        # Polled: an event per delivered reply would cost every reply, for a rare shutdown.
-        while self._awaiting_replies():  # noqa: ASYNC110
-            await trio.sleep(REPLY_POLL_INTERVAL)
-        sessions = list(self.sessions)
         rate = self.config.service.shutdown.disconnect_rate
+        log.info("shutdown_phase", phase="await_replies", requests=self._awaiting_replies())
+        # Replies are waited for as long as the paced disconnection still fits in the period.
+        with trio.move_on_at(self._grace_deadline - len(self.sessions) / rate
+                             - NATS_DRAIN_MINIMUM):
+            # Polled: an event per delivered reply would cost every reply, for a rare shutdown.
+            while self._awaiting_replies():  # noqa: ASYNC110
+                await trio.sleep(REPLY_POLL_INTERVAL)
+        sessions = list(self.sessions)
         log.info("shutdown_phase", phase="disconnect", connections=len(sessions),
-                 per_second=rate)
+                 per_second=rate, replies_abandoned=self._awaiting_replies())
         start = trio.current_time()
         for n, session in enumerate(sessions):
             await trio.sleep_until(start + n / rate)

@@ -209,3 +209,27 @@ def test_sigterm_delivers_late_replies_then_disconnects_at_the_rate(tmp_path, na
         "connectivity.disconnected") for endpoint in event.endpoints}, 10,
         "a DisconnectedEvent for every endpoint")
     assert kpc.named("shutdown_cut_short") == []
+
+
+def test_replies_that_never_come_still_leave_time_for_the_paced_disconnection(
+        tmp_path, nats, kaa):
+    kaa.set_extension_behaviour("dcx", ExtensionBehaviour(silent=True))
+    extra = ("service: {graceful-shutdown: 3s, shutdown: {unready-delay: 0s, "
+             "disconnect-rate: 2}}\nlogging: {format: json}\n")
+    config = make_config(tmp_path, nats.url, extra)
+    with running_kpc(config.source, tmp_path / "kpc.log", {"NATS_URLS": nats.url}) as kpc:
+        devices = connected_devices(kpc.ports["mqtt_tcp"], 2)
+        try:
+            devices[0].client.publish(f"kp1/{APP_VERSION}/dcx/{ENDPOINTS[0].token}/json/5",
+                                      b"{}", qos=1)
+            kaa.wait_received("dcx", 1, timeout=10)
+            kpc.send_signal(signal.SIGTERM)
+            exit_code = kpc.process.wait(10)
+        finally:
+            close_all(devices)
+    assert exit_code == 0, kpc.log_tail()
+    [disconnect] = [entry for entry in kpc.named("shutdown_phase")
+                    if entry["phase"] == "disconnect"]
+    assert (disconnect["connections"], disconnect["replies_abandoned"]) == (2, 1)
+    assert [entry["reason"] for entry in kpc.named("client_disconnected")] == ["shutdown"] * 2
+    assert kpc.named("shutdown_cut_short") == []
