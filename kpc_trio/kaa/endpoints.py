@@ -86,8 +86,8 @@ TRANSITIONS: Mapping[tuple[State, Cause], tuple[State, Publish]] = {
     (State.ATTACHED, Cause.CLIENT_GONE): (State.OFFLINE, Publish.DISCONNECTED),
     (State.ATTACHED, Cause.CLIENT_GONE_KEPT): (State.KEPT, Publish.NOTHING),
     (State.ATTACHED, Cause.REVOKED): (State.OFFLINE, Publish.DISCONNECTED),
-    **{(state, cause): (State.OFFLINE, Publish.NOTHING)
-       for state in _ONLINE for cause in (Cause.ROAMED,)},
+    # from either online state
+    **{(state, Cause.ROAMED): (State.OFFLINE, Publish.NOTHING) for state in _ONLINE},
     **{(state, cause): (State.OFFLINE, Publish.DISCONNECTED)
        for state in _ONLINE for cause in (Cause.IDLE, Cause.REMOVED, Cause.SHUTDOWN)},
 }
@@ -130,10 +130,6 @@ class Endpoints(Generic[H]):
     @property
     def online_count(self) -> int:
         return len(self._online)
-
-    @property
-    def idle_tracked_count(self) -> int:
-        return sum(len(bucket) for bucket in self._deadlines.values())
 
     def state_of(self, endpoint_id: str) -> State:
         entry = self._online.get(endpoint_id)
