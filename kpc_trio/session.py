@@ -336,9 +336,11 @@ class Session:
             self._reading_scope.cancel()  # a read under way is not waited for; handling is
 
     def close(self) -> None:
-        """Graceful shutdown, after `stop_reading`: close the connection now."""
-        if self._closing is not None:
-            self._closing.set()
+        """Graceful shutdown, after `stop_reading` (or instead of it, for a session that started
+        after it was sent to all): close the connection now."""
+        self.stop_reading()
+        assert self._closing is not None
+        self._closing.set()
 
     def awaiting_replies(self, now: float) -> int:
         """Requests relayed whose answer is still expected (not past the ESP response

@@ -161,6 +161,18 @@ async def test_stop_reading_then_close_ends_an_idle_session_as_a_shutdown(contex
     assert finished[session] == pytest.approx(6)
 
 
+async def test_close_alone_ends_a_session_that_missed_stop_reading(context, autojump_clock):
+    finished: dict[Session, float] = {}
+    async with trio.open_nursery() as nursery:
+        session, client = await start_session(nursery, context, finished)
+        await client.connect("dev-1", keepalive=0)
+        await trio.sleep(2)
+        session.close()
+        assert await client.next_packet() is None
+    assert session.close_reason == "shutdown"
+    assert finished[session] == pytest.approx(2)
+
+
 async def test_repeated_rejections_are_logged_once_and_all_counted(context, autojump_clock,
                                                                     caplog):
     caplog.set_level(logging.INFO)
