@@ -67,7 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="YAML configuration file (default: $APP_CONFIG_PATH, "
                         "then /srv/kpc/service-config.yml)")
     commands = parser.add_subparsers(dest="command")
-    commands.add_parser("run", help="run the service (the default)")
+    run = commands.add_parser("run", help="run the service (the default)")
+    run.add_argument("--workers", type=_positive, default=1,
+                     help="service processes sharing the ports (SO_REUSEPORT), each a replica "
+                          "(default 1: no supervisor process)")
+    # Set by the supervisor for its children: which worker this is (the listeners share ports).
+    run.add_argument("--worker-slot", type=int, help=argparse.SUPPRESS)
     commands.add_parser("check-config", help="print the effective configuration and exit")
     demo = commands.add_parser("demo", help="run KPC with embedded NATS and a simulated Kaa side")
     demo.add_argument("--push-interval", type=float, default=30.0,
@@ -75,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--tekton", action="store_true",
                       help="take the applications from a simulated Tekton and Keycloak")
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,8 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             trio.run(functools.partial(run_demo, config, args.push_interval,
                                        tekton=args.tekton))
+        elif getattr(args, "workers", 1) > 1 and args.worker_slot is None:
+            from kpc_trio.workers import run_workers
+
+            return trio.run(run_workers, config, _config_path(args, command), args.workers)
         else:
-            trio.run(run_service, config)
+            trio.run(run_service, config, getattr(args, "worker_slot", None) is not None)
     except KeyboardInterrupt:
         return 130
     except BaseException as exc:
@@ -134,12 +150,13 @@ def _freeze_startup_heap() -> None:
     gc.freeze()
 
 
-async def run_service(config: Config) -> None:
-    """Serve until SIGTERM/SIGINT; a second signal forces the exit."""
+async def run_service(config: Config, reuse_port: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT; a second signal forces the exit. `reuse_port`: one of
+    several workers sharing the listening ports."""
     from kpc_trio.reload import ConfigReloader
     from kpc_trio.service import KpcService
 
-    service = KpcService(config)
+    service = KpcService(config, reuse_port=reuse_port)
     license_info = check_license(config)
     if license_info is not None:
         service.metrics.track_license(license_info)

@@ -27,6 +27,7 @@ from kpc_trio.logs import get_logger, set_log_source
 from kpc_trio.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kpc_trio.metrics import Metrics
 from kpc_trio.net.forwarded import NO_PROXIES, TrustedProxies, forwarded_client
+from kpc_trio.net.listeners import open_tcp_listeners
 from kpc_trio.net.peer import format_address
 
 log = get_logger(__name__)
@@ -103,6 +104,7 @@ async def serve_http(
     limits: HttpLimits = HttpLimits(),
     handler_nursery: trio.Nursery | None = None,
     trusted_proxies: TrustedProxies = NO_PROXIES,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Serve `routes` (exact path -> GET/HEAD handler) on `host:port` until cancelled.
@@ -112,10 +114,10 @@ async def serve_http(
 
     Reports the bound port through `task_status` (useful with `port=0`). `host=None` binds all
     interfaces; with `port=0` pass a literal address, since each resolved address would get its
-    own ephemeral port. `X-Forwarded-For` / `Forwarded` name the client only when sent by
-    one of `trusted_proxies`.
+    own ephemeral port. `reuse_port` shares the port with other workers (SO_REUSEPORT).
+    `X-Forwarded-For` / `Forwarded` name the client only when sent by one of `trusted_proxies`.
     """
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    listeners = await open_tcp_listeners(port, host=host, reuse_port=reuse_port)
     bound_port: int = listeners[0].socket.getsockname()[1]
     log.info("http_listening", host=host or "*", port=bound_port, paths=",".join(routes))
     task_status.started(bound_port)

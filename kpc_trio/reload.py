@@ -39,7 +39,7 @@ LIVE_KEYS: Final = (
     f"{_MQTT}.max-outbox-bytes", f"{_MQTT}.max-connections",
     f"{_MQTT}.max-publish-rate", f"{_MQTT}.max-receive-rate",  # for the sessions that follow
     "kaa.kpc.auth.anonymous-allowed",
-    "service.graceful-shutdown", "service.config-watch-interval",
+    "service.graceful-shutdown", "service.config-watch-interval", "service.shutdown.",
 )
 _TLS_FILES: Final = ("cert-file", "key-file", "ca-file")
 

@@ -130,7 +130,7 @@ class NatsServerProcess:
             self._process = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_terminate_with_parent if in_main_thread else None,
+                preexec_fn=terminate_with_parent if in_main_thread else None,
             )
 
     def await_ready(self) -> None:
@@ -224,7 +224,7 @@ async def open_embedded_nats() -> AsyncIterator[str]:
             await trio.to_thread.run_sync(server.stop)
 
 
-def _terminate_with_parent() -> None:
+def terminate_with_parent() -> None:
     """In the child before exec: ask Linux to SIGTERM it when the parent dies."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)

@@ -8,6 +8,7 @@ finish.
 from __future__ import annotations
 
 import errno
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -105,6 +106,32 @@ def peer_address(stream: LeanSocketStream) -> str | None:
         return None
 
 
+async def open_tcp_listeners(port: int, *, host: str | None,
+                             reuse_port: bool = False) -> list[trio.SocketListener]:
+    """`trio.open_tcp_listeners`, or with `reuse_port` sockets bound with SO_REUSEPORT, so the
+    processes of `kpc-trio run --workers N` share each port (the kernel spreads connections)."""
+    if not reuse_port:
+        return await trio.open_tcp_listeners(port, host=host)
+    addresses = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                              flags=socket.AI_PASSIVE)
+    sockets = []
+    try:
+        for family, kind, proto, _, address in addresses:
+            sock = trio.socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:  # as trio: one socket per family, not dual-stack
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            await sock.bind(address)
+            sock.listen(socket.SOMAXCONN)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return [trio.SocketListener(sock) for sock in sockets]
+
+
 async def run_accept_loop(
     listener: trio.abc.Listener[StreamT],
     on_accept: Callable[[StreamT], Awaitable[None]],
@@ -144,16 +171,18 @@ async def serve_socket_listeners(
     host: str,
     port: int,
     handler_nursery: trio.Nursery,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[BoundAddress],
     admit: Callable[[], bool] | None = None,
 ) -> NoReturn:
-    """Bind `host:port` and run one accept loop per bound socket.
+    """Bind `host:port` (shared with other processes when `reuse_port`) and run one accept loop
+    per bound socket.
 
     Reports the first bound (host, port) through `task_status`; with port 0 and a `host` that
     resolves to several addresses each socket may get a different port, so give one address.
     """
     listeners = [LeanSocketListener(listener)
-                 for listener in await trio.open_tcp_listeners(port, host=host)]
+                 for listener in await open_tcp_listeners(port, host=host, reuse_port=reuse_port)]
     async with trio.open_nursery() as accept_nursery:
         for listener in listeners:
             bound_host, bound_port = listener.socket.getsockname()[:2]
@@ -179,6 +208,7 @@ async def serve_tcp(
     port: int,
     handler_nursery: trio.Nursery,
     edge: EdgeSettings = NO_POLICY,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Plain MQTT over TCP: each connection `edge` admits goes to `handler` as is, after its
@@ -214,6 +244,7 @@ async def serve_tcp(
         host=host,
         port=port,
         handler_nursery=handler_nursery,
+        reuse_port=reuse_port,
         task_status=task_status,
         admit=policy.admit_nowait if edge.max_connection_rate else None,
     )

@@ -72,6 +72,7 @@ async def serve_tls(
     on_handshake_failure: HandshakeFailureHook = _ignore_failure,
     on_failure: ConnectionFailureHook = ignore_connection_failure,
     edge: EdgeSettings = NO_POLICY,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """MQTT/TLS: handshake (with client certificate verification per `ssl_context`), then
@@ -131,6 +132,7 @@ async def serve_tls(
         host=host,
         port=port,
         handler_nursery=handler_nursery,
+        reuse_port=reuse_port,
         task_status=task_status,
         admit=functools.partial(policy.admit_nowait, handshake=True),
     )

@@ -310,6 +310,7 @@ async def serve_websocket(
     on_failure: ConnectionFailureHook = ignore_connection_failure,
     edge: EdgeSettings = NO_POLICY,
     handler_nursery: trio.Nursery,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """MQTT over WebSocket (plain ws://; wss is terminated at the ingress, spec 2.4).
@@ -341,6 +342,7 @@ async def serve_websocket(
         host=host,
         port=port,
         handler_nursery=handler_nursery,
+        reuse_port=reuse_port,
         task_status=task_status,
         admit=policy.admit_nowait if edge.max_connection_rate else None,
     )
