@@ -521,7 +521,8 @@ class MqttSettings:
                                     "dropped.")
     max_connection_rate: int = setting(0, Integer(0),
                                        "New connections accepted per second on each MQTT "
-                                       "listener (token bucket); the excess is closed at once. "
+                                       "listener (token bucket; of each worker with `run "
+                                       "--workers`); the excess is closed at once. "
                                        "0 = unlimited.")
     connection_rate_burst: int = setting(0, Integer(0),
                                          "Connections a listener accepts in a burst above the "
