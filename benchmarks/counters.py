@@ -2,8 +2,9 @@
 
 kpc_trio is counted where its work ends: `ClientData` arriving on NATS (a raw-protocol
 subscriber).
-The plain brokers are counted by an MQTT client subscribed to `#`; every relayed PUBLISH of a
-case has the same size, so that counter counts bytes and divides.
+The plain brokers are counted by an MQTT client subscribed to `kp1/#` (ingest-only cases
+publish elsewhere); every relayed PUBLISH of a case has the same size, so that counter counts
+bytes and divides.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from benchmarks.workload import connect_packet, subscribe_packet
 PUBLISH_INTERVAL = 0.02  # how often the child copies its count into shared memory
 READY_TIMEOUT = 15.0
 SUBACK_SIZE = 5
+COUNTED_TOPICS = "kp1/#"
 
 
 class CounterError(Exception):
@@ -39,6 +41,11 @@ class Counter:
     count_value: multiprocessing.sharedctypes.Synchronized[int]
     last_value: multiprocessing.sharedctypes.Synchronized[float]
     ready: multiprocessing.synchronize.Event
+
+    @property
+    def pid(self) -> int:
+        assert self.process.pid is not None
+        return self.process.pid
 
     @property
     def count(self) -> int:
@@ -143,7 +150,8 @@ class NatsFrameCounter:
             elif buffer.startswith(b"PONG", position):
                 self.ponged = True
             elif buffer.startswith(b"-ERR", position):
-                raise CounterError(f"NATS refused the counter: {bytes(buffer[position:line_end])!r}")
+                refusal = bytes(buffer[position:line_end])
+                raise CounterError(f"NATS refused the counter: {refusal!r}")
             position = line_end + 2  # INFO, +OK
         del buffer[:position]
         return self.messages
@@ -154,7 +162,7 @@ def _count_mqtt(port: int, message_size: int,
                 last: multiprocessing.sharedctypes.Synchronized[float],
                 ready: multiprocessing.synchronize.Event) -> None:
     sock = socket.create_connection((HOST, port))
-    sock.sendall(connect_packet("bench-counter") + subscribe_packet("#"))
+    sock.sendall(connect_packet("bench-counter") + subscribe_packet(COUNTED_TOPICS))
     handshake = b""
     while len(handshake) < CONNACK_SIZE + SUBACK_SIZE:
         handshake += sock.recv(RECEIVE_SIZE)

@@ -55,7 +55,9 @@ class CountingSubscriber:
         self._thread.join()
 
 
-async def publish_confirmed(gateway: NatsGateway, subject: str, total: int, publishers: int) -> None:
+async def publish_confirmed(
+    gateway: NatsGateway, subject: str, total: int, publishers: int
+) -> None:
     batch = [OutboundMessage(subject, PAYLOAD)] * CONFIRMED_BATCH
 
     async def publisher(batches: int) -> None:

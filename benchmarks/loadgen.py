@@ -11,6 +11,7 @@ import functools
 import multiprocessing.synchronize
 import selectors
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from multiprocessing.queues import Queue
@@ -25,6 +26,8 @@ from kpc_trio.mqtt.packets import ConnAck, PubAck, Publish, QoS, SubAck
 CONNACK_SIZE = 4
 PUBACK_SIZE = 4
 DISCONNECT = b"\xe0\x00"
+PINGREQ = b"\xc0\x00"
+PINGRESP_SIZE = 2
 QOS0_CHUNK = 256  # packets per write when streaming QoS 0
 MAX_PACKET = 1 << 20
 
@@ -40,6 +43,7 @@ class IngestSpec:
     qos: QoS
     messages: int  # per connection
     window: int  # in-flight QoS 1 messages per connection
+    unrouted: bool = False  # publish outside the counted topics (ingest-only cases)
 
 
 def _await_bytes(receive: Callable[[], bytes], count: int) -> bytes:
@@ -55,7 +59,8 @@ def _await_bytes(receive: Callable[[], bytes], count: int) -> bytes:
 def ingest(spec: IngestSpec, device: int, start: multiprocessing.synchronize.Barrier,
            finished: Queue[float]) -> None:
     """CONNECT, wait at the barrier, send `spec.messages` PUBLISHes as fast as allowed, and put
-    the time the last one was sent (QoS 0) or acknowledged (QoS 1)."""
+    the time the last one was sent (QoS 0), processed (QoS 0 unrouted: the server answers a
+    PINGREQ after them) or acknowledged (QoS 1)."""
     stream = open_stream(spec.transport, spec.port)
     stream.send(connect_packet(f"bench-ingest-{device}"))
     connack = _await_bytes(stream.receive, CONNACK_SIZE)
@@ -63,9 +68,12 @@ def ingest(spec: IngestSpec, device: int, start: multiprocessing.synchronize.Bar
         raise LoadError(f"CONNACK return code {connack[3]} for device {device}")
     start.wait()
     if spec.qos is QoS.AT_MOST_ONCE:
-        _stream_qos0(stream.send, device, spec.messages)
+        _stream_qos0(stream.send, device, spec.messages, spec.unrouted)
+        if spec.unrouted:
+            stream.send(PINGREQ)
+            _await_bytes(stream.receive, PINGRESP_SIZE)
     else:
-        _pipeline_qos1(stream, device, spec.messages, spec.window)
+        _pipeline_qos1(stream, device, spec.messages, spec.window, spec.unrouted)
     finished.put(time.monotonic())
     stream.send(DISCONNECT)
     while stream.receive():  # the server closes after DISCONNECT; wait so nothing is cut short
@@ -73,8 +81,9 @@ def ingest(spec: IngestSpec, device: int, start: multiprocessing.synchronize.Bar
     stream.close()
 
 
-def _stream_qos0(send: Callable[[bytes], None], device: int, messages: int) -> None:
-    chunk = PublishRing.for_device(device, QoS.AT_MOST_ONCE, 1).chunk(0, QOS0_CHUNK)
+def _stream_qos0(send: Callable[[bytes], None], device: int, messages: int,
+                 unrouted: bool) -> None:
+    chunk = PublishRing.for_device(device, QoS.AT_MOST_ONCE, 1, unrouted).chunk(0, QOS0_CHUNK)
     full, rest = divmod(messages, QOS0_CHUNK)
     for _ in range(full):
         send(chunk)
@@ -82,9 +91,10 @@ def _stream_qos0(send: Callable[[bytes], None], device: int, messages: int) -> N
         send(chunk[: rest * (len(chunk) // QOS0_CHUNK)])
 
 
-def _pipeline_qos1(stream: Stream, device: int, messages: int, window: int) -> None:
+def _pipeline_qos1(stream: Stream, device: int, messages: int, window: int,
+                   unrouted: bool) -> None:
     # A ring 4x the window: an id comes round again only long after its PUBACK.
-    ring = PublishRing.for_device(device, QoS.AT_LEAST_ONCE, 4 * window)
+    ring = PublishRing.for_device(device, QoS.AT_LEAST_ONCE, 4 * window, unrouted)
     sent = acked = in_flight = spare = 0
     while acked < messages:
         refill = min(window - in_flight, messages - sent)
@@ -199,13 +209,18 @@ def _read_until(sock: socket.socket, decoder: Decoder, packet_type: type) -> obj
 
 
 def hold_idle(port: int, first: int, count: int, batch: int, opened: Queue[int | str],
-              release: multiprocessing.synchronize.Event) -> None:
-    """Open `count` connections (CONNECT + CONNACK), report, and keep them until `release`."""
+              release: multiprocessing.synchronize.Event, tls: bool = False) -> None:
+    """Open `count` connections (CONNECT + CONNACK), report, and keep them until `release`.
+    With `tls`, each does a full TLS handshake first (no session resumption)."""
     socks: list[socket.socket] = []
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     try:
         for batch_start in range(0, count, batch):
             fresh = [socket.create_connection((HOST, port))
                      for _ in range(min(batch, count - batch_start))]
+            if tls:
+                fresh = [context.wrap_socket(sock) for sock in fresh]
             for offset, sock in enumerate(fresh):
                 sock.sendall(connect_packet(f"bench-idle-{first + batch_start + offset}"))
             for sock in fresh:

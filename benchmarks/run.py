@@ -1,11 +1,12 @@
 """Benchmark kpc_trio against mosquitto and amqtt on this machine, side by side.
 
-    python -m benchmarks.run [--quick] [--cases qos1,qos0,roundtrip,rss,tls_ws] [--repeat N]
-                             [--no-peers] [--amqtt PATH]
+    python -m benchmarks.run [--quick] [--cases qos1,qos0,...,tls_idle,tls_ws] [--repeat N]
+                             [--workers 1,2] [--no-peers] [--amqtt PATH]
 
-Starts nats-server, the simulated Kaa side, kpc_trio and the peers as child processes, runs every
-case --repeat times per server, prints medians, spread and ratios, and writes
-benchmarks/results/<timestamp>.json and .png.
+Starts nats-server, the simulated Kaa side, kpc_trio (once per --workers count) and the peers as
+child processes, runs every case --repeat times per server, prints medians, spread, ratios, CPU
+per message and what co-limited each case, and writes benchmarks/results/<timestamp>.json and
+.png.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ from pathlib import Path
 import trustme
 
 from benchmarks import report
-from benchmarks.cases import CASES, KPC, QUICK, Bench, CaseError, Sizes
+from benchmarks.cases import CASES, QUICK, Bench, CaseError, Sizes
 from benchmarks.counters import Counter, start_mqtt_counter, start_nats_counter
 from benchmarks.servers import (
     AMQTT_DEFAULT,
     KaaSideProcess,
     ServerProcess,
     amqtt_server,
+    is_kpc,
     kpc_server,
     mosquitto_server,
 )
@@ -47,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--cases", default=",".join(CASES),
                         help=f"comma-separated subset of {','.join(CASES)}")
     parser.add_argument("--repeat", type=int, default=3, help="runs per case and server")
+    parser.add_argument("--workers", default="1,2",
+                        help="kpc_trio's --workers counts to run side by side (default 1,2)")
     parser.add_argument("--no-peers", action="store_true", help="benchmark kpc_trio only")
     parser.add_argument("--amqtt", type=Path, default=AMQTT_DEFAULT,
                         help="the amqtt executable (in its own venv)")
@@ -59,8 +63,8 @@ def _raise_file_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _start_everything(stack: contextlib.ExitStack, workdir: Path, no_peers: bool,
-                      amqtt: Path) -> tuple[list[ServerProcess], dict[str, Counter], str]:
+def _start_everything(stack: contextlib.ExitStack, workdir: Path, args: argparse.Namespace,
+                      ) -> tuple[list[ServerProcess], Bench, str]:
     """NATS, the token provider, the servers and their counters; `stack` stops them all."""
     nats = NatsServerProcess()
     nats.start()
@@ -73,9 +77,12 @@ def _start_everything(stack: contextlib.ExitStack, workdir: Path, no_peers: bool
     token_provider = KaaSideProcess(nats.url, ["--token-provider"])
     token_provider.start()
     stack.callback(token_provider.stop)
-    candidates: list[ServerProcess | str] = [kpc_server(workdir, nats.url, cert_file, key_file)]
-    if not no_peers:
-        candidates += [mosquitto_server(workdir), amqtt_server(workdir, amqtt)]
+    candidates: list[ServerProcess | str] = [
+        kpc_server(workdir, nats.url, cert_file, key_file, workers)
+        for workers in sorted({int(count) for count in args.workers.split(",")})]
+    if not args.no_peers:
+        candidates += [mosquitto_server(workdir, cert_file, key_file),
+                       amqtt_server(workdir, args.amqtt)]
     servers: list[ServerProcess] = []
     for candidate in candidates:
         if isinstance(candidate, str):
@@ -85,12 +92,19 @@ def _start_everything(stack: contextlib.ExitStack, workdir: Path, no_peers: bool
         stack.callback(candidate.stop)
         servers.append(candidate)
     counters: dict[str, Counter] = {}
+    nats_counter: Counter | None = None  # one for every kpc_trio: they publish the same subject
     for server in servers:
-        counters[server.name] = (
-            start_nats_counter(nats.url, subjects.client_data(EXTENSION)) if server.name == KPC
-            else start_mqtt_counter(server.port, wire_size_qos0(0)))
-        stack.callback(counters[server.name].close)
-    return servers, counters, nats.url
+        if is_kpc(server.name):
+            if nats_counter is None:
+                nats_counter = start_nats_counter(nats.url, subjects.client_data(EXTENSION))
+                stack.callback(nats_counter.close)
+            counters[server.name] = nats_counter
+        else:
+            counters[server.name] = start_mqtt_counter(server.port, wire_size_qos0(0))
+            stack.callback(counters[server.name].close)
+    helpers = {"nats": [nats.pid], "kaa": [token_provider.pid]}
+    return servers, Bench(sizes=QUICK if args.quick else Sizes(), counters=counters,
+                          helper_pids=helpers), nats.url
 
 
 def _measure(bench: Bench, name: str, server: ServerProcess, nats_url: str, repeat: int,
@@ -99,8 +113,9 @@ def _measure(bench: Bench, name: str, server: ServerProcess, nats_url: str, repe
     """Run one case `repeat` times on one server, adding figures or the failure."""
     info = CASES[name]
     echo = KaaSideProcess(nats_url, ["--echo", EXTENSION])
-    if info.needs_echo and server.name == KPC:
+    if info.needs_echo and is_kpc(server.name):
         echo.start()
+        bench.helper_pids["kaa"].append(echo.pid)
     try:
         for attempt in range(repeat):
             print(f"{name} on {server.name} ({attempt + 1}/{repeat})", file=sys.stderr,
@@ -114,6 +129,7 @@ def _measure(bench: Bench, name: str, server: ServerProcess, nats_url: str, repe
         print(f"FAILED: {exc}", file=sys.stderr, flush=True)
     finally:
         echo.stop()
+        bench.helper_pids["kaa"][1:] = []
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -123,23 +139,23 @@ def run(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"unknown case(s) {unknown}; choose from {','.join(CASES)}", file=sys.stderr)
         return 2
-    sizes = QUICK if args.quick else Sizes()
     _raise_file_limit()
     measurements: dict[tuple[str, str, str], report.Measurement] = {}
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="kpc-bench-") as tmp, contextlib.ExitStack() as stack:
-        servers, counters, url = _start_everything(stack, Path(tmp), args.no_peers, args.amqtt)
-        bench = Bench(sizes, counters)
+        servers, bench, url = _start_everything(stack, Path(tmp), args)
         for name in selected:
             for server in servers:
-                if server.name == KPC or CASES[name].peers:
+                if CASES[name].kpc if is_kpc(server.name) else CASES[name].peers:
                     _measure(bench, name, server, url, args.repeat, measurements, failures)
     collected = list(measurements.values())
     print(report.table(collected))
+    print(report.cpu_summary(collected))
+    print(report.limits(collected))
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     report.write_json(RESULTS / f"{stamp}.json", collected, {
-        "quick": args.quick, "repeat": args.repeat, "cases": selected,
+        "quick": args.quick, "repeat": args.repeat, "cases": selected, "workers": args.workers,
         "machine": platform.platform(), "failures": failures,
     })
     problem = report.write_chart(RESULTS / f"{stamp}.png", collected)

@@ -20,6 +20,7 @@ from benchmarks.kaa_side import READY_LINE
 from benchmarks.transports import HOST, WEBSOCKET_PATH
 from benchmarks.workload import APP, APP_VERSION, EXTENSION
 
+KPC = "kpc_trio"
 START_TIMEOUT = 30.0
 STOP_GRACE = 10.0
 AMQTT_DEFAULT = Path(__file__).parent / ".venv-amqtt" / "bin" / "amqtt"
@@ -27,6 +28,11 @@ AMQTT_DEFAULT = Path(__file__).parent / ".venv-amqtt" / "bin" / "amqtt"
 
 class ServerStartError(Exception):
     """A server under test exited or did not listen in time; its log tail is in the message."""
+
+
+def is_kpc(server_name: str) -> bool:
+    """kpc_trio with one worker (`kpc_trio`) or several (`kpc_trio-2w`)."""
+    return server_name == KPC or server_name.startswith(f"{KPC}-")
 
 
 def free_port() -> int:
@@ -94,9 +100,12 @@ class ServerProcess:
         return " | ".join(self.log_path.read_text(errors="replace").splitlines()[-5:])
 
 
-def kpc_server(workdir: Path, nats_url: str, cert_file: Path, key_file: Path) -> ServerProcess:
+def kpc_server(workdir: Path, nats_url: str, cert_file: Path, key_file: Path,
+               workers: int = 1) -> ServerProcess:
+    """kpc_trio, named `kpc_trio` with one worker and `kpc_trio-<N>w` with N."""
+    name = KPC if workers == 1 else f"{KPC}-{workers}w"
     ports = {name: free_port() for name in ("tcp", "tls", "ws", "management", "rest")}
-    config = workdir / "kpc-config.yml"
+    config = workdir / f"{name}-config.yml"
     config.write_text(f"""
 server: {{port: {ports["rest"]}}}
 management: {{port: {ports["management"]}}}
@@ -118,8 +127,9 @@ kaa:
     {EXTENSION}: {{endpoint-aware: true}}
 """)
     return ServerProcess(
-        name="kpc_trio", argv=[_kpc_trio_command(), "--config", str(config), "run"],
-        port=ports["tcp"], log_path=workdir / "kpc.log", env={"NATS_URLS": nats_url},
+        name=name,
+        argv=[_kpc_trio_command(), "--config", str(config), "run", "--workers", str(workers)],
+        port=ports["tcp"], log_path=workdir / f"{name}.log", env={"NATS_URLS": nats_url},
         extra_ports={"tls": ports["tls"], "ws": ports["ws"]},
     )
 
@@ -130,20 +140,25 @@ def _kpc_trio_command() -> str:
     return str(beside) if beside.exists() else "kpc-trio"
 
 
-def mosquitto_server(workdir: Path) -> ServerProcess | str:
-    """mosquitto, or why it is skipped."""
+def mosquitto_server(workdir: Path, cert_file: Path, key_file: Path) -> ServerProcess | str:
+    """mosquitto (plain and TLS listeners), or why it is skipped."""
     binary = shutil.which("mosquitto") or (
         "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
     if binary is None:
         return "mosquitto not installed (apt-get install -y mosquitto)"
-    port = free_port()
+    # mosquitto started as root runs as user mosquitto: it must reach the run's key files.
+    workdir.chmod(0o711)
+    for path in (cert_file, key_file):
+        path.chmod(0o644)
+    port, tls_port = free_port(), free_port()
     config = workdir / "mosquitto.conf"
     # No persistence, no queue limit that would drop the counter's QoS 0 stream, and Nagle off
     # like the other servers (mosquitto keeps it on by default: 40 ms stalls in the round trip).
     config.write_text(f"listener {port} {HOST}\nallow_anonymous true\npersistence false\n"
-                      "max_queued_messages 0\nset_tcp_nodelay true\nlog_type error\n")
+                      "max_queued_messages 0\nset_tcp_nodelay true\nlog_type error\n"
+                      f"listener {tls_port} {HOST}\ncertfile {cert_file}\nkeyfile {key_file}\n")
     return ServerProcess(name="mosquitto", argv=[binary, "-c", str(config)], port=port,
-                         log_path=workdir / "mosquitto.log")
+                         log_path=workdir / "mosquitto.log", extra_ports={"tls": tls_port})
 
 
 def amqtt_server(workdir: Path, binary: Path) -> ServerProcess | str:
@@ -174,6 +189,11 @@ class KaaSideProcess:
     nats_url: str
     options: list[str]
     _process: subprocess.Popen[str] | None = attrs.field(default=None, init=False)
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "start() first"
+        return self._process.pid
 
     def start(self) -> None:
         self._process = subprocess.Popen(

@@ -29,6 +29,11 @@ def data_topic(device: int) -> str:
     return f"kp1/{APP_VERSION}/{EXTENSION}/{ENDPOINTS[device].token}/json"
 
 
+def unrouted_topic(device: int) -> str:
+    """Outside `kp1/#`, which the peers' counter subscribes to: for ingest-only cases."""
+    return f"ingest/{ENDPOINTS[device].token}/json"
+
+
 def connect_packet(client_id: str) -> bytes:
     return encode(Connect(protocol_name="MQTT", protocol_level=4, client_id=client_id,
                           clean_session=True, keepalive=0))
@@ -45,8 +50,8 @@ class PublishRing:
     packets: tuple[bytes, ...]
 
     @classmethod
-    def for_device(cls, device: int, qos: QoS, size: int) -> PublishRing:
-        topic = data_topic(device)
+    def for_device(cls, device: int, qos: QoS, size: int, unrouted: bool = False) -> PublishRing:
+        topic = unrouted_topic(device) if unrouted else data_topic(device)
         if qos is QoS.AT_MOST_ONCE:
             return cls((encode(Publish(topic, PAYLOAD)),) * size)
         return cls(tuple(encode(Publish(topic, PAYLOAD, qos=qos, packet_id=packet_id))
@@ -59,5 +64,5 @@ class PublishRing:
 
 
 def wire_size_qos0(device: int) -> int:
-    """Bytes of one relayed QoS 0 PUBLISH as a `#` subscriber receives it."""
+    """Bytes of one relayed QoS 0 PUBLISH as the `kp1/#` counter receives it."""
     return len(encode(Publish(data_topic(device), PAYLOAD)))

@@ -8,6 +8,7 @@ are cached: positive ones for `ttl`, negative ones for `negative_ttl`.
 
 from __future__ import annotations
 
+import math
 import time
 
 import attrs
@@ -16,7 +17,7 @@ import trio
 from kpc_trio.kaa import records, subjects
 from kpc_trio.logs import get_logger
 from kpc_trio.metrics import Metrics
-from kpc_trio.nats.gateway import NatsGateway
+from kpc_trio.nats.gateway import NatsPort
 from kpc_trio.nats.requests import (
     CorrelatedRequests,
     ProviderTimeoutError,
@@ -51,6 +52,17 @@ class TokenValidationError(Exception):
 Validation = EndpointIdentity | TokenRejected
 CacheKey = tuple[str, str]  # (application name, token)
 
+#: Bytes of one cache entry besides the token's characters: dict and queue slots, the entry,
+#: the key tuple, the validation and its endpoint and token ids (typical ids, rounded up).
+CACHE_ENTRY_OVERHEAD_BYTES = 600
+#: How often expired validations are reclaimed when no new validation does it.
+CACHE_RECLAIM_INTERVAL = 5.0
+
+
+def _cache_entry_size(key: CacheKey, value: Validation) -> int:
+    return len(key[1]) + CACHE_ENTRY_OVERHEAD_BYTES
+
+
 UNAVAILABLE = TokenRejected(503, "Endpoint token provider unavailable")
 TIMED_OUT = TokenRejected(504, "Endpoint token validation timed out")
 
@@ -64,7 +76,7 @@ class _Pending:
 class EndpointTokenResolver:
     def __init__(
         self,
-        gateway: NatsGateway,
+        gateway: NatsPort,
         *,
         provider: str,
         replica_id: str,
@@ -73,6 +85,7 @@ class EndpointTokenResolver:
         negative_ttl: float,
         max_entries: int,
         metrics: Metrics,
+        max_bytes: int | None = None,
     ) -> None:
         self._gateway = gateway
         self._request_subject = subjects.token_request(provider)
@@ -85,7 +98,8 @@ class EndpointTokenResolver:
         )
         self._ttl = ttl
         self._negative_ttl = negative_ttl
-        self._cache: TtlCache[CacheKey, Validation] = TtlCache(max_entries)
+        self._cache: TtlCache[CacheKey, Validation] = TtlCache(
+            max_entries, max_bytes, _cache_entry_size)
         self._inflight: dict[CacheKey, _Pending] = {}
         self._metrics = metrics
         self._nursery: trio.Nursery | None = None
@@ -100,7 +114,17 @@ class EndpointTokenResolver:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._requests.run_responses, responses)
+            nursery.start_soon(self._reclaim_expired)
             task_status.started()
+
+    async def _reclaim_expired(self) -> None:
+        """A burst of distinct tokens (rejected ones, say) must not stay after its TTL."""
+        # A short negative TTL (tests, strict setups) is followed closely.
+        interval = min(CACHE_RECLAIM_INTERVAL, self._negative_ttl or math.inf,
+                       self._ttl or math.inf)
+        while True:
+            await trio.sleep(interval)
+            self._cache.reclaim(trio.current_time())
 
     def identify_cached(self, app_name: str, token: str,
                         now: float | None = None) -> EndpointIdentity | None:
@@ -123,6 +147,10 @@ class EndpointTokenResolver:
         if isinstance(result, TokenRejected):
             raise TokenValidationError(result.status_code, result.reason_phrase)
         return result
+
+    @property
+    def cache_bytes(self) -> int:
+        return self._cache.size_bytes
 
     def record_cache_hits(self, count: int) -> None:
         self._metrics.token_cache_hits.inc(count)
@@ -186,3 +214,7 @@ class EndpointTokenResolver:
             and isinstance(value, EndpointIdentity)
             and value.token_id in token_ids
         ))
+
+    def forget_application(self, app_name: str) -> int:
+        """Evict every cached validation of `app_name` (it left the configuration)."""
+        return len(self._cache.evict_where(lambda key, value: key[0] == app_name))

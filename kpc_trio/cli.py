@@ -7,6 +7,7 @@ message naming the key or file and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import importlib.resources
 import os
@@ -17,7 +18,13 @@ from collections.abc import Sequence
 import trio
 
 from kpc_trio import __version__
-from kpc_trio.config import Config, ConfigError, load_config, render_effective_config
+from kpc_trio.config import (
+    DEFAULTS_SOURCE,
+    Config,
+    ConfigError,
+    load_config,
+    render_effective_config,
+)
 from kpc_trio.license import (
     DEFAULT_PATH,
     PASSWORD_ENV,
@@ -60,12 +67,26 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="YAML configuration file (default: $APP_CONFIG_PATH, "
                         "then /srv/kpc/service-config.yml)")
     commands = parser.add_subparsers(dest="command")
-    commands.add_parser("run", help="run the service (the default)")
+    run = commands.add_parser("run", help="run the service (the default)")
+    run.add_argument("--workers", type=_positive, default=1,
+                     help="service processes sharing the ports (SO_REUSEPORT), each a replica "
+                          "(default 1: no supervisor process)")
+    # Set by the supervisor for its children: which worker this is (the listeners share ports).
+    run.add_argument("--worker-slot", type=int, help=argparse.SUPPRESS)
     commands.add_parser("check-config", help="print the effective configuration and exit")
     demo = commands.add_parser("demo", help="run KPC with embedded NATS and a simulated Kaa side")
     demo.add_argument("--push-interval", type=float, default=30.0,
                       help="seconds between demo command pushes to connected endpoints")
+    demo.add_argument("--tekton", action="store_true",
+                      help="take the applications from a simulated Tekton and Keycloak")
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,13 +97,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "check-config":
             sys.stdout.write(render_effective_config(config))
             return 0
-        configure_logging(config.logging.level, config.logging.format)
+        configure_logging(config.logging.level, config.logging.format,
+                          config.logging.max_value_length)
         if command == "demo":
             from kpc_trio.demo import run_demo  # the simulator is only imported when asked for
 
-            trio.run(run_demo, config, args.push_interval)
+            trio.run(functools.partial(run_demo, config, args.push_interval,
+                                       tekton=args.tekton))
+        elif getattr(args, "workers", 1) > 1 and args.worker_slot is None:
+            from kpc_trio.workers import run_workers
+
+            return trio.run(run_workers, config, _config_path(args, command), args.workers)
         else:
-            trio.run(run_service, config)
+            trio.run(run_service, config, getattr(args, "worker_slot", None) is not None)
     except KeyboardInterrupt:
         return 130
     except BaseException as exc:
@@ -123,11 +150,13 @@ def _freeze_startup_heap() -> None:
     gc.freeze()
 
 
-async def run_service(config: Config) -> None:
-    """Serve until SIGTERM/SIGINT; a second signal forces the exit."""
+async def run_service(config: Config, reuse_port: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT; a second signal forces the exit. `reuse_port`: one of
+    several workers sharing the listening ports."""
+    from kpc_trio.reload import ConfigReloader
     from kpc_trio.service import KpcService
 
-    service = KpcService(config)
+    service = KpcService(config, reuse_port=reuse_port)
     license_info = check_license(config)
     if license_info is not None:
         service.metrics.track_license(license_info)
@@ -136,7 +165,18 @@ async def run_service(config: Config) -> None:
 
             async def serve_then_stop_watching() -> None:
                 async with trio.open_nursery() as serving:
-                    await serving.start(service.serve)
+
+                    async def serve(task_status: trio.TaskStatus[object]) -> None:
+                        await service.serve(task_status=task_status)
+                        serving.cancel_scope.cancel()  # the reloader ends with the service
+
+                    if config.source != DEFAULTS_SOURCE:
+                        # SIGHUP and file changes reload; from the start, since a SIGHUP that
+                        # arrives while Tekton is first loaded must not end the process.
+                        await serving.start(ConfigReloader(
+                            service, config.source, service.metrics,
+                            tls_context=service.tls_context).serve)
+                    await serving.start(serve)
                     _freeze_startup_heap()
                 nursery.cancel_scope.cancel()
 

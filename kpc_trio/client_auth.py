@@ -138,7 +138,7 @@ class _Cap:
             response_type=records.ClientCertificateAuthenticationResponse, timeout=timeout,
             correlation_prefix=f"{replica_id}-cap-cert",
         )
-        self.replies = (self._basic, self._certificate)
+        self.replies: tuple[CorrelatedRequests[Any], ...] = (self._basic, self._certificate)
 
     async def check_password(self, username: str, password: str | None) -> _ProviderAnswer:
         who = split_tenant_username(username)
@@ -184,7 +184,7 @@ class _Ecap:
             response_type=records.ClientCertificateValidationResponse, timeout=timeout,
             correlation_prefix=f"{replica_id}-ecap-cert",
         )
-        self.replies = (self._password, self._certificate)
+        self.replies: tuple[CorrelatedRequests[Any], ...] = (self._password, self._certificate)
 
     async def check_password(self, username: str, password: str | None) -> _ProviderAnswer:
         request = records.ClientUsernamePasswordValidationRequest(
@@ -242,7 +242,7 @@ class NatsClientAuthenticator:
             gateway, provider, replica_id, request_timeout
         )
         self._protocol_name = protocol
-        self._anonymous_allowed = anonymous_allowed
+        self.anonymous_allowed = anonymous_allowed  # a configuration reload may change it
 
     @classmethod
     def from_config(
@@ -289,7 +289,7 @@ class NatsClientAuthenticator:
         return AuthOutcome(code, answer.tenant_id, answer.credentials_id, answer.client_id, kind)
 
     def _without_credentials(self, connect: Connect) -> AuthOutcome:
-        if self._anonymous_allowed:
+        if self.anonymous_allowed:
             return ANONYMOUS
         log.info("client_auth_refused", client_id=connect.client_id, kind="anonymous",
                  reason="no credentials and anonymous clients are not allowed")

@@ -14,6 +14,7 @@ one-line help text that `config_reference()` renders into docs/configuration.md.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import math
 import os
 import re
@@ -25,8 +26,8 @@ from typing import Any, Protocol
 import attrs
 import yaml
 
+from kpc_trio.kaa.endpoints import DisconnectPolicy
 from kpc_trio.nats.protocol import NatsUrlError, parse_url
-from kpc_trio.presence import DisconnectPolicy
 
 DEFAULT_CONFIG_PATH = "/srv/kpc/service-config.yml"
 CONFIG_PATH_ENV = "APP_CONFIG_PATH"
@@ -54,7 +55,9 @@ class InvalidValue(Exception):
 
 
 class ValueType(Protocol):
-    label: str  # short type name for the reference table
+    @property
+    def label(self) -> str:
+        """Short type name for the reference table."""
 
     def parse(self, raw: object) -> Any: ...
 
@@ -174,6 +177,11 @@ class Text:
 # Instance names and replica ids become NATS subject tokens (3/ISM), so they cannot hold separators.
 SUBJECT_TOKEN = Text(r"[^\s.*>]+", "a non-empty NATS subject token (no spaces, '.', '*' or '>')",
                      label="NATS subject token")
+# Application, application-version and extension-instance names: versions and instances are
+# MQTT topic levels of 1/KP, instances also NATS subject tokens (3/ISM); one rule for all three.
+ENTRY_NAME = Text(r"[^\s.*>/+#]+",
+                  "a non-empty name without spaces, '.', '*', '>', '/', '+' or '#' (it goes into "
+                  "NATS subjects and MQTT topics)", label="name")
 URL_PATH = Text(r"/\S*", "a URL path starting with '/'", label="URL path")
 
 
@@ -237,11 +245,17 @@ class NatsUrls(Text):
 
 @attrs.frozen
 class TextList:
+    item: Text = Text()
     label: str = "list of strings"
 
     def parse(self, raw: object) -> tuple[str, ...]:
         if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
             raise InvalidValue
+        for item in raw:
+            try:
+                self.item.parse(item)
+            except InvalidValue:
+                raise InvalidValue(f"{item!r} is not {self.item.expected()}") from None
         return tuple(raw)
 
     def expected(self) -> str:
@@ -249,6 +263,40 @@ class TextList:
 
     def show(self, value: Any) -> str:
         return "[" + ", ".join(value) + "]"
+
+
+@attrs.frozen
+class CidrList:
+    """IP networks (`10.0.0.0/8`, `fd00::/8`, or a single address): a YAML list, or a
+    comma-separated string (the form an environment variable takes)."""
+
+    label: str = "list of CIDR networks"
+
+    def parse(self, raw: object) -> tuple[str, ...]:
+        if isinstance(raw, str):
+            raw = [item.strip() for item in raw.split(",") if item.strip()]
+        if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
+            raise InvalidValue
+        networks = []
+        for item in raw:
+            try:
+                networks.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+            except ValueError:
+                raise InvalidValue(f"expected {self.expected()}; {item!r} is not one") from None
+        return tuple(networks)
+
+    def expected(self) -> str:
+        return "a list of CIDR networks such as 10.0.0.0/8 (or a comma-separated string)"
+
+    def show(self, value: Any) -> str:
+        return "[" + ", ".join(value) + "]"
+
+
+PROXY_PROTOCOL = Choice(("off", "optional", "required"))
+_PROXY_PROTOCOL_HELP = ("PROXY protocol v1/v2 header before {what}: `off`, `optional` (used when "
+                        "present), `required` (connections without one are closed); honoured only "
+                        "from `kaa.kpc.transports.trusted-proxies`.")
+_BIND_HELP = "Address the {what} binds to; empty = every interface (IPv4 and IPv6)."
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,26 +377,68 @@ class InstanceSettings:
 
 
 @attrs.frozen
+class ShutdownSettings:
+    unready_delay: float = setting(
+        5.0, Duration(), "On SIGTERM, how long /ready answers 503 before the listeners close "
+        "(the load balancer stops sending new devices meanwhile).")
+    disconnect_rate: int = setting(
+        500, Integer(1), "Connections closed per second at most at the end of a graceful "
+        "shutdown (their devices reconnect to other replicas evenly).")
+
+
+@attrs.frozen
 class ServiceSettings:
     instance: InstanceSettings = section(InstanceSettings)
     graceful_shutdown: float = setting(30.0, Duration(),
-                                       "Time given to open sessions to finish on SIGTERM.")
+                                       "Time given to a shutdown on SIGTERM: unready delay, "
+                                       "replies still due, paced disconnection, NATS drain.")
+    shutdown: ShutdownSettings = section(ShutdownSettings)
+    config_watch_interval: float = setting(
+        5.0, Duration(), "How often the configuration file (APP_CONFIG_PATH) is checked for a "
+        "change to reload (its content, inode and mtime; 0 = on SIGHUP only).")
 
 
 @attrs.frozen
 class ServerSettings:
+    host: str = setting("", Text(), _BIND_HELP.format(what="REST API"))
     port: int = setting(8008, PORT, "Port of the REST API (server certificate download).")
 
 
 @attrs.frozen
 class ManagementSettings:
+    host: str = setting("", Text(), _BIND_HELP.format(what="management port"))
     port: int = setting(8080, PORT, "Port of /metrics, /health and /ready.")
+
+
+@attrs.frozen
+class NatsTlsSettings:
+    ca_file: str = setting("", Text(), "Trust store (PEM) the NATS servers' certificates are "
+                                       "verified against; empty = the system's.")
+    cert_file: str = setting("", Text(), "Client certificate chain (PEM) KPC presents to NATS "
+                                         "servers that ask for one.")
+    key_file: str = setting("", Text(), "Private key (PEM) of `nats.tls.cert-file`.")
+    handshake_first: bool = setting(False, Boolean(),
+                                    "TLS before the server's INFO (nats-server "
+                                    "`handshake_first`); implies TLS to every server.")
 
 
 @attrs.frozen
 class NatsSettings:
     urls: str = setting("", NatsUrls(), "Comma-separated NATS URLs, `nats://` or `tls://` (may "
-                                        "carry credentials); empty starts an embedded nats-server.")
+                                        "carry credentials); one cluster member, a Service name "
+                                        "or every member (the rest is discovered); empty starts "
+                                        "an embedded nats-server.")
+    randomize_servers: bool = setting(True, Boolean(),
+                                      "Shuffle the servers (configured and discovered) before "
+                                      "trying them; false keeps the configured order.")
+    reconnect_wait: float = setting(2.0, Duration(positive=True),
+                                    "Least time between two attempts on the same server; "
+                                    "doubles per failure, up to 8 times, plus jitter.")
+    creds_file: str = setting("", Text(), "JWT credentials file (`.creds`: user JWT and nkey "
+                                          "seed) for NATS in operator mode.")
+    nkey_seed_file: str = setting("", Text(), "File holding a user nkey seed (`SU...`) for "
+                                              "NATS nkey authentication.")
+    tls: NatsTlsSettings = section(NatsTlsSettings)
 
 
 @attrs.frozen
@@ -356,6 +446,13 @@ class LoggingSettings:
     level: str = setting("INFO", Choice(("DEBUG", "INFO", "WARNING", "ERROR")), "Log level.")
     format: str = setting("kv", Choice(("kv", "json")),
                           "Log line format: key=value pairs or one JSON object per line.")
+    max_value_length: int = setting(
+        256, Integer(16, 65536), "Characters of one field value in a log line; longer values "
+        "(a client id, topic, token chosen by a client) are cut and marked with the full length.")
+    repeat_interval: float = setting(
+        10.0, Duration(positive=True), "Events a client can repeat at will (rejected requests, "
+        "unidentified subscriptions, refused publishes) are logged once per connection and "
+        "interval; the repeats are summarised with a count at the end of it.")
 
 
 @attrs.frozen
@@ -369,6 +466,8 @@ class TcpListenerSettings:
     enabled: bool = setting(True, Boolean(), "Serve plain MQTT over TCP.")
     host: str = setting("0.0.0.0", Text(), "Address the plain MQTT listener binds to.")
     port: int = setting(1883, PORT, "Port of the plain MQTT listener.")
+    proxy_protocol: str = setting("off", PROXY_PROTOCOL,
+                                  _PROXY_PROTOCOL_HELP.format(what="MQTT"))
 
 
 @attrs.frozen
@@ -384,7 +483,13 @@ class TlsListenerSettings:
                                "Client certificate mode; `request` lets tenants enforce mutual "
                                "TLS per tenant.")
     handshake_timeout: float = setting(10.0, Duration(positive=True),
-                                       "Time a client has to complete the TLS handshake.")
+                                       "Time a client has to complete the TLS handshake "
+                                       "(and to send its PROXY protocol header).")
+    max_concurrent_handshakes: int = setting(
+        0, Integer(0), "TLS handshakes running at once; connections beyond are closed before "
+                       "any TLS work. 0 = unlimited.")
+    proxy_protocol: str = setting("off", PROXY_PROTOCOL,
+                                  _PROXY_PROTOCOL_HELP.format(what="TLS"))
 
 
 @attrs.frozen
@@ -393,6 +498,9 @@ class WebSocketListenerSettings:
     host: str = setting("0.0.0.0", Text(), "Address the MQTT/WebSocket listener binds to.")
     port: int = setting(8081, PORT, "Port of the MQTT/WebSocket listener.")
     path: str = setting("/ws", URL_PATH, "HTTP path of the WebSocket endpoint.")
+    max_message_fragments: int = setting(
+        1024, Integer(1), "Frames one WebSocket message may span; more close the connection "
+        "with 1009 (each frame costs a parse, whatever its size).")
 
 
 @attrs.frozen
@@ -405,10 +513,35 @@ class MqttSettings:
                                      "Time a new connection has to send CONNECT.")
     max_connections: int = setting(0, Integer(0), "Open MQTT connections allowed; 0 = unlimited.")
     max_inflight: int = setting(100, Integer(1),
-                                "Unacknowledged inbound QoS 1/2 messages allowed per connection.")
+                                "Unacknowledged inbound QoS 1/2 messages allowed per connection; "
+                                "also QoS 2 messages awaiting PUBREL (one more closes the "
+                                "connection).")
     max_outbox_bytes: int = setting(1048576, Integer(1),
                                     "Queued outbound bytes per connection before a slow client is "
                                     "dropped.")
+    max_connection_rate: int = setting(0, Integer(0),
+                                       "New connections accepted per second on each MQTT "
+                                       "listener (token bucket; of each worker with `run "
+                                       "--workers`); the excess is closed at once. "
+                                       "0 = unlimited.")
+    connection_rate_burst: int = setting(0, Integer(0),
+                                         "Connections a listener accepts in a burst above the "
+                                         "rate; 0 = one second's worth of max-connection-rate.")
+    max_publish_rate: int = setting(0, Integer(0),
+                                    "PUBLISH packets per second read from one connection; a "
+                                    "faster client is not read from until back under it (TCP "
+                                    "backpressure). 0 = unlimited.")
+    max_receive_rate: int = setting(0, Integer(0),
+                                    "Bytes per second read from one connection, likewise slowed "
+                                    "down, not dropped. 0 = unlimited.")
+    max_subscriptions: int = setting(100, Integer(1),
+                                     "Topic filters one connection may hold (and at most "
+                                     "max-packet-size bytes of them); further ones get SUBACK "
+                                     "0x80, a SUBSCRIBE with more closes the connection.")
+    # MQTT 3.1.1 [MQTT-3.1.3-5]: a server must accept client ids of up to 23 bytes.
+    max_client_id_length: int = setting(256, Integer(23),
+                                        "Longest client identifier accepted, in UTF-8 bytes; "
+                                        "longer ones get CONNACK 2 (identifier rejected).")
     tcp: TcpListenerSettings = section(TcpListenerSettings)
     tls: TlsListenerSettings = section(TlsListenerSettings)
     websocket: WebSocketListenerSettings = section(WebSocketListenerSettings)
@@ -422,10 +555,17 @@ class HttpTransportSettings:
     request_timeout: float = setting(30.0, Duration(positive=True),
                                      "Time to wait for the extension's answer before replying 504.")
     max_body_size: int = setting(1048576, Integer(0), "Largest request body accepted, in bytes.")
+    idle_timeout: float = setting(300.0, Duration(positive=True),
+                                  "An endpoint seen only over HTTP goes offline "
+                                  "(DisconnectedEvent) after this long without a request.")
 
 
 @attrs.frozen
 class TransportSettings:
+    trusted_proxies: tuple[str, ...] = setting(
+        (), CidrList(), "Load balancers and ingresses whose PROXY protocol header or "
+                        "X-Forwarded-For/Forwarded header gives the client's real address; such "
+                        "headers from anyone else are ignored.")
     mqtt: MqttSettings = section(MqttSettings)
     http: HttpTransportSettings = section(HttpTransportSettings)
 
@@ -436,6 +576,9 @@ class TokenCacheSettings:
     negative_ttl: float = setting(30.0, Duration(),
                                   "How long a rejected endpoint token stays cached.")
     max_entries: int = setting(100000, Integer(0), "Cached token validations kept at most.")
+    max_bytes: int = setting(33554432, Integer(0),
+                             "Bytes of cached token validations kept at most (tokens, endpoint "
+                             "ids and bookkeeping); expired entries are reclaimed as they expire.")
 
 
 @attrs.frozen
@@ -463,6 +606,14 @@ class EspSettings:
     with_config_name: bool = setting(True, Boolean(),
                                      "Encode ClientData with the `configName` field (false = the "
                                      "legacy schema).")
+    response_timeout: float = setting(30.0, Duration(positive=True),
+                                      "How long a request to an endpoint-unaware extension waits "
+                                      "for its reply; a later reply is dropped.")
+    affinity_ttl: float = setting(600.0, Duration(),
+                                  "How long an endpoint's ClientData keep going to the replica "
+                                  "subject an extension answered from (its replyTo); 0 = never. "
+                                  "A replica refused by NATS, or silent for response-timeout, "
+                                  "is left sooner.")
 
 
 @attrs.frozen
@@ -476,8 +627,34 @@ class TrafficReportSettings:
 
 
 @attrs.frozen
+class LimitSettings:
+    # 65535 (the MQTT maximum) minus room for "/<request-id>/status" in the answer's topic.
+    max_topic_length: int = setting(
+        1024, Integer(16, 65500), "Longest 1/KP topic (HTTP: resource path) accepted, in UTF-8 "
+        "bytes; a longer one is answered with 414 (when it carries a request id) and never sent "
+        "to NATS.")
+    max_token_length: int = setting(
+        256, Integer(1, 65500), "Longest endpoint token accepted, in UTF-8 bytes; a longer one "
+        "is answered with 401 without asking the token provider.")
+    route_memory_bytes: int = setting(
+        8388608, Integer(0), "Bytes of parsed topics remembered for reuse (at most 10,000 "
+        "topics); when full, the memory starts over.")
+    memory_trim_interval: float = setting(
+        10.0, Duration(), "How often freed memory is given back to the operating system "
+        "(glibc's malloc_trim), so the RSS comes back after a burst; 0 = never.")
+    max_queued_events: int = setting(
+        100000, Integer(1), "Endpoints whose connectivity event waits for NATS (an outage) at "
+        "most; a newer state of the same endpoint replaces the queued one, and a full queue "
+        "drops the oldest (counted as kpc_messages_dropped{reason=\"event_queue_full\"}).")
+    affinity_bytes: int = setting(
+        8388608, Integer(0), "Bytes of remembered extension replica subjects (session "
+        "affinity, kaa.kpc.esp.affinity-ttl) at most; the least recently used go first.")
+
+
+@attrs.frozen
 class KpcSettings:
     transports: TransportSettings = section(TransportSettings)
+    limits: LimitSettings = section(LimitSettings)
     auth: AuthSettings = section(AuthSettings)
     esp: EspSettings = section(EspSettings)
     traffic_report: TrafficReportSettings = section(TrafficReportSettings)
@@ -517,7 +694,8 @@ class DisconnectOverride:
 @attrs.frozen
 class ApplicationVersion:
     allowed_extension_instances: tuple[str, ...] = setting(
-        (), TextList(), "Extension instances that clients of this application version may address."
+        (), TextList(ENTRY_NAME),
+        "Extension instances that clients of this application version may address."
     )
     disconnect: DisconnectOverride = section(DisconnectOverride)
 
@@ -562,8 +740,75 @@ class ExtensionInstance:
 
 
 @attrs.frozen
+class TektonSettings:
+    enabled: bool = setting(False, Boolean(), "Load applications, appversions and KPC's "
+                            "application configuration from Tekton and follow its 17/SCMP "
+                            "events; `kaa.applications` in the file is then ignored.")
+    url: str = setting("http://tekton", Text(r"https?://\S+", "an http:// or https:// URL",
+                                             label="URL"),
+                       "Tekton's base URL; its REST API is `<url>/api/v1`.")
+    request_timeout: float = setting(10.0, Duration(positive=True),
+                                     "Time allowed for one Tekton or Keycloak request.")
+    max_concurrency: int = setting(8, Integer(1), "Tekton requests in parallel during a load.")
+    resync_interval: float = setting(600.0, Duration(), "Interval of full reloads from Tekton, "
+                                     "covering lost 17/SCMP events (0 = off).")
+    debounce: float = setting(0.25, Duration(), "Time 17/SCMP events are collected before "
+                              "the changed scopes are fetched.")
+    initial_load_timeout: float = setting(300.0, Duration(), "Give up starting when the first "
+                                          "load from Tekton fails for this long (0 = wait "
+                                          "forever).")
+    default_allow_all_extensions: bool = setting(
+        True, Boolean(), "An appversion whose Tekton configuration lists no "
+        "allowed-extension-instances may address every instance in kaa.extension-instances.")
+    accept_legacy_scmp: bool = setting(True, Boolean(), "Also follow the pre-2020 "
+                                       "`...app-configuration.*` 17/SCMP subjects and schemas.")
+
+
+@attrs.frozen
+class ScmpProviderInstance:
+    name: str = setting("tekton", SUBJECT_TOKEN, "Service instance name of the 17/SCMP "
+                        "configuration provider, a token of its broadcast subject.")
+
+
+@attrs.frozen
+class ScmpProvider:
+    service_instance: ScmpProviderInstance = section(ScmpProviderInstance)
+
+
+@attrs.frozen
+class ScmpConsumer:
+    provider: ScmpProvider = section(ScmpProvider)
+
+
+@attrs.frozen
+class ScmpSettings:
+    consumer: ScmpConsumer = section(ScmpConsumer)
+
+
+@attrs.frozen
+class OAuth2Settings:
+    enabled: bool = setting(True, Boolean(), "Call Tekton with a Keycloak service token "
+                            "(false: without Authorization, for Tekton with API security off).")
+    token_url: str = setting(
+        "http://keycloak/auth/realms/kaa/protocol/openid-connect/token",
+        Text(r"https?://\S+", "an http:// or https:// URL", label="URL"),
+        "Keycloak token endpoint (client credentials grant).")
+    client_id: str = setting("kpc", Text(r"\S+", "a non-empty client id", label="client id"),
+                             "OAuth2 client id of KPC's service account.")
+    client_secret: str = setting("", Text(), "OAuth2 client secret (prefer the env variable or "
+                                 "client-secret-file; never logged).")
+    client_secret_file: str = setting("", Text(), "File holding the client secret (a mounted "
+                                      "Kubernetes secret); read at each token request.")
+    refresh_skew: float = setting(30.0, Duration(), "Renew the token when less than "
+                                  "max(refresh-skew, 10% of its lifetime) remains.")
+
+
+@attrs.frozen
 class KaaSettings:
     kpc: KpcSettings = section(KpcSettings)
+    tekton: TektonSettings = section(TektonSettings)
+    scmp: ScmpSettings = section(ScmpSettings)
+    oauth2: OAuth2Settings = section(OAuth2Settings)
     applications: Mapping[str, Application] = named_entries(
         Application, "<application>", "Applications served by this KPC (file-based, Kaa 1.0 style)."
     )
@@ -605,7 +850,7 @@ _DEFAULT_DISCONNECT_POLICY = DisconnectPolicy()
 # Loading.
 
 
-def _yaml_key(field: attrs.Attribute) -> str:  # type: ignore[type-arg]
+def _yaml_key(field: attrs.Attribute) -> str:
     return field.name.replace("_", "-")
 
 
@@ -688,6 +933,13 @@ def _build(node: type, raw: object, path: str, origin: _Origin) -> Any:
             values[field.name] = _build(kind.node, given.get(key), key_path, origin)
         elif isinstance(kind, NamedEntries):
             entries = _expand_dotted(given.get(key), key_path, origin)
+            for name in entries:
+                try:
+                    ENTRY_NAME.parse(name)
+                except InvalidValue:
+                    raise ConfigError(f"{_join(key_path, name)}: {name!r} is not "
+                                      f"{ENTRY_NAME.expected()} (from {origin.file})",
+                                      key_path=_join(key_path, name)) from None
             inner = _Origin(origin.file, env=None)
             values[field.name] = types.MappingProxyType({
                 name: _build(kind.node, entry, _join(key_path, name), inner)
@@ -755,6 +1007,19 @@ def _check_consistency(config: Config) -> None:
                     f"belongs to exactly one application (from {where})", key_path=path)
             applications_of[version_name] = app_name
     _check_disconnect_settings(config)
+    _check_nats_settings(config)
+
+
+def _check_nats_settings(config: Config) -> None:
+    nats = config.nats
+    if nats.creds_file and nats.nkey_seed_file:
+        raise ConfigError(f"nats.nkey-seed-file: set either nats.creds-file or "
+                          f"nats.nkey-seed-file, not both (from {config.source})",
+                          key_path="nats.nkey-seed-file")
+    if bool(nats.tls.cert_file) != bool(nats.tls.key_file):
+        key = "nats.tls.key-file" if nats.tls.cert_file else "nats.tls.cert-file"
+        raise ConfigError(f"{key}: nats.tls.cert-file and nats.tls.key-file go together "
+                          f"(set it in the YAML file or env {env_var_name(key)})", key_path=key)
 
 
 def _check_disconnect_settings(config: Config) -> None:
@@ -836,10 +1101,35 @@ def _plain(node: Any) -> dict[str, Any]:
     return plain
 
 
+def values_by_key(node: Any, path: str = "") -> dict[str, Any]:
+    """Every key path of `node` with its value; a map of named entries (`kaa.applications`)
+    is one value, in its YAML form."""
+    values: dict[str, Any] = {}
+    for key, field, kind in _config_fields(type(node)):
+        key_path, value = _join(path, key), getattr(node, field.name)
+        if isinstance(kind, Section):
+            values.update(values_by_key(value, key_path))
+        elif isinstance(kind, NamedEntries):
+            values[key_path] = {name: _plain(entry) for name, entry in value.items()}
+        else:
+            values[key_path] = value
+    return values
+
+
+def with_value(node: Any, key_path: str, value: Any) -> Any:
+    """A copy of `node` with the setting at `key_path` (outside named entries) set to `value`."""
+    head, _, rest = key_path.partition(".")
+    name = head.replace("-", "_")
+    inner = with_value(getattr(node, name), rest, value) if rest else value
+    return attrs.evolve(node, **{name: inner})
+
+
 def render_effective_config(config: Config) -> str:
     """YAML of the effective configuration (loadable again; NATS credentials are masked)."""
     plain = _plain(config)
     plain["nats"]["urls"] = _redact_credentials(config.nats.urls)
+    if config.kaa.oauth2.client_secret:
+        plain["kaa"]["oauth2"]["client-secret"] = "***"
     body = yaml.safe_dump(plain, sort_keys=False, default_flow_style=False)
     return f"# kpc-trio effective configuration (source: {config.source})\n{body}"
 

@@ -23,9 +23,12 @@ import h11
 import trio
 
 from kpc_trio.health import Health
-from kpc_trio.logs import get_logger
+from kpc_trio.logs import get_logger, set_log_source
 from kpc_trio.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kpc_trio.metrics import Metrics
+from kpc_trio.net.forwarded import NO_PROXIES, TrustedProxies, forwarded_client
+from kpc_trio.net.listeners import open_tcp_listeners
+from kpc_trio.net.peer import format_address
 
 log = get_logger(__name__)
 
@@ -45,6 +48,8 @@ class Request:
     query: str
     headers: tuple[tuple[str, str], ...]
     body: bytes
+    #: The client's "host:port", or the address a trusted proxy forwarded for it.
+    client: str = ""
 
 
 Handler: TypeAlias = Callable[[Request], Awaitable[Response]]
@@ -56,6 +61,9 @@ class HttpLimits:
 
     max_header_bytes: int = 16 * 1024
     max_body_bytes: int = 64 * 1024
+    #: Pieces (chunks of a chunked body, reads) one body may arrive in: each costs a parse, so
+    #: a megabyte in 1-byte chunks would cost seconds of CPU.
+    max_body_pieces: int = 4096
     #: Time allowed to receive one whole request; also how long an idle keep-alive connection
     #: stays open.
     read_timeout: float = 10.0
@@ -66,6 +74,10 @@ class HttpLimits:
 
 
 class _BodyTooLargeError(Exception):
+    pass
+
+
+class _BodyTooFragmentedError(Exception):
     pass
 
 
@@ -91,6 +103,8 @@ async def serve_http(
     error_response: ErrorRenderer = error_document,
     limits: HttpLimits = HttpLimits(),
     handler_nursery: trio.Nursery | None = None,
+    trusted_proxies: TrustedProxies = NO_PROXIES,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Serve `routes` (exact path -> GET/HEAD handler) on `host:port` until cancelled.
@@ -100,15 +114,16 @@ async def serve_http(
 
     Reports the bound port through `task_status` (useful with `port=0`). `host=None` binds all
     interfaces; with `port=0` pass a literal address, since each resolved address would get its
-    own ephemeral port.
+    own ephemeral port. `reuse_port` shares the port with other workers (SO_REUSEPORT).
+    `X-Forwarded-For` / `Forwarded` name the client only when sent by one of `trusted_proxies`.
     """
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    listeners = await open_tcp_listeners(port, host=host, reuse_port=reuse_port)
     bound_port: int = listeners[0].socket.getsockname()[1]
     log.info("http_listening", host=host or "*", port=bound_port, paths=",".join(routes))
     task_status.started(bound_port)
     await trio.serve_listeners(
         partial(_serve_connection, routes=routes, fallback=fallback,
-                error_response=error_response, limits=limits),
+                error_response=error_response, limits=limits, trusted_proxies=trusted_proxies),
         listeners,
         handler_nursery=handler_nursery,
     )
@@ -117,9 +132,16 @@ async def serve_http(
 
 async def _serve_connection(
     stream: trio.SocketStream, *, routes: Mapping[str, Handler], fallback: Handler | None,
-    error_response: ErrorRenderer, limits: HttpLimits,
+    error_response: ErrorRenderer, limits: HttpLimits, trusted_proxies: TrustedProxies,
 ) -> None:
-    connection = _HttpConnection(stream, routes, fallback, error_response, limits)
+    try:
+        address = format_address(stream.socket.getpeername())
+    except OSError:
+        await trio.aclose_forcefully(stream)
+        return
+    connection = _HttpConnection(stream, routes, fallback, error_response, limits,
+                                 trusted_proxies, address)
+    set_log_source(connection)
     try:
         await connection.run()
     except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -141,7 +163,13 @@ class _HttpConnection:
     fallback: Handler | None
     error_response: ErrorRenderer
     limits: HttpLimits
+    trusted_proxies: TrustedProxies
+    address: str  # the socket's peer
+    client: str = ""  # of the current request: `address` or what a trusted proxy forwarded
     h11_conn: h11.Connection = attrs.field(init=False)
+
+    def log_fields(self) -> tuple[tuple[str, Any], ...]:
+        return (("peer", self.client or self.address),)
 
     def __attrs_post_init__(self) -> None:
         self.h11_conn = h11.Connection(
@@ -164,9 +192,19 @@ class _HttpConnection:
                 limit = self.limits.max_body_bytes
                 await self._send_error_and_close(413, f"request body exceeds {limit} bytes")
                 return
+            except _BodyTooFragmentedError:
+                pieces = self.limits.max_body_pieces
+                await self._send_error_and_close(400, f"request body in more than {pieces} "
+                                                      "pieces")
+                return
             if request is None:
                 return
+            self.client = forwarded_client(request.headers, self.address,
+                                           self.trusted_proxies) or self.address
+            request = attrs.evolve(request, client=self.client)
             response = await self._respond(request)
+            log.debug("http_request", method=request.method, path=request.path,
+                      status=response[0])
             await self._send(response, with_body=request.method != "HEAD")
             if self.h11_conn.our_state is h11.MUST_CLOSE:
                 return
@@ -180,9 +218,13 @@ class _HttpConnection:
         """The next complete request, or None when the client closed between requests."""
         head: h11.Request | None = None
         body = bytearray()
+        pieces = 0
         while True:
             event = self.h11_conn.next_event()
             if event is h11.NEED_DATA:
+                if self.h11_conn.they_are_waiting_for_100_continue:
+                    await self._send_events([h11.InformationalResponse(status_code=100,
+                                                                       headers=[])])
                 self.h11_conn.receive_data(await self.stream.receive_some(_RECEIVE_SIZE))
             elif isinstance(event, h11.Request):
                 if _declared_length(event) > self.limits.max_body_bytes:
@@ -190,8 +232,11 @@ class _HttpConnection:
                 head = event
             elif isinstance(event, h11.Data):
                 body += event.data
+                pieces += 1
                 if len(body) > self.limits.max_body_bytes:
                     raise _BodyTooLargeError
+                if pieces > self.limits.max_body_pieces:
+                    raise _BodyTooFragmentedError
             elif isinstance(event, h11.EndOfMessage):
                 assert head is not None  # h11 emits Request before EndOfMessage
                 return _to_request(head, bytes(body))
@@ -231,6 +276,9 @@ class _HttpConnection:
             events.append(h11.Data(data=body))
         events.append(h11.EndOfMessage())
         log.debug("http_response", status=status)
+        await self._send_events(events)
+
+    async def _send_events(self, events: Sequence[h11.Event]) -> None:
         with trio.fail_after(self.limits.write_timeout):
             for event in events:
                 data = self.h11_conn.send(event)

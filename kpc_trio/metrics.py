@@ -62,6 +62,13 @@ class Metrics:
             registry=r,
         )
 
+        self.connection_failures: Final = Counter(
+            "kpc_connection_failures",
+            "Connections ended by an unexpected error (a transport library's or ours), each "
+            "logged once as connection_failed.",
+            ["transport"],
+            registry=r,
+        )
         self.tls_handshake_failures: Final = Counter(
             "kpc_tls_handshake_failures",
             "MQTT/TLS handshakes that failed, by reason.",
@@ -101,6 +108,18 @@ class Metrics:
             "kpc_messages_dropped", "Messages dropped by reason.", ["reason"], registry=r
         )
 
+        self.requests_rejected: Final = Counter(
+            "kpc_requests_rejected",
+            "Client messages KPC refused itself (bad topic, token, size), by 1/KP status code; "
+            "logged once per connection and interval.",
+            ["status"],
+            registry=r,
+        )
+        self.subscriptions_unidentified: Final = Counter(
+            "kpc_subscriptions_unidentified",
+            "SUBSCRIBE filters naming a kp1 endpoint that could not be identified.",
+            registry=r,
+        )
         self.http_requests: Final = Counter(
             "kpc_http_requests",
             "1/KP requests over the HTTP transport by response status code.",
@@ -117,6 +136,22 @@ class Metrics:
             "Messages per NATS publish batch.",
             buckets=_BATCH_SIZE_BUCKETS,
             registry=r,
+        )
+        self.nats_reconnects: Final = Counter(
+            "kpc_nats_reconnects", "Connections to NATS made after the first one.", registry=r
+        )
+        self.nats_lame_duck_moves: Final = Counter(
+            "kpc_nats_lame_duck_moves",
+            "Moves to another NATS server because the one in use entered lame duck mode.",
+            registry=r,
+        )
+        self.nats_server_errors: Final = Counter(
+            "kpc_nats_server_errors", "-ERR messages from NATS servers by kind.", ["kind"],
+            registry=r,
+        )
+        self.nats_server: Final = Gauge(
+            "kpc_nats_server", "1 for the NATS server in use (host:port and server name).",
+            ["server", "server_name"], registry=r,
         )
         self.nats_publish_latency: Final = Histogram(
             "kpc_nats_publish_latency_seconds",
@@ -139,9 +174,53 @@ class Metrics:
             "kpc_token_cache_misses", "Endpoint token cache misses.", registry=r
         )
 
+        self.token_cache_bytes: Final = Gauge(
+            "kpc_token_cache_bytes",
+            "Estimated memory of the endpoint token cache (bounded by token-cache.max-bytes).",
+            registry=r,
+        )
+        self.route_memory_bytes: Final = Gauge(
+            "kpc_route_memory_bytes",
+            "Estimated memory of the remembered topics (bounded by limits.route-memory-bytes).",
+            registry=r,
+        )
+
+        self.memory_trims: Final = Counter(
+            "kpc_memory_trims", "Times freed memory was given back to the operating system.",
+            registry=r,
+        )
+
+        # Live configuration (Tekton, 17/SCMP, file reloads)
+        self.scmp_events: Final = Counter(
+            "kpc_scmp_events", "17/SCMP configuration update events by update type (bad = "
+            "undecodable).", ["result"], registry=r
+        )
+        self.tekton_last_success: Final = Gauge(
+            "kpc_tekton_last_success_timestamp_seconds",
+            "Unix time of the last successful load from Tekton (0 = none yet).", registry=r
+        )
+        self.tekton_refresh_failures: Final = Counter(
+            "kpc_tekton_refresh_failures", "Failed loads from Tekton by cause (tekton, keycloak).",
+            ["reason"], registry=r
+        )
+        self.config_reloads: Final = Counter(
+            "kpc_config_reloads", "Configuration file reloads by result (applied, refused, "
+            "unchanged).", ["result"], registry=r
+        )
+        self.applications_changes: Final = Counter(
+            "kpc_appversion_changes", "Appversions added, removed or changed by configuration "
+            "swaps.", ["change"], registry=r
+        )
+
         # Endpoints and license
         self.endpoints_online: Final = Gauge(
-            "kpc_endpoints_online", "Endpoints with an active session.", registry=r
+            "kpc_endpoints_online", "Endpoints online on this replica (held by a session, kept "
+            "until idle, or seen over HTTP).", registry=r
+        )
+        self.connectivity_events_queued: Final = Gauge(
+            "kpc_connectivity_events_queued",
+            "Endpoints whose connectivity event waits for NATS (bounded by "
+            "limits.max-queued-events).", registry=r
         )
         self.license_expiry_remaining: Final = Gauge(
             "kpc_license_expiry_remaining_seconds",

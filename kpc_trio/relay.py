@@ -14,10 +14,31 @@ from http import HTTPStatus
 import attrs
 
 from kpc_trio.kaa import kp1, records, subjects
-from kpc_trio.kaa.kp1 import ApplicationRegistry, Route
+from kpc_trio.kaa.affinity import Affinity
+from kpc_trio.kaa.kp1 import ApplicationRegistry, Kp1Error, Route
 from kpc_trio.nats.gateway import OutboundMessage
 
 MAX_REMEMBERED_ROUTES = 10_000
+#: The 1/KP answer to a request NATS refused to take (a publish permissions violation): 502, as
+#: from a gateway whose upstream refused; retrying cannot help until the NATS permissions change.
+REFUSED_BY_NATS_STATUS = 502
+REFUSED_BY_NATS_REASON = "Bad Gateway: NATS refused the message (publish permission denied)"
+#: What one remembered route costs besides its topic's characters: the dict slot, the `Route`
+#: and its strings' headers (measured with tracemalloc, rounded up).
+ROUTE_OVERHEAD_BYTES = 400
+
+
+@attrs.frozen
+class TopicLimits:
+    """kaa.kpc.limits: checked before a topic is parsed, remembered or relayed."""
+
+    max_topic_length: int = 1024  # UTF-8 bytes
+    max_token_length: int = 256  # UTF-8 bytes
+    route_memory_bytes: int = 8 * 1024 * 1024
+
+
+def utf8_length(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 @attrs.frozen
@@ -47,8 +68,14 @@ class Relay:
         replica_id: str,
         message_timeout_ms: int = 0,
         with_config_name: bool = True,
+        limits: TopicLimits = TopicLimits(),
+        affinity: Affinity | None = None,
     ) -> None:
         self.registry = registry
+        self.limits = limits
+        #: Where an endpoint's ClientData go when an extension replica answered it (trio's clock
+        #: is not needed: TTLs are minutes, `time.monotonic()` serves).
+        self.affinity = affinity if affinity is not None else Affinity(ttl=0, max_bytes=0)
         self._reply_to = subjects.extension_data_replica(replica_id)
         self._timeout = message_timeout_ms
         self._with_config_name = with_config_name
@@ -57,23 +84,52 @@ class Relay:
         self._ids = itertools.count()
         self._subjects: dict[str, str] = {}
         self._routes: dict[str, Route] = {}
+        self._routes_bytes = 0  # estimated memory of `_routes`
+
+    def use_registry(self, registry: ApplicationRegistry) -> None:
+        """Serve another set of applications from now on (a configuration reload); routes
+        parsed against the old one are forgotten."""
+        self.registry = registry
+        self._routes.clear()
 
     def route(self, topic: str) -> Route:
         """Parse a client topic; raises `kp1.Kp1Error` with the status to answer.
 
-        Devices publish to the same few topics over and over: parsed routes are remembered.
-        Errors are not, so a flood of bad topics cannot fill the memory, and neither are
-        requests: their topic ends in a new request id each time, and would only push the
-        repeating topics out.
+        Devices publish to the same few topics over and over: parsed routes are remembered,
+        bounded in topics and in bytes. Errors are not, so a flood of bad topics cannot fill the
+        memory, and neither are requests: their topic ends in a new request id each time, and
+        would only push the repeating topics out.
         """
         route = self._routes.get(topic)
         if route is None:
-            route = kp1.parse_topic(topic, self.registry)
+            route = self._parse(topic)
             if route.request_id is None:
-                if len(self._routes) >= MAX_REMEMBERED_ROUTES:
+                cost = 2 * len(topic) + ROUTE_OVERHEAD_BYTES  # the topic and its parts
+                if (len(self._routes) >= MAX_REMEMBERED_ROUTES
+                        or self._routes_bytes + cost > self.limits.route_memory_bytes):
                     self._routes.clear()
-                self._routes[topic] = route
+                    self._routes_bytes = 0
+                if cost <= self.limits.route_memory_bytes:
+                    self._routes[topic] = route
+                    self._routes_bytes += cost
         return route
+
+    def _parse(self, topic: str) -> Route:
+        """`kp1.parse_topic` within the configured lengths (checked first: a long topic costs
+        nothing but this check)."""
+        limits = self.limits
+        if len(topic) > limits.max_topic_length or utf8_length(topic) > limits.max_topic_length:
+            raise Kp1Error(414, "Topic too long", kp1.trailing_request_id(topic),
+                           f"{utf8_length(topic)} bytes, at most {limits.max_topic_length}")
+        route = kp1.parse_topic(topic, self.registry)
+        if route.token is not None and utf8_length(route.token) > limits.max_token_length:
+            raise Kp1Error(401, "Endpoint token too long", route.request_id,
+                           f"{utf8_length(route.token)} bytes, at most {limits.max_token_length}")
+        return route
+
+    @property
+    def remembered_routes_bytes(self) -> int:
+        return self._routes_bytes
 
     def next_correlation_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids)}"
@@ -81,7 +137,11 @@ class Relay:
     def client_data_message(
         self, route: Route, endpoint_id: str | None, payload: bytes, correlation_id: str
     ) -> OutboundMessage:
-        subject = self._subjects.get(route.extension)
+        subject = None
+        if endpoint_id is not None and self.affinity:  # nothing remembered: no clock reading
+            subject = self.affinity.subject_for(endpoint_id, route.extension, time.monotonic())
+        if subject is None:
+            subject = self._subjects.get(route.extension)
         if subject is None:
             subject = self._subjects[route.extension] = subjects.client_data(route.extension)
         datum = records.write_client_data(
@@ -98,7 +158,8 @@ class Relay:
         """The `/status` or `/error` PUBLISH for an `ExtensionData` (spec 4.5)."""
         app_version = data.app_version_name or fallback_app_version
         if not app_version or not data.extension_instance_name:
-            raise UndeliverableError("ExtensionData without appVersionName or extensionInstanceName")
+            raise UndeliverableError(
+                "ExtensionData without appVersionName or extensionInstanceName")
         success = kp1.is_success(data.status_code)
         topic = kp1.response_topic(
             app_version, data.extension_instance_name, token, data.resource_path,

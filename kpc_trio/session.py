@@ -10,7 +10,10 @@ buffer outgrows `max_outbox_bytes` is dropped instead of growing memory.
 
 from __future__ import annotations
 
+import enum
+import logging
 import math
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -19,11 +22,12 @@ import trio
 from kpc_trio.auth import EndpointIdentity, EndpointTokenResolver, TokenValidationError
 from kpc_trio.client_auth import ANONYMOUS, AuthOutcome
 from kpc_trio.connectivity import ConnectivityEvents
-from kpc_trio.hub import Hub, UnawareRequestKey
+from kpc_trio.hub import Hub
 from kpc_trio.kaa import records
 from kpc_trio.kaa.kp1 import Kp1Error, Route, error_payload
-from kpc_trio.logs import get_logger, set_log_source
+from kpc_trio.logs import RepeatedEvents, get_logger, set_log_source
 from kpc_trio.metrics import Metrics
+from kpc_trio.mqtt.codec import encode
 from kpc_trio.mqtt.connection import (
     ConnectionState,
     ConnectReceived,
@@ -32,13 +36,20 @@ from kpc_trio.mqtt.connection import (
     Subscribed,
     Unsubscribed,
 )
-from kpc_trio.mqtt.errors import LocalProtocolError, ProtocolError
-from kpc_trio.mqtt.packets import ConnAckCode, Connect, Publish, QoS
-from kpc_trio.nats.gateway import NatsGateway, OutboundMessage
+from kpc_trio.mqtt.errors import InvalidTopicError, LocalProtocolError, ProtocolError
+from kpc_trio.mqtt.packets import ConnAck, ConnAckCode, Connect, PacketType, Publish, QoS
+from kpc_trio.mqtt.topics import validate_topic_name
+from kpc_trio.nats.gateway import NatsPort, OutboundMessage
 from kpc_trio.net import Peer
+from kpc_trio.net.admission import ReadPacer
 from kpc_trio.net.socket_stream import LeanSocketStream
-from kpc_trio.presence import IdleTracker
-from kpc_trio.relay import Relay, UndeliverableError
+from kpc_trio.relay import (
+    REFUSED_BY_NATS_REASON,
+    REFUSED_BY_NATS_STATUS,
+    Relay,
+    UndeliverableError,
+    utf8_length,
+)
 from kpc_trio.traffic import TrafficMeter
 
 log = get_logger(__name__)
@@ -50,6 +61,20 @@ KEEPALIVE_FACTOR = 1.5
 FINAL_FLUSH_TIMEOUT = 5.0
 #: Request QoS remembered per pending request id so the response goes out at the same QoS.
 MAX_REMEMBERED_REQUESTS = 1024
+#: MQTT 3.1.1 section 1.5.3: a topic is at most 65,535 bytes of UTF-8.
+MAX_TOPIC_BYTES = 65_535
+
+
+class Delivery(enum.Enum):
+    """What became of a message for the client; a dropped one is counted with its reason."""
+
+    DELIVERED = "delivered"
+    NOT_ROUTED = "not_routed"  # not this session's (any more): the caller counts it
+    DROPPED = "dropped"  # this session counted why (slow consumer, invalid topic)
+
+
+#: What an answer without a remembered request goes out with.
+_NO_REQUEST = (QoS.AT_MOST_ONCE, 0.0)
 
 
 @attrs.frozen
@@ -57,8 +82,50 @@ class SessionLimits:
     max_packet_size: int = 1_048_576
     connect_timeout: float = 10.0
     max_outbox_bytes: int = 1_048_576
-    #: QoS 1/2 messages relayed but not yet confirmed by NATS before a connection stops reading.
+    #: QoS 1/2 messages relayed but not yet confirmed by NATS before a connection stops reading;
+    #: also the QoS 2 messages a client may leave unreleased (no PUBREL) before it is closed.
     max_inflight: int = 100
+    max_publish_rate: int = 0  # PUBLISH packets per second read from a client; 0 = unlimited
+    max_receive_rate: int = 0  # bytes per second read from a client; 0 = unlimited
+    max_subscriptions: int = 100
+    max_client_id_length: int = 256
+    #: kaa.kpc.esp.response-timeout: how long a graceful shutdown waits for a request's answer.
+    reply_wait: float = 30.0
+    #: logging.repeat-interval: what a client can repeat at will is logged once per interval.
+    log_repeat_interval: float = 10.0
+
+    def read_pacer(self) -> ReadPacer | None:
+        if not (self.max_publish_rate or self.max_receive_rate):
+            return None
+        return ReadPacer(self.max_publish_rate, self.max_receive_rate)
+
+    @property
+    def receive_size(self) -> int:
+        """Bytes per read: at most a second's worth of the receive rate."""
+        return min(RECEIVE_SIZE, self.max_receive_rate or RECEIVE_SIZE)
+
+
+#: The first byte of a CONNECT packet (type 1, no flags).
+CONNECT_FIRST_BYTE = bytes([PacketType.CONNECT << 4])
+#: CONNACK 3 (server unavailable), the same bytes in MQTT 3.1 and 3.1.1.
+SERVER_UNAVAILABLE_CONNACK = encode(ConnAck(ConnAckCode.SERVER_UNAVAILABLE))
+
+
+async def run_refusal(stream: trio.abc.Stream, connect_timeout: float) -> None:
+    """Answer a connection KPC has no room for (`max-connections`): CONNACK 3 to its CONNECT,
+    then close. No session and nothing decoded beyond the packet type: under a connection storm
+    a refusal must cost less than a connection. A client that sends no CONNECT within the
+    connect timeout, or something else first, is closed without an answer, as a session would.
+    """
+    try:
+        with trio.move_on_after(connect_timeout):
+            first = await stream.receive_some(RECEIVE_SIZE)
+            if first[:1] == CONNECT_FIRST_BYTE:
+                await stream.send_all(SERVER_UNAVAILABLE_CONNACK)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 class ClientAuthenticator(Protocol):
@@ -73,17 +140,17 @@ class AnonymousAuthenticator:
         return ANONYMOUS
 
 
-@attrs.frozen
+@attrs.define
 class SessionContext:
-    """Everything a session needs from the service, shared by all sessions."""
+    """Everything a session needs from the service, shared by all sessions. Mutable only for
+    a configuration reload (new limits and authentication settings apply to new sessions)."""
 
     hub: Hub[Session]
-    gateway: NatsGateway
+    gateway: NatsPort
     relay: Relay
     resolver: EndpointTokenResolver
     events: ConnectivityEvents
     metrics: Metrics
-    presence: IdleTracker
     traffic: TrafficMeter | None = None  # None when traffic reports are off
     limits: SessionLimits = SessionLimits()
     authenticator: ClientAuthenticator = AnonymousAuthenticator()
@@ -103,6 +170,8 @@ class _Batch:
     relayed: dict[str, int] = attrs.field(factory=dict)  # per extension (a Counter costs more)
     # Endpoints already marked active at `now`: once per read is enough.
     touched: set[tuple[str, str]] = attrs.field(factory=set)
+    # outgoing index -> (PUBLISH, request id) of requests: what a refused message is answered on.
+    requests: dict[int, tuple[Publish, int]] | None = None
     debug: bool = attrs.field(factory=log.is_debug)  # asked once per read, not per message
 
 
@@ -131,18 +200,22 @@ class Session:
         "_stream", "peer", "_ctx", "_conn", "_endpoints", "_request_qos", "_writer",
         "_writer_nursery", "_writing_inline", "_stopping", "_reading_scope", "_receiving",
         "close_reason", "auth", "_dropping", "_bytes_in", "_bytes_out", "_publishes_in",
-        "_publishes_out",
+        "_publishes_out", "_pacer", "_repeats", "_closing",
     )
 
     def __init__(self, stream: trio.abc.Stream, peer: Peer, context: SessionContext) -> None:
         self._stream = stream
         self.peer = peer
         self._ctx = context
-        self._conn = ServerConnection(max_packet_size=context.limits.max_packet_size)
+        limits = context.limits
+        self._conn = ServerConnection(
+            max_packet_size=limits.max_packet_size, max_subscriptions=limits.max_subscriptions,
+            max_client_id_length=limits.max_client_id_length, max_inflight=limits.max_inflight)
         self._endpoints: dict[str, EndpointBinding] = {}
-        # Insertion-ordered: the oldest remembered request goes first when the bound is hit.
-        # Created by the first QoS 1/2 request (thousands of idle sessions need none).
-        self._request_qos: dict[tuple[str, str | None, int], QoS] | None = None
+        # Requests relayed and not answered yet: the QoS of the answer and until when it is
+        # expected (a shutdown waits for it). Insertion-ordered: the oldest goes first when the
+        # bound is hit. Created by the first request (thousands of idle sessions need none).
+        self._request_qos: dict[tuple[str, str | None, int], tuple[QoS, float]] | None = None
         # The writer task runs only while output is pending: an idle connection has one task.
         self._writer: _Writer | None = None
         self._writer_nursery: trio.Nursery | None = None  # None: nothing more is written
@@ -159,6 +232,9 @@ class Session:
         self._bytes_out = metrics.sent_bytes.labels(peer.transport)
         self._publishes_in = metrics.packets_received.labels("PUBLISH")
         self._publishes_out = metrics.packets_sent.labels("PUBLISH")
+        self._pacer = context.limits.read_pacer()  # None unless read rates are limited
+        self._repeats: RepeatedEvents | None = None  # made by the first repeatable event
+        self._closing: trio.Event | None = None  # set by stop_reading: close() ends the wait
 
     @property
     def client_id(self) -> str | None:
@@ -191,6 +267,7 @@ class Session:
             # Reading is inline, not a method: an idle connection waits here, and every
             # coroutine frame on its stack is memory held by each of thousands of connections.
             conn = self._conn
+            receive_size = self._ctx.limits.receive_size
             try:
                 with trio.CancelScope(
                     deadline=trio.current_time() + self._ctx.limits.connect_timeout
@@ -198,7 +275,7 @@ class Session:
                     while conn.state is not ConnectionState.CLOSED and not self._stopping:
                         self._receiving = True
                         try:
-                            data = await self._stream.receive_some(RECEIVE_SIZE)
+                            data = await self._stream.receive_some(receive_size)
                         except (trio.BrokenResourceError, trio.ClosedResourceError):
                             self._set_reason("connection_lost")
                             break
@@ -213,7 +290,10 @@ class Session:
                         deadline = self._reading_scope.deadline
                         # Also without events: replies such as PINGRESP wait for the writer. A
                         # PUBACK alone needs nothing but the keepalive below.
-                        if events or conn.pending_output:
+                        if self._pacer is not None:
+                            self._reading_scope.deadline = math.inf
+                            await self._handle_paced(events, len(data))
+                        elif events or conn.pending_output:
                             self._reading_scope.deadline = math.inf  # handling is never timed out
                             await self._handle_events(events)
                         del events  # an idle connection must not hold on to its last packets
@@ -223,13 +303,18 @@ class Session:
                         self._reading_scope.deadline = deadline  # else still the connect timeout
                 if self._stopping:
                     self._set_reason("shutdown")
+                    if conn.state is ConnectionState.CONNECTED and self._closing is not None:
+                        await self._flush()
+                        await self._closing.wait()  # replies still reach the client meanwhile
                 elif self._reading_scope.cancelled_caught and conn.state is not (
                         ConnectionState.CLOSED):
                     self._time_out()
             except ProtocolError as exc:
                 self._set_reason("protocol_error")
                 if self.client_id is None:
-                    self._count_refusal("protocol_error")
+                    # e.g. identifier_rejected: the CONNACK the core sent says why
+                    self._count_refusal(exc.connack.name.lower() if exc.connack else
+                                        "protocol_error")
                 log.info("protocol_violation", client_id=self.client_id, reason=exc.reason)
             await self._flush()
         except Exception as exc:  # noqa: BLE001 - one connection's failure must not stop KPC
@@ -243,11 +328,40 @@ class Session:
                 await trio.aclose_forcefully(self._stream)
             open_connections.dec()
             self._ctx.live.discard(self)
+            if self._repeats is not None:
+                self._repeats.flush(log)
             log.info("client_disconnected", client_id=self.client_id, reason=self.close_reason)
+
+    async def _handle_paced(self, events: list, received_bytes: int) -> None:
+        """Handle a read's events at the client's read rates: a slice of PUBLISHes at a time,
+        waiting between slices (acknowledged as usual); its further bytes wait in the socket."""
+        pacer = self._pacer
+        assert pacer is not None
+        start = 0
+        while True:
+            end, publishes = start, 0
+            while end < len(events) and publishes < pacer.publishes_per_slice:
+                publishes += isinstance(events[end], Publish)
+                end += 1
+            if end > start or self._conn.pending_output:
+                await self._handle_events(events[start:end])
+            delay = pacer.delay(trio.current_time(), publishes, received_bytes)
+            received_bytes = 0
+            if delay > 0:
+                self._receiving = True  # shutdown cancels this wait as it would a read
+                try:
+                    await trio.sleep(delay)
+                finally:
+                    self._receiving = False
+            start = end
+            if start >= len(events):
+                return
 
     def terminate(self, reason: str) -> None:
         """Drop the connection now (takeover, slow consumer, revocation)."""
         self._set_reason(reason)
+        if self._closing is not None:
+            self._closing.set()
         self._conn.close()
         self._writer_nursery = None
         if self._reading_scope is not None:
@@ -256,26 +370,35 @@ class Session:
             self._writer.scope.cancel()
 
     def stop_reading(self) -> None:
-        """Graceful shutdown: read nothing more, finish in-flight relays, then close."""
+        """Graceful shutdown: read nothing more, finish in-flight relays, and keep delivering
+        (replies to relayed requests) until `close()`."""
         self._stopping = True
+        if self._closing is None:
+            self._closing = trio.Event()
         if self._receiving and self._reading_scope is not None:
             self._reading_scope.cancel()  # a read under way is not waited for; handling is
+
+    def close(self) -> None:
+        """Graceful shutdown, after `stop_reading` (or instead of it, for a session that started
+        after it was sent to all): close the connection now."""
+        self.stop_reading()
+        assert self._closing is not None
+        self._closing.set()
+
+    def awaiting_replies(self, now: float) -> int:
+        """Requests relayed whose answer is still expected (not past the ESP response
+        timeout)."""
+        return sum(1 for _, until in (self._request_qos or {}).values() if until > now)
 
     def _release(self) -> None:
         hub = self._ctx.hub
         if self.client_id is not None:
             hub.release_client_id(self.client_id, self)
         hub.forget_session(self)
-        presence = self._ctx.presence
-        # Endpoints whose application keeps them online after their client left (idle policy)
-        # are not reported now: the idle sweeper reports them at their deadline.
-        gone = {
-            endpoint_id: binding.app_version
-            for endpoint_id, binding in self._endpoints.items()
-            if hub.unbind_endpoint(endpoint_id, self) and not presence.detach(endpoint_id)
-        }
-        self._endpoints.clear()
-        self._ctx.events.disconnected(gone)
+        if self._endpoints:
+            change = hub.endpoints.client_gone(self, self._endpoints)
+            self._endpoints.clear()
+            self._ctx.events.publish(change)
 
     # --- reading ----------------------------------------------------------------------------
     def _set_reason(self, reason: str) -> None:
@@ -312,12 +435,14 @@ class Session:
                     events = [*events, *self._conn.receive_data(b"")]
             elif isinstance(event, Subscribed):
                 self._count_packet("SUBSCRIBE")
-                log.debug("subscribed", filters=",".join(f for f, _ in event.subscriptions))
+                if log.is_debug():  # a SUBSCRIBE may carry thousands of filters
+                    log.debug("subscribed", filters=",".join(f for f, _ in event.subscriptions))
                 for topic_filter, _ in event.subscriptions:
                     await self._identify_subscriber(topic_filter, batch)
             elif isinstance(event, Unsubscribed):
                 self._count_packet("UNSUBSCRIBE")
-                log.debug("unsubscribed", filters=",".join(event.topic_filters))
+                if log.is_debug():
+                    log.debug("unsubscribed", filters=",".join(event.topic_filters))
             elif isinstance(event, DisconnectReceived):
                 self._count_packet("DISCONNECT")
                 self._set_reason("client_disconnect")
@@ -330,13 +455,16 @@ class Session:
         is dropped (counted) while NATS is away."""
         if batch.outgoing:
             if batch.needs_confirmation:
-                await self._ctx.gateway.publish_confirmed(batch.outgoing)
+                refused = await self._ctx.gateway.publish_confirmed(batch.outgoing)
+                if refused:
+                    self._answer_refused(batch, refused)
             elif await self._ctx.gateway.publish(batch.outgoing):
                 self._dropping = False
             else:
                 self._count_drops(len(batch.outgoing))
             batch.outgoing = []
             batch.needs_confirmation = False
+            batch.requests = None
         for packet_id in batch.acknowledgements:
             self._conn.acknowledge(packet_id)
         batch.acknowledgements.clear()
@@ -353,6 +481,24 @@ class Session:
                 self.terminate("connection_lost")
             finally:
                 self._writing_inline = False
+
+    def _answer_refused(self, batch: _Batch, refused: Sequence[int]) -> None:
+        """NATS refused these messages (permissions; counted and logged by the gateway): a
+        request with a request id gets 502, since retrying cannot help until the NATS
+        permissions change. The PUBACK still goes: MQTT 3.1.1 has no negative one, and holding
+        it would only make the device send the same refused message again."""
+        affinity = self._ctx.relay.affinity
+        if affinity:  # a replica subject refused: the service subject from now on
+            for index in refused:
+                affinity.forget_subject(batch.outgoing[index].subject)
+        if batch.requests is None:
+            return
+        for index in refused:
+            request = batch.requests.get(index)
+            if request is not None:
+                event, request_id = request
+                self._answer_error(event, request_id, REFUSED_BY_NATS_STATUS,
+                                   REFUSED_BY_NATS_REASON)
 
     def _count_drops(self, count: int) -> None:
         self._ctx.metrics.messages_dropped.labels("nats_unavailable").inc(count)
@@ -401,15 +547,19 @@ class Session:
 
     def _relay_identified(self, event: Publish, batch: _Batch) -> bool:
         """Relay `event` if its route is valid and its endpoint known without waiting (a cached
-        token): the common case, with no coroutine per message. False leaves the message,
-        untouched, to `_on_message`."""
+        token): the common case, with no coroutine per message. A cached token rejection is
+        answered here. False leaves the message, untouched, to `_on_message`."""
         try:
             route = self._ctx.relay.route(event.topic)
         except Kp1Error:
             return False
         binding = None
         if route.token is not None:
-            binding = self._identify_cached(route, batch)
+            try:
+                binding = self._identify_cached(route, batch)
+            except TokenValidationError as err:  # a cached rejection: answered like the first
+                self._answer_error(event, route.request_id, err.status_code, err.reason_phrase)
+                return True
             if binding is None:
                 return False
         self._relay(event, route, binding, batch)
@@ -436,13 +586,18 @@ class Session:
             activity = (endpoint_id, route.app_version)
             if activity not in batch.touched:
                 batch.touched.add(activity)
-                self._ctx.presence.touch(endpoint_id, route.app_version, batch.now)
+                self._ctx.hub.endpoints.touch(endpoint_id, batch.now)
             if self._ctx.traffic is not None:
                 self._ctx.traffic.received(self.auth.tenant_id, binding.app_name, endpoint_id,
                                            len(event.payload))
         correlation_id = self._ctx.relay.next_correlation_id()
-        message = self._ctx.relay.client_data_message(route, endpoint_id, event.payload,
-                                                      correlation_id)
+        relayed_route = route
+        if route.request_id is not None and endpoint_id is None:
+            # Devices' own ids are not unique among them: the extension sees one of KPC's.
+            relayed_route = attrs.evolve(route, request_id=self._ctx.hub.expect_unaware_reply(
+                self, route.app_version, route.extension, route.request_id, batch.now))
+        message = self._ctx.relay.client_data_message(relayed_route, endpoint_id,
+                                                      event.payload, correlation_id)
         if len(message.payload) > self._ctx.gateway.max_payload:
             # NATS would refuse the whole batch: refuse this one message instead.
             self._ctx.metrics.messages_dropped.labels("too_large_for_nats").inc()
@@ -451,7 +606,10 @@ class Session:
                                "bytes per message")
             return
         if route.request_id is not None:
-            self._remember_request(route, endpoint_id, event.qos)
+            self._remember_request(route, endpoint_id, event.qos, batch.now)
+            if batch.requests is None:
+                batch.requests = {}
+            batch.requests[len(batch.outgoing)] = (event, route.request_id)
         batch.outgoing.append(message)
         if event.qos is not QoS.AT_MOST_ONCE:
             batch.needs_confirmation = True
@@ -467,6 +625,10 @@ class Session:
             assert route.token is not None
             app_name = self._app_name(route)
             identity = await self._ctx.resolver.identify(app_name, route.token)
+            if self._ctx.relay.registry.app_name(route.app_version) != app_name:
+                # The appversion left the configuration while its token was being validated.
+                raise Kp1Error(404, "Application version not found", route.request_id,
+                               f"appversion {route.app_version!r} was removed")
             binding = self._binding_for(identity, route, app_name)
         return binding
 
@@ -490,7 +652,7 @@ class Session:
         binding = self._endpoints.get(identity.endpoint_id)
         if binding is None or binding.token != route.token \
                 or binding.app_version != route.app_version:
-            binding = self._bind(identity, route, app_name, previous=binding)
+            binding = self._bind(identity, route, app_name)
         return binding
 
     async def _identify_subscriber(self, topic_filter: str, batch: _Batch) -> None:
@@ -504,73 +666,75 @@ class Session:
             if route.token is not None:
                 await self._identify(route, batch)
         except (Kp1Error, TokenValidationError) as exc:
-            log.info("subscription_not_identified", topic_filter=topic_filter, reason=str(exc))
+            self._ctx.metrics.subscriptions_unidentified.inc()
+            self._log_repeatable(logging.INFO, "subscription_not_identified",
+                                 topic_filter=topic_filter, reason=str(exc))
 
-    def _bind(self, identity: EndpointIdentity, route: Route, app_name: str,
-              previous: EndpointBinding | None) -> EndpointBinding:
+    def _bind(self, identity: EndpointIdentity, route: Route, app_name: str) -> EndpointBinding:
         assert route.token is not None
         endpoint_id = identity.endpoint_id
         binding = self._endpoints[endpoint_id] = EndpointBinding(
             endpoint_id, route.token, route.app_version, app_name, identity.token_id)
-        roamed_from = self._ctx.hub.bind_endpoint(endpoint_id, self)
-        if roamed_from is not None:
-            roamed_from.forget_endpoint(endpoint_id)
-        # Still online from an earlier connection (idle policy): it simply came back.
-        returning = self._ctx.presence.is_detached(endpoint_id)
-        if not returning and (previous is None or previous.app_version != route.app_version):
-            self._ctx.events.connected({endpoint_id: route.app_version})
+        change = self._ctx.hub.endpoints.identified(endpoint_id, self, route.app_version,
+                                                    trio.current_time())
+        if change:
+            self._ctx.events.publish(change)
             log.info("endpoint_connected", endpoint_id=endpoint_id,
                      app_version=route.app_version)
         return binding
 
     def forget_endpoint(self, endpoint_id: str) -> None:
-        """Stop addressing the endpoint here and report nothing (it roamed to another session or
-        replica, or the idle sweeper reports it); the hub route goes too if it still is ours."""
+        """The endpoint lifecycle took the endpoint away (roamed, revoked, idle, appversion
+        removed): stop addressing it here."""
         self._endpoints.pop(endpoint_id, None)
-        self._ctx.hub.unbind_endpoint(endpoint_id, self)
 
-    def end_endpoint(self, endpoint_id: str, token_ids: frozenset[str]) -> bool:
-        """End the endpoint's session here if it uses one of the revoked `token_ids` (16/ECAP:
-        only sessions using a listed token end); the connection stays up."""
+    def uses_token(self, endpoint_id: str, token_ids: frozenset[str]) -> bool:
+        """Whether this session serves the endpoint with one of `token_ids` (16/ECAP: only
+        sessions using a revoked token end)."""
         binding = self._endpoints.get(endpoint_id)
-        if binding is None or binding.token_id not in token_ids:
-            return False
-        del self._endpoints[endpoint_id]
-        self._ctx.presence.forget(endpoint_id)
-        if self._ctx.hub.unbind_endpoint(endpoint_id, self):
-            self._ctx.events.disconnected({endpoint_id: binding.app_version})
-        log.info("endpoint_disconnected", endpoint_id=endpoint_id, reason="token_revoked",
-                 client_id=self.client_id)
-        return True
+        return binding is not None and binding.token_id in token_ids
 
-    def _remember_request(self, route: Route, endpoint_id: str | None, qos: QoS) -> None:
+    def _remember_request(self, route: Route, endpoint_id: str | None, qos: QoS,
+                          now: float) -> None:
+        """The QoS of the response, keyed by what the reply carries (the device's request id,
+        also for endpoint-unaware requests: the service maps KPC's back before delivering)."""
         assert route.request_id is not None
-        if endpoint_id is None:
-            key = UnawareRequestKey(route.app_version, route.extension, route.request_id)
-            self._ctx.hub.expect_unaware_reply(key, self)
-        if qos is not QoS.AT_MOST_ONCE:
-            if self._request_qos is None:
-                self._request_qos = {}
-            self._request_qos[(route.extension, endpoint_id, route.request_id)] = qos
-            while len(self._request_qos) > MAX_REMEMBERED_REQUESTS:
-                del self._request_qos[next(iter(self._request_qos))]
+        if self._request_qos is None:
+            self._request_qos = {}
+        self._request_qos[(route.extension, endpoint_id, route.request_id)] = (
+            qos, now + self._ctx.limits.reply_wait)
+        while len(self._request_qos) > MAX_REMEMBERED_REQUESTS:
+            del self._request_qos[next(iter(self._request_qos))]
 
     def _answer_error(
         self, event: Publish, request_id: int | None, status_code: int, reason: str
     ) -> None:
         """KPC's own 1/KP error: only when the request carries a request id (RFC 1, PR59)."""
-        log.info("request_rejected", topic=event.topic, status_code=status_code, reason=reason)
+        self._ctx.metrics.requests_rejected.labels(str(status_code)).inc()
+        self._log_repeatable(logging.INFO, "request_rejected", topic=event.topic,
+                             status_code=status_code, reason=reason)
         if request_id is None:
             return
-        self.deliver(event.topic + "/error", error_payload(status_code, reason),
-                     min(event.qos, QoS.AT_LEAST_ONCE))
+        topic = event.topic + "/error"
+        if utf8_length(topic) > MAX_TOPIC_BYTES:  # no MQTT topic can carry the answer
+            self._ctx.metrics.messages_dropped.labels("reply_topic_too_long").inc()
+            self._log_repeatable(logging.INFO, "request_unanswerable", topic=event.topic,
+                                 reason=f"the answer's topic would exceed {MAX_TOPIC_BYTES} bytes")
+            return
+        self.deliver(topic, error_payload(status_code, reason), min(event.qos, QoS.AT_LEAST_ONCE))
+
+    def _log_repeatable(self, level: int, event: str, **fields: Any) -> None:
+        """Log an event the client can cause at will: once per interval, then a count."""
+        if self._repeats is None:
+            self._repeats = RepeatedEvents(self._ctx.limits.log_repeat_interval)
+        self._repeats.log(log, level, event, trio.current_time(), **fields)
 
     # --- delivering to the client -----------------------------------------------------------
-    def deliver_extension_data(self, data: records.ExtensionData) -> bool:
-        """Publish an extension's answer or push to this client; False if it cannot be."""
+    def deliver_extension_data(self, data: records.ExtensionData) -> Delivery:
+        """Publish an extension's answer or push to this client."""
         binding = self._endpoints.get(data.endpoint_id) if data.endpoint_id else None
         if data.endpoint_id is not None and binding is None:
-            return False
+            return Delivery.NOT_ROUTED
         try:
             message = self._ctx.relay.client_message(
                 data, binding.token if binding else None,
@@ -579,41 +743,49 @@ class Session:
         except UndeliverableError as exc:
             log.warning("extension_data_undeliverable", reason=str(exc),
                         correlation_id=data.correlation_id)
-            return False
+            return Delivery.NOT_ROUTED
         qos = QoS.AT_MOST_ONCE
         if data.request_id is not None and self._request_qos:
             key = (data.extension_instance_name or "", data.endpoint_id, data.request_id)
-            qos = self._request_qos.pop(key, QoS.AT_MOST_ONCE)
-        delivered = self.deliver(message.topic, message.payload, qos)
-        if delivered and binding is not None and self._ctx.traffic is not None:
-            self._ctx.traffic.sent(self.auth.tenant_id, binding.app_name, binding.endpoint_id,
-                                   len(message.payload))
-        return delivered
+            qos = self._request_qos.pop(key, _NO_REQUEST)[0]
+        delivery = self.deliver(message.topic, message.payload, qos)
+        traffic = self._ctx.traffic
+        if delivery is Delivery.DELIVERED and binding is not None and traffic is not None:
+            traffic.sent(self.auth.tenant_id, binding.app_name, binding.endpoint_id,
+                         len(message.payload))
+        return delivery
 
-    def deliver(self, topic: str, payload: bytes, qos: QoS) -> bool:
+    def deliver(self, topic: str, payload: bytes, qos: QoS) -> Delivery:
         """Queue a PUBLISH to the client without blocking (official clients never SUBSCRIBE)."""
         if self._conn.state is not ConnectionState.CONNECTED:
-            return False
+            return Delivery.NOT_ROUTED
         subscribed = self._conn.subscription_qos(topic)
         if subscribed is not None and subscribed > qos:
             qos = subscribed
         try:
             self._conn.publish(topic, payload, qos)
         except LocalProtocolError as exc:
-            # e.g. an extension's resource path that makes the topic invalid (wildcards, NUL)
-            self._ctx.metrics.messages_dropped.labels("invalid_topic").inc()
-            log.warning("publish_refused", client_id=self.client_id, topic=topic,
-                        reason=str(exc))
-            return False
+            try:
+                validate_topic_name(topic)
+            except InvalidTopicError:
+                # e.g. an extension's resource path that makes the topic invalid (wildcards, NUL)
+                self._ctx.metrics.messages_dropped.labels("invalid_topic").inc()
+                self._log_repeatable(logging.WARNING, "publish_refused", topic=topic,
+                                     reason=str(exc))
+                return Delivery.DROPPED
+            # Every packet id is in flight: the client stopped acknowledging its QoS 1 messages.
+            return self._drop_slow_consumer(reason=str(exc))
         if self._conn.pending_output > self._ctx.limits.max_outbox_bytes:
-            log.warning("slow_consumer", client_id=self.client_id,
-                        pending_bytes=self._conn.pending_output)
-            self._ctx.metrics.messages_dropped.labels("slow_consumer").inc()
-            self.terminate("slow_consumer")
-            return False
+            return self._drop_slow_consumer(pending_bytes=self._conn.pending_output)
         self._publishes_out.inc()
         self._wake_writer()
-        return True
+        return Delivery.DELIVERED
+
+    def _drop_slow_consumer(self, **why: Any) -> Delivery:
+        log.warning("slow_consumer", client_id=self.client_id, **why)
+        self._ctx.metrics.messages_dropped.labels("slow_consumer").inc()
+        self.terminate("slow_consumer")
+        return Delivery.DROPPED
 
     # --- writing ----------------------------------------------------------------------------
     def _wake_writer(self) -> None:

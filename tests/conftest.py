@@ -20,7 +20,7 @@ def nats_server() -> Iterator[NatsServerProcess]:
 def nats_server_factory() -> Iterator[Callable[..., NatsServerProcess]]:
     """Start private nats-servers (e.g. to stop and restart one); all are stopped at teardown.
 
-    Keyword arguments go to `NatsServerProcess` (`user=`, `password=`, `port=`).
+    Keyword arguments go to `NatsServerProcess` (`user=`, `password=`, `port=`, `config=`).
     """
     servers: list[NatsServerProcess] = []
 

@@ -110,6 +110,14 @@ def _request_id(level: str) -> int | None:
     return number if number <= MAX_REQUEST_ID else None
 
 
+def trailing_request_id(topic: str) -> int | None:
+    """The request id `topic` ends in, if any, without parsing the rest (to answer a topic
+    refused before parsing, e.g. for its length)."""
+    if topic.count("/") < _AFTER_EXTENSION:
+        return None
+    return _request_id(topic.rpartition("/")[2])
+
+
 def parse_topic(topic: str, registry: ApplicationRegistry) -> Route:
     """Route a client PUBLISH topic; raises Kp1Error with the answer KPC owes the client."""
     levels = topic.split("/")

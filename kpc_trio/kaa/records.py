@@ -12,10 +12,10 @@ import functools
 import json
 import operator
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from importlib.resources import files
 from io import BytesIO
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar, cast
 
 import attrs
 import fastavro
@@ -126,6 +126,10 @@ class EndpointTokenValidationResponse:
     reason_phrase: str | None = None
 
 
+def _str_tuple(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
+
+
 @attrs.frozen
 class EndpointTokenRevokedEvent:
     correlation_id: str
@@ -133,7 +137,7 @@ class EndpointTokenRevokedEvent:
     timeout: int
     app_name: str
     endpoint_id: str
-    token_ids: tuple[str, ...] = attrs.field(converter=tuple)
+    token_ids: tuple[str, ...] = attrs.field(converter=_str_tuple)
     originator_replica_id: str
 
 
@@ -305,7 +309,7 @@ def _make_codec(
     read_attributes = operator.attrgetter(*attribute_names)
 
     def generic_to_datum(record: Any) -> _Datum:
-        datum = dict(zip(avro_names, read_attributes(record)))
+        datum = dict(zip(avro_names, read_attributes(record), strict=True))
         for name, (to_avro, _) in adapters.items():
             datum[name] = to_avro(datum[name])
         return datum
@@ -342,7 +346,7 @@ def _traffic_stats_to_avro(stats: TenantTrafficStats) -> Any:
     return {
         tenant: {
             app: {
-                endpoint: dict(zip(_TRAFFIC_STAT_AVRO, attrs.astuple(stat)))
+                endpoint: dict(zip(_TRAFFIC_STAT_AVRO, attrs.astuple(stat), strict=True))
                 for endpoint, stat in endpoints.items()
             }
             for app, endpoints in apps.items()
@@ -440,8 +444,8 @@ def _write(schema: Any, datum: _Datum, record_name: str) -> bytes:
 def _read(schema: Any, data: bytes) -> _Datum:
     # Trailing bytes are tolerated on purpose: a writer whose schema appended an optional field
     # (as ClientData did with configName) still yields every field this reader knows.
-    datum: _Datum = fastavro.schemaless_reader(BytesIO(data), schema, None)
-    return datum
+    datum = fastavro.schemaless_reader(BytesIO(data), schema, None)
+    return cast(_Datum, datum)
 
 
 def encode(record: Record) -> bytes:
@@ -537,11 +541,16 @@ def _avro_string(text: str) -> bytes:
 
 
 # Appversions, endpoint ids and resource paths repeat message after message: encode each once.
+# Resource paths are the client's choice: only short strings are kept (long ones gain little
+# and would make this table 20 MB, held after the client left), so it stays under 3 MB.
 _INTERNED_MAX = 10_000
+_INTERNED_MAX_LENGTH = 64
 _interned: dict[str, bytes] = {}
 
 
 def _interned_avro_string(text: str) -> bytes:
+    if len(text) > _INTERNED_MAX_LENGTH:
+        return _avro_string(text)
     encoded = _interned.get(text)
     if encoded is None:
         if len(_interned) >= _INTERNED_MAX:

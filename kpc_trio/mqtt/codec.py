@@ -7,6 +7,7 @@ the field-by-field `_BodyReader` for the rarer packet types.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -39,11 +40,12 @@ MAX_REMAINING_LENGTH = 268_435_455
 
 #: Protocol name per supported protocol level: 3 is MQTT 3.1, 4 is MQTT 3.1.1.
 PROTOCOL_NAMES = {3: "MQIsdp", 4: "MQTT"}
+_KNOWN_PROTOCOL_NAMES = frozenset(PROTOCOL_NAMES.values())
 
 _QOS_BY_VALUE = (QoS.AT_MOST_ONCE, QoS.AT_LEAST_ONCE, QoS.EXACTLY_ONCE)
 _SUBACK_CODES = frozenset((0, 1, 2, SUBACK_FAILURE))
 # Fixed-header flags every packet type but PUBLISH must carry (MQTT 3.1.1 section 2.2.2).
-_REQUIRED_FLAGS = {
+_REQUIRED_FLAGS: dict[int, int] = {
     packet_type: 0b0010
     if packet_type in (PacketType.PUBREL, PacketType.SUBSCRIBE, PacketType.UNSUBSCRIBE)
     else 0
@@ -206,30 +208,43 @@ _ENCODERS: dict[type, Callable[[Any], bytes]] = {
 
 # ---- decoding -----------------------------------------------------------------------------------
 
+# U+0000 is forbidden by MQTT [MQTT-1.5.3-2]; the other C0 and C1 control characters are allowed
+# by the spec but only broken or hostile devices send them (in client ids, user names, topics and
+# filters, the only strings MQTT 3.1.1 has), and they would end up in logs: refused too.
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def _decode_utf8(raw: bytes | bytearray | memoryview, what: str) -> str:
     try:
+        # Python's strict codec refuses encoded surrogates and overlong forms [MQTT-1.5.3-1] and
+        # keeps a U+FEFF where it is [MQTT-1.5.3-3].
         text = str(raw, "utf-8")
     except UnicodeDecodeError as exc:
         raise ProtocolError(f"{what} is not well-formed UTF-8: {exc.reason}") from None
-    if "\x00" in text:
-        raise ProtocolError(f"{what} contains U+0000, which MQTT forbids")
+    if not text.isprintable():  # a fast scan first: most strings have no control character
+        control = _CONTROL_CHARACTER.search(text)
+        if control is not None:
+            raise ProtocolError(
+                f"{what} contains the control character U+{ord(control.group()):04X}, "
+                "which KPC refuses"
+            )
     return text
 
 
 class _BodyReader:
     """Reads the fields of one packet body and reports truncation as a `ProtocolError`."""
 
-    __slots__ = ("_body", "_position", "_packet")
+    __slots__ = ("_body", "_position", "packet")
 
     def __init__(self, body: bytes, packet: str) -> None:
         self._body = body
         self._position = 0
-        self._packet = packet
+        self.packet = packet
 
     def _take(self, count: int, what: str) -> bytes:
         end = self._position + count
         if end > len(self._body):
-            raise ProtocolError(f"{self._packet} is truncated: {what} runs past the packet end")
+            raise ProtocolError(f"{self.packet} is truncated: {what} runs past the packet end")
         chunk = self._body[self._position:end]
         self._position = end
         return chunk
@@ -240,7 +255,7 @@ class _BodyReader:
     def expect_end(self) -> None:
         if not self.at_end():
             extra = len(self._body) - self._position
-            raise ProtocolError(f"{self._packet} has {extra} unexpected trailing bytes")
+            raise ProtocolError(f"{self.packet} has {extra} unexpected trailing bytes")
 
     def byte(self, what: str) -> int:
         return self._take(1, what)[0]
@@ -251,14 +266,14 @@ class _BodyReader:
     def packet_id(self) -> int:
         packet_id = self.uint16("packet id")
         if packet_id == 0:
-            raise ProtocolError(f"{self._packet} has packet id 0, which MQTT forbids")
+            raise ProtocolError(f"{self.packet} has packet id 0, which MQTT forbids")
         return packet_id
 
     def binary(self, what: str) -> bytes:
         return self._take(self.uint16(f"length of {what}"), what)
 
     def string(self, what: str) -> str:
-        return _decode_utf8(self.binary(what), f"{self._packet} {what}")
+        return _decode_utf8(self.binary(what), f"{self.packet} {what}")
 
     def rest(self) -> bytes:
         chunk = self._body[self._position:]
@@ -269,6 +284,11 @@ class _BodyReader:
 def _decode_connect(body: bytes) -> Connect:
     reader = _BodyReader(body, "CONNECT")
     protocol_name = reader.string("protocol name")
+    if protocol_name not in _KNOWN_PROTOCOL_NAMES:
+        # Not MQTT at all: close without a CONNACK [MQTT-3.1.2-1].
+        raise ProtocolError(
+            f"protocol name {protocol_name!r} is neither 'MQTT' nor 'MQIsdp'"
+        )
     protocol_level = reader.byte("protocol level")
     if PROTOCOL_NAMES.get(protocol_level) != protocol_name:
         # The reply is CONNACK 1 (MQTT 3.1.1 section 3.1.2.2); the rest may be MQTT 5 layout.
@@ -325,12 +345,18 @@ def _decode_connack(body: bytes) -> ConnAck:
     return ConnAck(ConnAckCode(return_code), session_present=bool(acknowledge_flags))
 
 
-def _decode_subscribe(body: bytes) -> Subscribe:
+def _decode_subscribe(body: bytes, max_topic_filters: int | None) -> Subscribe:
     reader = _BodyReader(body, "SUBSCRIBE")
     packet_id = reader.packet_id()
-    subscriptions = []
+    subscriptions: list[tuple[str, QoS]] = []
     while not reader.at_end():
-        topic_filter = reader.string("topic filter")
+        # Counted before decoding: a packet full of filters is refused at the first one too many.
+        if max_topic_filters is not None and len(subscriptions) == max_topic_filters:
+            raise ProtocolError(
+                f"SUBSCRIBE carries more than {max_topic_filters} topic filters, the most a "
+                "connection may hold"
+            )
+        topic_filter = _topic_filter(reader)
         requested = reader.byte("requested QoS")
         if requested > 2:
             raise ProtocolError(
@@ -340,6 +366,13 @@ def _decode_subscribe(body: bytes) -> Subscribe:
     if not subscriptions:
         raise ProtocolError("SUBSCRIBE carries no topic filter")
     return Subscribe(packet_id, tuple(subscriptions))
+
+
+def _topic_filter(reader: _BodyReader) -> str:
+    topic_filter = reader.string("topic filter")
+    if not topic_filter:
+        raise ProtocolError(f"{reader.packet} has a zero-length topic filter [MQTT-4.7.3-1]")
+    return topic_filter
 
 
 def _decode_suback(body: bytes) -> SubAck:
@@ -358,7 +391,7 @@ def _decode_unsubscribe(body: bytes) -> Unsubscribe:
     packet_id = reader.packet_id()
     topic_filters = []
     while not reader.at_end():
-        topic_filters.append(reader.string("topic filter"))
+        topic_filters.append(_topic_filter(reader))
     if not topic_filters:
         raise ProtocolError("UNSUBSCRIBE carries no topic filter")
     return Unsubscribe(packet_id, tuple(topic_filters))
@@ -368,7 +401,6 @@ def _decode_unsubscribe(body: bytes) -> Unsubscribe:
 _BODY_DECODERS: dict[int, Callable[[bytes], Packet]] = {
     PacketType.CONNECT: _decode_connect,
     PacketType.CONNACK: _decode_connack,
-    PacketType.SUBSCRIBE: _decode_subscribe,
     PacketType.SUBACK: _decode_suback,
     PacketType.UNSUBSCRIBE: _decode_unsubscribe,
 }
@@ -417,14 +449,16 @@ class Decoder:
 
     `feed()` bytes as they arrive (split anywhere), then call `next_packet()` until it returns
     None. Any violation raises `ProtocolError`; the decoder is then unusable (close the peer).
+    A SUBSCRIBE with more than `max_topic_filters` filters is one (None: no bound).
     """
 
-    __slots__ = ("_buffer", "_position", "_max_packet_size")
+    __slots__ = ("_buffer", "_position", "_max_packet_size", "_max_topic_filters")
 
-    def __init__(self, max_packet_size: int) -> None:
+    def __init__(self, max_packet_size: int, max_topic_filters: int | None = None) -> None:
         self._buffer = bytearray()
         self._position = 0
         self._max_packet_size = max_packet_size
+        self._max_topic_filters = max_topic_filters
 
     @property
     def buffered(self) -> int:
@@ -482,7 +516,10 @@ class Decoder:
             if length:
                 raise ProtocolError(f"{type(empty).__name__} must have no body, got {length} bytes")
             return empty
-        return _BODY_DECODERS[packet_type](bytes(buffer[body_start:body_end]))
+        body = bytes(buffer[body_start:body_end])
+        if packet_type == PacketType.SUBSCRIBE:
+            return _decode_subscribe(body, self._max_topic_filters)
+        return _BODY_DECODERS[packet_type](body)
 
     def _long_remaining_length(self, start: int) -> tuple[int, int]:
         """Decode a multi-byte remaining length: (length, body start), body start -1 if incomplete.

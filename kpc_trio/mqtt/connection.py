@@ -37,7 +37,7 @@ from kpc_trio.mqtt.packets import (
     UnsubAck,
     Unsubscribe,
 )
-from kpc_trio.mqtt.topics import topic_matches, validate_topic_filter, validate_topic_name
+from kpc_trio.mqtt.topics import Subscriptions, validate_topic_filter, validate_topic_name
 
 #: The server never delivers above QoS 1 (no outbound QoS 2 flow).
 MAX_OUTBOUND_QOS = QoS.AT_LEAST_ONCE
@@ -45,6 +45,8 @@ MAX_OUTBOUND_QOS = QoS.AT_LEAST_ONCE
 _PINGRESP = encode(PingResp())
 _PUBACK_HEADER = encode(PubAck(1))[:2]
 _MAX_PACKET_ID = 0xFFFF
+#: MQTT 3.1 (protocol level 3) client identifiers are 1 to 23 characters long.
+_MQTT31_MAX_CLIENT_ID = 23
 
 
 class ConnectionState(enum.Enum):
@@ -97,23 +99,41 @@ class ServerConnection:
     __slots__ = (
         "state", "client_id", "keepalive", "_assign_client_id", "_decoder",
         "_output", "_unacknowledged", "_awaiting_pubrel", "_awaiting_puback",
-        "_last_packet_id", "_subscriptions",
+        "_last_packet_id", "_subscriptions", "_max_subscriptions", "_max_subscription_bytes",
+        "_max_client_id_length", "_max_qos2_flows", "_qos2_flows", "_resumes_session",
     )
 
     def __init__(
         self,
         *,
         max_packet_size: int = 1_048_576,
+        max_subscriptions: int = 100,
+        max_client_id_length: int = 256,
+        max_inflight: int = 100,
         assign_client_id: Callable[[], str] = _uuid_client_id,
     ) -> None:
+        """`max_subscriptions` bounds the topic filters held (a SUBSCRIBE with more closes, the
+        excess of several gets SUBACK 0x80), and so does their size: at most `max_packet_size`
+        bytes of filters in all, what one SUBSCRIBE may carry. A client id of more than
+        `max_client_id_length` UTF-8 bytes gets CONNACK 2. A QoS 2 message beyond
+        `max_inflight` inbound QoS 2 flows not yet released by PUBREL closes the connection."""
         self.state = ConnectionState.AWAIT_CONNECT
         self.client_id: str | None = None
         self.keepalive = 0
         self._assign_client_id = assign_client_id
-        self._decoder = Decoder(max_packet_size)
+        self._decoder = Decoder(max_packet_size, max_topic_filters=max_subscriptions)
+        self._max_subscriptions = max_subscriptions
+        self._max_subscription_bytes = max_packet_size
+        self._max_client_id_length = max_client_id_length
+        self._max_qos2_flows = max_inflight
         self._output = bytearray()
         # Inbound QoS 1/2 packet ids the application has not acknowledged yet -> their QoS.
         self._unacknowledged: dict[int, QoS] = {}
+        # Inbound QoS 2 messages from PUBLISH until PUBREL (unacknowledged or awaiting PUBREL).
+        self._qos2_flows = 0
+        # The client asked to resume a session (CleanSession 0): it may re-send PUBRELs of its
+        # previous connection [MQTT-4.4.0-1], which this server, holding no session, never saw.
+        self._resumes_session = False
         # The three below are created on first use (most connections never need them, and an
         # idle server holds thousands of connections); the first two are dicts used as sets.
         # Inbound QoS 2 packet ids answered with PUBREC, waiting for the client's PUBREL.
@@ -121,7 +141,7 @@ class ServerConnection:
         # Outbound QoS 1 packet ids waiting for the client's PUBACK.
         self._awaiting_puback: dict[int, None] | None = None
         self._last_packet_id = 0
-        self._subscriptions: dict[str, QoS] | None = None
+        self._subscriptions: Subscriptions | None = None
 
     # ---- counters ------------------------------------------------------------------------------
 
@@ -186,6 +206,7 @@ class ServerConnection:
         if not isinstance(packet, Connect):
             raise ProtocolError(f"the first packet must be CONNECT, got {type(packet).__name__}")
         client_id = packet.client_id
+        self._check_client_id_length(packet)
         if not client_id:
             if not packet.clean_session:
                 raise ProtocolError(
@@ -195,16 +216,37 @@ class ServerConnection:
             client_id = self._assign_client_id()
         self.client_id = client_id
         self.keepalive = packet.keepalive
+        self._resumes_session = not packet.clean_session
         self.state = ConnectionState.CONNECTING
         return ConnectReceived(packet)
+
+    def _check_client_id_length(self, packet: Connect) -> None:
+        length = len(packet.client_id)
+        if packet.protocol_level == 3 and not 1 <= length <= _MQTT31_MAX_CLIENT_ID:
+            raise ProtocolError(
+                f"an MQTT 3.1 client identifier has 1 to {_MQTT31_MAX_CLIENT_ID} characters, "
+                f"got {length}",
+                connack=ConnAckCode.IDENTIFIER_REJECTED,
+            )
+        # Characters first: the UTF-8 length is at least that, and never needs encoding then.
+        if length > self._max_client_id_length or (
+                not packet.client_id.isascii()
+                and len(packet.client_id.encode()) > self._max_client_id_length):
+            raise ProtocolError(
+                f"client identifier longer than {self._max_client_id_length} bytes",
+                connack=ConnAckCode.IDENTIFIER_REJECTED,
+            )
 
     def _handle_packet(self, packet: Packet, events: list[Event]) -> None:
         # Ordered by frequency: this runs for every packet of a connected client.
         if isinstance(packet, Publish):
             self._handle_publish(packet, events)
         elif isinstance(packet, PubAck):
-            if self._awaiting_puback:
-                self._awaiting_puback.pop(packet.packet_id, None)
+            awaiting = self._awaiting_puback
+            if not awaiting or packet.packet_id not in awaiting:
+                raise ProtocolError(f"PUBACK for packet id {packet.packet_id}, which the server "
+                                    "is not waiting for")
+            del awaiting[packet.packet_id]
         elif isinstance(packet, PubRel):
             self._handle_pubrel(packet.packet_id)
         elif isinstance(packet, PingReq):
@@ -212,15 +254,19 @@ class ServerConnection:
         elif isinstance(packet, Subscribe):
             events.append(self._handle_subscribe(packet))
         elif isinstance(packet, Unsubscribe):
-            for topic_filter in packet.topic_filters if self._subscriptions else ():
-                self._subscriptions.pop(topic_filter, None)
+            subscriptions = self._subscriptions
+            if subscriptions:
+                for topic_filter in packet.topic_filters:
+                    subscriptions.remove(topic_filter)
             self._send_packet(UnsubAck(packet.packet_id))
             events.append(Unsubscribed(packet.topic_filters))
         elif isinstance(packet, Disconnect):
             self.state = ConnectionState.CLOSED
             events.append(DisconnectReceived())
         elif isinstance(packet, (PubRec, PubComp)):
-            pass  # the server never publishes at QoS 2, so there is no flow they could belong to
+            # The server never publishes at QoS 2, so there is no flow they could belong to.
+            raise ProtocolError(f"{type(packet).__name__} for packet id {packet.packet_id}, but "
+                                "the server never sends QoS 2 messages")
         elif isinstance(packet, Connect):
             raise ProtocolError("a second CONNECT on the same connection (MQTT 3.1.1 3.1.0-2)")
         else:
@@ -232,6 +278,15 @@ class ServerConnection:
         if packet_id is not None:
             if self._is_retransmission(packet_id, packet.qos):
                 return
+            if packet.qos is QoS.EXACTLY_ONCE:
+                # Each flow holds its packet id until PUBREL: without a bound a client that
+                # never releases fills all 65535 of them.
+                if self._qos2_flows >= self._max_qos2_flows:
+                    raise ProtocolError(
+                        f"QoS 2 PUBLISH beyond {self._max_qos2_flows} QoS 2 messages not yet "
+                        "released by PUBREL (max-inflight)"
+                    )
+                self._qos2_flows += 1
             self._unacknowledged[packet_id] = packet.qos
         events.append(packet)
 
@@ -257,24 +312,35 @@ class ServerConnection:
     def _handle_pubrel(self, packet_id: int) -> None:
         if packet_id in self._unacknowledged:
             raise ProtocolError(f"PUBREL for packet id {packet_id} before the server sent PUBREC")
-        # PUBCOMP even for unknown ids: a retransmitted PUBREL after our PUBCOMP was lost.
-        if self._awaiting_pubrel:
-            self._awaiting_pubrel.pop(packet_id, None)
+        awaiting = self._awaiting_pubrel
+        if awaiting and packet_id in awaiting:
+            del awaiting[packet_id]
+            self._qos2_flows -= 1
+        elif not self._resumes_session:
+            raise ProtocolError(f"PUBREL for packet id {packet_id}, which has no QoS 2 flow")
+        # Else a PUBREL re-sent from the client's previous connection: completed all the same.
         self._send_packet(PubComp(packet_id))
 
     def _handle_subscribe(self, packet: Subscribe) -> Subscribed:
         return_codes = []
         granted = []
+        if self._subscriptions is None:
+            self._subscriptions = Subscriptions()
+        subscriptions = self._subscriptions
         for topic_filter, requested in packet.subscriptions:
             try:
                 validate_topic_filter(topic_filter)
             except InvalidTopicError:
                 return_codes.append(SUBACK_FAILURE)
                 continue
+            if topic_filter not in subscriptions and (
+                    len(subscriptions) >= self._max_subscriptions
+                    or subscriptions.size + len(topic_filter.encode())
+                    > self._max_subscription_bytes):
+                return_codes.append(SUBACK_FAILURE)  # the connection holds all it may
+                continue
             qos = min(requested, MAX_OUTBOUND_QOS)
-            if self._subscriptions is None:
-                self._subscriptions = {}
-            self._subscriptions[topic_filter] = qos
+            subscriptions.add(topic_filter, qos)
             granted.append((topic_filter, qos))
             return_codes.append(qos)
         self._send_packet(SubAck(packet.packet_id, tuple(return_codes)))
@@ -349,15 +415,12 @@ class ServerConnection:
                 return packet_id
 
     def subscription_qos(self, topic: str) -> QoS | None:
-        """The highest QoS granted among the subscriptions matching `topic`; None if none match."""
+        """The highest QoS granted among the subscriptions matching `topic`; None if none match.
+
+        Looked up in an index, not by scanning: the cost does not grow with the filters held."""
         if not self._subscriptions:
             return None
-        granted = [
-            qos
-            for topic_filter, qos in self._subscriptions.items()
-            if topic_matches(topic_filter, topic)
-        ]
-        return max(granted, default=None)
+        return self._subscriptions.max_qos(topic)
 
     def close(self) -> None:
         """The application drops the peer: receive nothing more. Queued output stays drainable."""

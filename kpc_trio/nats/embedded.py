@@ -70,6 +70,9 @@ class NatsServerProcess:
     #: Certificate chain and key (PEM) to require TLS with; `url` is then `tls://`.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: nats-server configuration file text (cluster, accounts, TLS...); flags still set the
+    #: client address and port.
+    config: str | None = None
     startup_timeout: float = 10.0
     stop_grace: float = 5.0
     _process: subprocess.Popen[bytes] | None = attrs.field(default=None, init=False)
@@ -110,20 +113,24 @@ class NatsServerProcess:
         binary = find_nats_server()
         self._workdir = tempfile.TemporaryDirectory(prefix="kpc-nats-")
         workdir = Path(self._workdir.name)
-        args = [str(binary), "-a", HOST, "-p", str(self.port or -1), "--ports_file_dir", str(workdir)]
+        args = [str(binary), "-a", HOST, "-p", str(self.port or -1),
+                "--ports_file_dir", str(workdir)]
         if self.user is not None:
             args += ["--user", self.user]
         if self.password is not None:
             args += ["--pass", self.password]
         if self.tls_cert is not None:
             args += ["--tls", "--tlscert", str(self.tls_cert), "--tlskey", str(self.tls_key)]
+        if self.config is not None:
+            (workdir / "nats-server.conf").write_text(self.config)
+            args += ["-c", str(workdir / "nats-server.conf")]
         in_main_thread = threading.current_thread() is threading.main_thread()
         with (workdir / LOG_NAME).open("wb") as log_file:
             # Own session: a Ctrl-C on the terminal must not kill NATS before KPC drained into it.
             self._process = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_terminate_with_parent if in_main_thread else None,
+                preexec_fn=terminate_with_parent if in_main_thread else None,
             )
 
     def await_ready(self) -> None:
@@ -155,6 +162,26 @@ class NatsServerProcess:
             f"nats-server did not accept connections within {self.startup_timeout}s: "
             f"{_tail(log_path)}"
         )
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "start() first"
+        return self._process.pid
+
+    def enter_lame_duck_mode(self) -> None:
+        """What `nats-server --signal ldm=<pid>` sends: the server tells its clients to move."""
+        assert self._process is not None, "start() first"
+        self._process.send_signal(signal.SIGUSR2)
+
+    def kill(self) -> None:
+        """Die at once, as a crashed node (no goodbye to clients or routes); start() again."""
+        process, self._process = self._process, None
+        if process is not None:
+            process.kill()
+            process.wait()
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
 
     def stop(self) -> None:
         """Terminate (graceful), kill after `stop_grace` seconds; the port is kept for start()."""
@@ -197,7 +224,7 @@ async def open_embedded_nats() -> AsyncIterator[str]:
             await trio.to_thread.run_sync(server.stop)
 
 
-def _terminate_with_parent() -> None:
+def terminate_with_parent() -> None:
     """In the child before exec: ask Linux to SIGTERM it when the parent dies."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)

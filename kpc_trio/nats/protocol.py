@@ -9,6 +9,7 @@ still parsed, and dropped when it carries a status.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
@@ -75,6 +76,8 @@ class NatsServerAddress:
     user: str | None = attrs.field(default=None, repr=False)
     password: str | None = attrs.field(default=None, repr=False)
     token: str | None = attrs.field(default=None, repr=False)
+    #: The name to verify the TLS certificate against when `host` is a discovered IP address.
+    tls_name: str = ""
 
     @property
     def display(self) -> str:
@@ -124,11 +127,12 @@ def redact_url(url: str) -> str:
 # -- what the client sends -----------------------------------------------------------------------
 
 
-def connect_frame(name: str, version: str, credentials: Mapping[str, str]) -> bytes:
+def connect_frame(name: str, version: str, credentials: Mapping[str, str], *,
+                  tls: bool = False) -> bytes:
     """CONNECT: no +OK per command (verbose off), no headers; `protocol: 1` lets the server send
     INFO updates (cluster changes, lame duck mode)."""
     options: dict[str, Any] = {
-        "verbose": False, "pedantic": False, "tls_required": False, "name": name,
+        "verbose": False, "pedantic": False, "tls_required": tls, "name": name,
         "lang": "python-trio", "version": version, "protocol": 1, "echo": True,
         "headers": False, "no_responders": False, **credentials,
     }
@@ -189,6 +193,12 @@ class ServerInfo:
     tls_required: bool = False
     server_name: str = ""
     tls_available: bool = False  # TLS offered but optional (nats-server `allow_non_tls`)
+    #: The cluster's client URLs (`host:port`), for the server pool; None when INFO has none.
+    connect_urls: tuple[str, ...] | None = None
+    #: Lame duck mode: the server is about to shut down; move to another one.
+    lame_duck: bool = False
+    #: What an nkey/JWT client signs in CONNECT.
+    nonce: str = ""
 
     def offers_tls(self) -> bool:
         return self.tls_required or self.tls_available
@@ -198,11 +208,14 @@ class ServerInfo:
         try:
             fields = json.loads(text)
             max_payload = int(fields.get("max_payload", DEFAULT_MAX_PAYLOAD))
+            urls = fields.get("connect_urls")
+            connect_urls = None if urls is None else tuple(str(url) for url in urls)
         except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
             raise NatsProtocolError(f"unreadable INFO from the server: {exc}") from None
         return cls(max_payload, bool(fields.get("tls_required", False)),
                    str(fields.get("server_name", fields.get("server_id", ""))),
-                   bool(fields.get("tls_available", False)))
+                   bool(fields.get("tls_available", False)), connect_urls,
+                   bool(fields.get("ldm", False)), str(fields.get("nonce", "")))
 
 
 @attrs.frozen
@@ -220,6 +233,50 @@ class ServerError:
     """-ERR: the text of the error (most close the connection, some only refuse one command)."""
 
     message: str
+
+    @property
+    def kind(self) -> str:
+        """A short, bounded name for metrics and logs (`other` for what is not known here)."""
+        lowered = self.message.lower()
+        for needle, kind in _ERROR_KINDS:
+            if needle in lowered:
+                return kind
+        return "other"
+
+    @property
+    def refused_publish(self) -> str | None:
+        """The subject of a publish the server refused (the connection stays open), or None."""
+        match = _PUBLISH_VIOLATION.match(self.message)
+        return match[1] if match else None
+
+    @property
+    def refused_subscription(self) -> str | None:
+        """The subject of a subscription the server refused (the connection stays open)."""
+        match = _SUBSCRIPTION_VIOLATION.match(self.message)
+        return match[1] if match else None
+
+
+# nats-server's texts (server/errors.go, client.go); the first match wins.
+_ERROR_KINDS = (
+    ("permissions violation for publish", "publish_permission"),
+    ("permissions violation for subscription", "subscription_permission"),
+    ("authorization violation", "authorization_violation"),
+    ("authentication expired", "authentication_expired"),
+    ("authentication timeout", "authentication_timeout"),
+    ("maximum connections exceeded", "maximum_connections"),
+    ("maximum account active connections exceeded", "maximum_connections"),
+    ("maximum payload", "maximum_payload"),
+    ("maximum subscriptions exceeded", "maximum_subscriptions"),
+    ("stale connection", "stale_connection"),
+    ("slow consumer", "slow_consumer"),
+    ("secure connection", "tls_required"),
+    ("invalid subject", "invalid_subject"),
+    ("unknown protocol", "protocol"),
+)
+_PUBLISH_VIOLATION = re.compile(r'Permissions Violation for Publish to "([^"]*)"',
+                                re.IGNORECASE)
+_SUBSCRIPTION_VIOLATION = re.compile(r'Permissions Violation for Subscription to "([^"]*)"',
+                                     re.IGNORECASE)
 
 
 class Delivery(NamedTuple):
@@ -244,7 +301,7 @@ class ServerStreamParser:
         # rather than buffered without bound. Follows max_payload of the server's INFO.
         self._max_message = DEFAULT_MAX_PAYLOAD
 
-    def feed(self, data: bytes) -> list[ServerEvent]:
+    def feed(self, data: bytes | bytearray) -> list[ServerEvent]:
         """Parse everything complete; raises NatsProtocolError for bytes that are not NATS."""
         buffer = self._buffer
         buffer += data

@@ -235,6 +235,14 @@ class SimulatedKaa:
             abandon_on_cancel=True,
         )
 
+    def arrival_subject(self, extension: str, correlation_id: str) -> str:
+        """The NATS subject a ClientData reached the extension on (service or replica)."""
+        return self._extension(extension).arrived_on[correlation_id]
+
+    def replica_subject(self, extension: str) -> str:
+        """The ClientData subject of the extension's simulated replica (session affinity)."""
+        return self._extension(extension).replica_subject
+
     def set_extension_behaviour(self, extension: str, behaviour: ExtensionBehaviour) -> None:
         """How the extension answers from now on (status, payload, delay, silence)."""
         self._extension(extension).behaviour = behaviour
@@ -249,6 +257,11 @@ class SimulatedKaa:
         log.info("sim_extension_data_pushed", extension=extension, subject=target,
                  endpoint_id=data.endpoint_id, resource_path=data.resource_path,
                  status=data.status_code)
+
+    def publish(self, subject: str, payload: bytes) -> None:
+        """Publish raw bytes on `subject` (e.g. a simulated Tekton's 17/SCMP event); returns
+        once the NATS server has them."""
+        self._call(self._publish(subject, payload))
 
     async def _publish(self, subject: str, payload: bytes) -> None:
         assert self._nc is not None  # set before the loop accepts calls

@@ -14,7 +14,7 @@ from kpc_trio.logs import get_logger
 
 log = get_logger(__name__)
 
-R = TypeVar("R")
+R = TypeVar("R", bound=records.Record)
 
 # Starts a reply task owned by the simulator's loop; replies run concurrently so a delayed
 # answer does not hold back the next request on the same subscription.

@@ -19,6 +19,8 @@ from typing import Any
 
 import attrs
 
+from tests.integration.internal_errors import watch_child_log
+
 STARTUP_TIMEOUT = 20.0
 
 
@@ -35,7 +37,8 @@ def child_env(extra: Mapping[str, str]) -> dict[str, str]:
     """This environment without KPC variables a developer may have set, plus `extra`."""
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("KAA_", "APP_CONFIG_PATH", "NATS_URLS"))}
-    return {**env, **extra}
+    # No load balancer watches /ready here: a SIGTERM need not wait for one (tests may set it).
+    return {"SERVICE_SHUTDOWN_UNREADY_DELAY": "0s", **env, **extra}
 
 
 @attrs.define
@@ -78,18 +81,21 @@ class KpcProcess:
 
 
 @contextlib.contextmanager
-def running_kpc(config_path: str, log_path: Path, env: Mapping[str, str]) -> Iterator[KpcProcess]:
-    """Start `kpc-trio run` and wait until it listens; killed at exit if still running.
+def running_kpc(config_path: str, log_path: Path, env: Mapping[str, str],
+                command: tuple[str, ...] = ("run",)) -> Iterator[KpcProcess]:
+    """Start `kpc-trio run` (or `command`) and wait until it listens; killed at exit if still
+    running.
 
     The configuration must select `logging.format: json`. The log goes to a file, not a pipe
     (an unread pipe would block the service once full).
     """
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            kpc_command("--config", config_path, "run"), env=child_env(env),
+            kpc_command("--config", config_path, *command), env=child_env(env),
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
         )
     kpc = KpcProcess(process, log_path)
+    watch_child_log(log_path)
     try:
         kpc._await_started()
         yield kpc

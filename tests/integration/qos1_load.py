@@ -31,6 +31,8 @@ class CountingPublisher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"publisher-{name}", daemon=True)
         self.published = 0
+        #: The longest time from a publish to its PUBACK seen so far (to within _ACK_POLL).
+        self.longest_ack_delay = 0.0
 
     @property
     def acknowledged(self) -> list[bytes]:
@@ -48,7 +50,8 @@ class CountingPublisher:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        in_flight: collections.deque[tuple[mqtt.MQTTMessageInfo, bytes]] = collections.deque()
+        in_flight: collections.deque[tuple[mqtt.MQTTMessageInfo, bytes, float]] = (
+            collections.deque())
         while not self._stop.is_set():
             self._harvest(in_flight)
             if len(in_flight) >= self._window:
@@ -59,15 +62,18 @@ class CountingPublisher:
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 break  # the connection is gone: what was acknowledged stays recorded
             self.published += 1
-            in_flight.append((info, payload))
+            in_flight.append((info, payload, time.monotonic()))
         self._harvest(in_flight)
 
-    def _harvest(self, in_flight: collections.deque[tuple[mqtt.MQTTMessageInfo, bytes]]) -> None:
+    def _harvest(self, in_flight: collections.deque[tuple[mqtt.MQTTMessageInfo, bytes, float]]
+                 ) -> None:
         done = [entry for entry in in_flight if entry[0].is_published()]
+        now = time.monotonic()
         for entry in done:
             in_flight.remove(entry)
+            self.longest_ack_delay = max(self.longest_ack_delay, now - entry[2])
         with self._lock:
-            self._acknowledged.extend(payload for _, payload in done)
+            self._acknowledged.extend(payload for _, payload, _ in done)
 
 
 def _wait_quietly(info: mqtt.MQTTMessageInfo) -> None:

@@ -26,7 +26,7 @@ def _row_value(table: str, case: str, metric: str) -> float:
 def test_quick_benchmark_prints_positive_figures() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--quick", "--cases", "qos1,roundtrip",
-         "--repeat", "1", "--no-peers"],
+         "--repeat", "1", "--no-peers", "--workers", "1"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
@@ -34,6 +34,12 @@ def test_quick_benchmark_prints_positive_figures() -> None:
     assert _row_value(done.stdout, "qos1", "relayed %") == 100.0  # the NATS counter is exact
     assert _row_value(done.stdout, "roundtrip", "p50 ms") > 0
     assert _row_value(done.stdout, "roundtrip", "p99 ms") > 0
+    assert _row_value(done.stdout, "roundtrip", "p99.9 ms") > 0
+    # CPU accounting from /proc: present for every measured case (tiny runs may round to 0).
+    assert _row_value(done.stdout, "qos1", "server µs/msg") >= 0
+    assert _row_value(done.stdout, "roundtrip", "server µs/req") >= 0
+    assert _row_value(done.stdout, "qos1", "idle cores") >= 0
+    assert "co-limits" in done.stdout
 
 
 def test_nats_frame_counter_counts_frames_split_anywhere_and_answers_pings() -> None:

@@ -71,11 +71,36 @@ def test_a_bad_value_exits_2_naming_the_key(tmp_path):
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize(("yaml_text", "key_path"), [
+    ("kaa.extension-instances: {'dc x': {endpoint-aware: true}}\n",
+     "kaa.extension-instances.dc x"),
+    ("kaa.applications.demo_application.versions: {'v>1': {}}\n",
+     "kaa.applications.demo_application.versions.v>1"),
+])
+def test_a_name_unusable_in_nats_subjects_exits_2_naming_the_key(tmp_path, yaml_text, key_path):
+    path = tmp_path / "bad.yml"
+    path.write_text(BASE_CONFIG + yaml_text)
+    result = kpc_trio("--config", str(path), "check-config")
+    assert result.returncode == EXIT_STARTUP_ERROR
+    assert f"{key_path}: " in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_missing_app_config_path_file_exits_2(tmp_path):
     missing = tmp_path / "nowhere" / "service-config.yml"
     result = kpc_trio("check-config", env={"APP_CONFIG_PATH": str(missing)})
     assert result.returncode == EXIT_STARTUP_ERROR
     assert str(missing) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_bad_nats_seed_file_stops_startup_naming_the_key(tmp_path, config_path):
+    seed = tmp_path / "kpc.nk"
+    seed.write_text("SUNOTASEED\n")
+    result = kpc_trio("--config", config_path, "run", env={
+        "NATS_URLS": UNREACHABLE_NATS, "NATS_NKEY_SEED_FILE": str(seed)})
+    assert result.returncode == EXIT_STARTUP_ERROR
+    assert f"nats.nkey-seed-file: {seed}: not an nkey seed" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -65,6 +65,8 @@ async def test_extension_error_status_and_error_json(kaa, port):
     ("GET", DCX, b"", 405),
     ("POST", f"/kp1/{APP_VERSION}/dcx/bad-token/json", b"", 401),
     ("POST", DCX, b"x" * 5000, 413),
+    ("POST", DCX + "/" + "j" * 1024, b"", 414),  # kaa.kpc.limits.max-topic-length
+    ("POST", f"/kp1/{APP_VERSION}/dcx/{'t' * 257}/json", b"", 401),  # max-token-length
 ])
 async def test_error_statuses(port, method, path, body, status):
     reply = await post(port, path, body, method=method)
@@ -110,3 +112,51 @@ async def test_200_concurrent_requests_all_answered_correctly(kaa, port):
         for n in range(200):
             nursery.start_soon(one, n)
     assert replies == {n: (200, f'{{"n":{n}}}'.encode()) for n in range(200)}
+
+
+async def test_body_within_the_default_limit_but_over_nats_max_payload_is_413(
+        nats_server, tmp_path, kaa):
+    http = "kaa.kpc.transports.http: {enabled: true, host: 127.0.0.1, port: 0}\n"
+    async with open_kpc(make_config(tmp_path, nats_server.url, http)) as service:
+        max_body = service.config.kaa.kpc.transports.http.max_body_size
+        reply = await post(service.ports["http"], DCX, b"x" * max_body)
+        assert reply.status == 413
+        assert error_of(reply)["reasonPhrase"].startswith("Payload too large")
+        assert kaa.received("dcx") == []
+        reply = await post(service.ports["http"], DCX, b"{}")  # the connection pool is fine
+        assert reply.status == 200
+
+
+async def test_the_path_is_percent_decoded_level_by_level(kaa, port):
+    # token-1 as t%6Fken-1, and a resource path level with an escaped space.
+    reply = await post(port, f"/kp1/{APP_VERSION}/dcx/t%6Fken-1/json%20data", b"{}")
+    assert (reply.status, reply.body) == (200, b"{}")
+    [client_data] = kaa.received("dcx")
+    assert client_data.endpoint_id == EP1.endpoint_id
+    assert client_data.resource_path == "/json data"
+
+
+@pytest.mark.parametrize("token", ["token%2F1", "token%FF", "token%00"])
+async def test_a_path_level_that_decodes_to_no_1kp_level_is_a_400(kaa, port, token):
+    reply = await post(port, f"/kp1/{APP_VERSION}/dcx/{token}/json", b"{}")
+    assert reply.status == 400
+    assert error_of(reply) == {"statusCode": 400, "reasonPhrase": "Bad resource path"}
+    assert kaa.received("dcx") == []
+
+
+async def test_shutdown_still_answers_a_request_already_relayed(kaa, nats_server, tmp_path):
+    kaa.set_extension_behaviour("dcx", ExtensionBehaviour(delay=1.0))
+    config = make_config(tmp_path, nats_server.url,
+                         "kaa.kpc.transports.http: {enabled: true, host: 127.0.0.1, port: 0}\n")
+    replies = []
+    async with open_kpc(config) as kpc:
+
+        async def ask() -> None:
+            replies.append(await post(kpc.ports["http"], DCX, b'{"late":1}'))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask)
+            await kaa.await_received("dcx", 1)
+            kpc.request_shutdown(unready_delay=0.0)
+    [reply] = replies
+    assert (reply.status, reply.body) == (200, b'{"late":1}')

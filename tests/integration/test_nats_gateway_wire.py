@@ -15,7 +15,8 @@ import pytest
 import trio
 import trio.testing
 
-from kpc_trio.nats import gateway as nats_gateway
+from kpc_trio.nats import connection as nats_connection
+from kpc_trio.nats.connection import ConnectOptions, NatsConnection
 from kpc_trio.nats.gateway import (
     InboundMessage,
     NatsGateway,
@@ -140,10 +141,11 @@ async def scripted_nats(info: bytes = INFO) -> AsyncIterator[ScriptedServer]:
 
 @asynccontextmanager
 async def undrained_gateway(urls: list[str]) -> AsyncIterator[NatsGateway]:
-    """A gateway that reconnects quickly; it is cancelled, not drained, at the end (the
-    scripted server would have to play the drain too)."""
+    """A gateway that reconnects quickly, trying the URLs in the order given; it is cancelled,
+    not drained, at the end (the scripted server would have to play the drain too)."""
+    options = ConnectOptions(reconnect_wait=RECONNECT_WAIT, randomize=False)
     with trio.CancelScope() as scope:
-        async with open_nats_gateway(urls, reconnect_wait=RECONNECT_WAIT) as gateway:
+        async with open_nats_gateway(urls, options=options) as gateway:
             yield gateway
             scope.cancel()
 
@@ -189,7 +191,7 @@ async def test_a_batch_unconfirmed_when_the_connection_closes_is_published_again
 async def test_a_pong_that_never_comes_drops_the_connection_and_publishes_again(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(nats_gateway, "CONFIRM_TIMEOUT", 0.2)
+    monkeypatch.setattr(nats_connection, "CONFIRM_TIMEOUT", 0.2)
     async with scripted_nats() as server, undrained_gateway([server.url]) as gateway, \
             trio.open_nursery() as nursery:
         silent = await server.accept()
@@ -244,6 +246,7 @@ async def test_the_servers_ping_is_answered_and_its_info_updates_max_payload() -
         assert gateway.max_payload == 4096
 
 
+@pytest.mark.expected_errors("nats_protocol_error")
 async def test_a_server_sending_garbage_is_dropped_and_reconnected_to(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -299,6 +302,7 @@ async def test_a_tls_url_to_a_server_without_tls_is_refused_with_a_clear_error(
     assert "offers none" in str(logged(caplog, "nats_error")[0]["error"])
 
 
+@pytest.mark.expected_errors("nats_handler_failed")
 async def test_a_handler_subscription_is_called_in_place_and_survives_its_own_failure(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -323,20 +327,107 @@ async def test_a_handler_subscription_is_called_in_place_and_survives_its_own_fa
     assert not logged(caplog, "nats_reader_failed")  # the connection was kept
 
 
+@pytest.mark.expected_errors("nats_connection_failed")
 async def test_an_unexpected_error_in_a_connection_costs_a_reconnect_not_the_gateway(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    handshake = NatsGateway._handshake
+    handshake = NatsConnection._handshake
     failures = iter([RuntimeError("a bug in the handshake")])
 
-    async def first_handshake_fails(self: NatsGateway, connection: object) -> str | None:
+    async def first_handshake_fails(self: NatsConnection, connection: object) -> str | None:
         for failure in failures:
             raise failure
         return await handshake(self, connection)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(NatsGateway, "_handshake", first_handshake_fails)
+    monkeypatch.setattr(NatsConnection, "_handshake", first_handshake_fails)
     async with scripted_nats() as server, undrained_gateway([server.url]) as gateway:
         await server.accept()  # the connection the bug ends
         await (await server.accept()).handshake()
         await eventually(lambda: gateway.connected)
     assert "a bug in the handshake" in str(logged(caplog, "nats_connection_failed")[0]["error"])
+
+
+def info_line(**fields: object) -> bytes:
+    return b"INFO " + json.dumps({"server_id": "scripted", "proto": 1, **fields}).encode() + \
+        b"\r\n"
+
+
+async def test_a_server_learned_from_connect_urls_takes_over_when_the_first_goes() -> None:
+    async with scripted_nats() as first_server, scripted_nats() as second_server:
+        async with undrained_gateway([first_server.url]) as gateway:
+            first = await first_server.accept()
+            await first.handshake()
+            await first.send(info_line(connect_urls=[f"{HOST}:{second_server.port}"]))
+            await eventually(lambda: gateway.connected)
+            await first.close()
+            second = await second_server.accept()  # a URL NATS_URLS never named
+            await second.handshake()
+            await eventually(lambda: gateway.connected)
+
+
+async def test_lame_duck_moves_after_the_new_connection_is_confirmed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO")
+    async with scripted_nats() as old_server, scripted_nats() as new_server, \
+            undrained_gateway([old_server.url]) as gateway, trio.open_nursery() as nursery:
+        await gateway.subscribe("kaa.replies")
+        old = await old_server.accept()
+        await old.handshake()
+        await eventually(lambda: gateway.connected)
+        await old.send(info_line(connect_urls=[f"{HOST}:{new_server.port}"], ldm=True))
+        new = await new_server.accept()
+        options_frame = await new.expect("CONNECT")
+        assert json.loads(options_frame.args[0])["protocol"] == 1
+        assert (await new.expect("SUB")).args[0] == "kaa.replies"
+        await new.expect("PING")
+        # Not confirmed yet: publishing still goes to the lame duck, which still answers.
+        returned = await start_confirmed_publish(nursery, gateway)
+        assert await old.receive() == PUB
+        await old.expect("PING")
+        await old.send(b"PONG\r\n")
+        with trio.fail_after(DEADLINE):
+            await returned.wait()
+        await new.send(b"PONG\r\n")  # confirmed: the move happens
+        # The lame duck is unsubscribed, answers what is left, and is closed.
+        assert (await old.expect("UNSUB")).args[0] == "1"
+        await old.expect("PING")
+        await old.send(b"PONG\r\n")
+        with pytest.raises(EOFError):
+            await old.receive()
+        returned = await start_confirmed_publish(nursery, gateway)
+        assert await new.receive() == PUB
+        await new.expect("PING")
+        await new.send(b"PONG\r\n")
+        with trio.fail_after(DEADLINE):
+            await returned.wait()
+        assert gateway.connected
+    assert logged(caplog, "nats_lame_duck")[0]["server"] == f"{HOST}:{old_server.port}"
+
+
+@pytest.mark.expected_errors("nats_publish_refused")
+async def test_a_refused_publish_is_reported_for_its_batch_only() -> None:
+    refused = OutboundMessage("kaa.v1.service.denied.esp.ClientData", b"no")
+    async with scripted_nats() as server, undrained_gateway([server.url]) as gateway, \
+            trio.open_nursery() as nursery:
+        connection = await server.accept()
+        await connection.handshake()
+        await eventually(lambda: gateway.connected)
+        outcome: list[object] = []
+
+        async def publish() -> None:
+            outcome.append(await gateway.publish_confirmed([MESSAGE, refused, MESSAGE]))
+
+        nursery.start_soon(publish)
+        assert [(await connection.receive()).op for _ in range(4)] == ["PUB"] * 3 + ["PING"]
+        await connection.send(b"-ERR 'Permissions Violation for Publish to "
+                              b"\"kaa.v1.service.denied.esp.ClientData\"'\r\nPONG\r\n")
+        await eventually(lambda: bool(outcome))
+        assert list(outcome[0]) == [1]  # type: ignore[call-overload]
+        returned = await start_confirmed_publish(nursery, gateway)  # the next batch is clean
+        assert await connection.receive() == PUB
+        await connection.expect("PING")
+        await connection.send(b"PONG\r\n")
+        with trio.fail_after(DEADLINE):
+            await returned.wait()
+        assert gateway.connected  # a permissions violation does not end the connection

@@ -25,6 +25,7 @@ from kpc_trio.nats.gateway import InboundMessage, open_nats_gateway
 from kpc_trio.service import KpcService, open_kpc
 from kpc_trio.simulator import BasicCredentials, SimulatedKaa
 from kpc_trio.simulator.kaa_side import open_simulated_kaa
+from tests.clients.http_client import post
 from tests.integration.kpc_harness import (
     APP,
     APP_VERSION,
@@ -98,7 +99,8 @@ async def open_setup(tmp_path: Path, nats_url: str, **env: str) -> AsyncIterator
                                   **providers) as kaa, \
             open_nats_gateway([nats_url], name=f"{instance}-reports") as gateway, \
             trio.open_nursery() as nursery:
-        nursery.start_soon(collector.run, await gateway.subscribe(subjects.traffic_report(instance)))
+        reports = await gateway.subscribe(subjects.traffic_report(instance))
+        nursery.start_soon(collector.run, reports)
         await gateway.sync()
         async with open_kpc(config) as kpc:
             yield Setup(kaa, kpc, collector)
@@ -117,7 +119,8 @@ def totals(reports: list[Report]) -> dict[str, dict[str, dict[str, Stat]]]:
                     endpoints_so_far[endpoint] = tuple(  # type: ignore[assignment]
                         a + b for a, b in zip(before, (
                             stat["totalReceivedPayload"], stat["totalSentPayload"],
-                            stat["totalReceivedMessageCount"], stat["totalSentMessageCount"])))
+                            stat["totalReceivedMessageCount"], stat["totalSentMessageCount"]),
+                            strict=True))
     return summed
 
 
@@ -161,7 +164,7 @@ async def test_report_counts_what_the_device_sent_and_received(tmp_path, nats_se
     assert started_ns <= reports[0]["timeFrom"] and reports[-1]["timeTo"] <= finished_ns
     # The windows tile time (an empty period does not move the next window's start).
     assert all(earlier["timeTo"] == later["timeFrom"]
-               for earlier, later in zip(reports, reports[1:]))
+               for earlier, later in zip(reports, reports[1:], strict=False))
 
 
 async def test_authenticated_client_is_reported_under_its_tenant(tmp_path, nats_server):
@@ -179,3 +182,27 @@ async def test_authenticated_client_is_reported_under_its_tenant(tmp_path, nats_
         await setup.reports.wait_until(lambda reports: totals(reports) == expected)
     assert totals(setup.reports.reports) == expected
     assert len(setup.kaa.credentials_requests) == 1  # alice really authenticated
+
+
+async def test_http_device_is_an_endpoint_online_until_idle_and_counted(tmp_path, nats_server):
+    http_idle = 1.0
+    async with open_setup(tmp_path, nats_server.url,
+                          KAA_KPC_TRANSPORTS_HTTP_ENABLED="true",
+                          KAA_KPC_TRANSPORTS_HTTP_HOST="127.0.0.1",
+                          KAA_KPC_TRANSPORTS_HTTP_PORT="0",
+                          KAA_KPC_TRANSPORTS_HTTP_IDLE_TIMEOUT=f"{http_idle}s") as setup:
+        port = setup.kpc.ports["http"]
+        path = f"/kp1/{APP_VERSION}/dcx/{EP2.token}/json"
+        first = await post(port, path, b"h" * 12)
+        [connected] = await setup.kaa.await_events("connectivity.connected", 1)
+        assert connected.endpoints == {EP2.endpoint_id: APP_VERSION}
+        second = await post(port, path, b"i" * 30)  # already online: no second event
+        assert (first.status, first.body, second.status) == (200, b"h" * 12, 200)
+        [disconnected] = await setup.kaa.await_events("connectivity.disconnected", 1,
+                                                      timeout=http_idle + 5)
+        assert disconnected.endpoints == {EP2.endpoint_id: APP_VERSION}
+        assert len(setup.kaa.events("connectivity.connected")) == 1
+        assert disconnected.originator_replica_id == setup.kpc.replica_id
+        expected = {"kaa": {APP: {EP2.endpoint_id: (42, 42, 2, 2)}}}
+        await setup.reports.wait_until(lambda reports: totals(reports) == expected)
+        assert setup.kpc.hub.endpoint_count == 0

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kpc_trio.service import KpcService, open_kpc
 from kpc_trio.simulator.kaa_side import SimulatedKaa, open_simulated_kaa
+from tests.integration.internal_errors import no_internal_error
 from tests.integration.kpc_harness import ENDPOINTS, make_config
 from tests.robustness.model_system import ModelSystem, running_system
 from tests.robustness.raw_client import SERVER_DEADLINE
@@ -18,6 +19,8 @@ from tests.robustness.raw_client import SERVER_DEADLINE
 CONNECT_TIMEOUT = 0.5
 MAX_OUTBOX_BYTES = 65_536
 MAX_PACKET_SIZE = 16_384
+
+__all__ = ["no_internal_error"]  # autouse: no robustness test may pass with an internal error
 
 LIMITS = {
     "KAA_KPC_TRANSPORTS_MQTT_CONNECT_TIMEOUT": f"{CONNECT_TIMEOUT}s",

@@ -118,7 +118,9 @@ HOSTILE_CASES = [
     HostileCase("CONNECT with the reserved flag", b"", before_connect=connect_with_reserved_flag()),
     HostileCase("CONNECT with an invalid UTF-8 client id", b"",
                 before_connect=connect_with_client_id_bytes(b"\xff\xfe")),
-    HostileCase("CONNECT of an unknown protocol", b"", before_connect=encode(
+    HostileCase("CONNECT of an unknown protocol level", b"", before_connect=encode(
+        Connect("MQTT", 5, "p", clean_session=True, keepalive=0))),
+    HostileCase("CONNECT of a wrong protocol name", b"", before_connect=encode(
         Connect("MQTX", 4, "p", clean_session=True, keepalive=0))),
     # Truncated and then silent: the connect timeout or the keepalive has to end these.
     HostileCase("truncated CONNECT", b"", before_connect=encode(connect_packet("t"))[:7]),
@@ -228,8 +230,9 @@ async def test_every_hostile_case_is_closed_while_a_device_works(kpc, port):
             assert accepted not in received[case.name], case.name
         else:
             assert received[case.name][0] == accepted, case.name
-    assert received["CONNECT of an unknown protocol"] == [
+    assert received["CONNECT of an unknown protocol level"] == [
         ConnAck(ConnAckCode.UNACCEPTABLE_PROTOCOL_VERSION)]
+    assert received["CONNECT of a wrong protocol name"] == []  # not MQTT: no CONNACK
     assert sample(kpc, "kpc_connect_refusals_total", transport="tcp",
                   reason="connect_timeout") == 1  # the truncated CONNECT
     await assert_nothing_left(kpc, baseline)
@@ -248,7 +251,7 @@ async def test_random_mutations_are_closed_while_a_device_works(kpc, port):
 
     async def fuzz() -> None:
         async with trio.open_nursery() as nursery:
-            for stream, offending in zip(streams, verdicts):
+            for stream, offending in zip(streams, verdicts, strict=True):
                 nursery.start_soon(one_case, stream, offending)
 
     await run_alongside_well_behaved_device(port, fuzz)

@@ -271,6 +271,35 @@ async def test_chunked_body_is_limited_too(nursery: trio.Nursery) -> None:
     assert (await post_chunked(100), await post_chunked(101)) == (405, 413)
 
 
+async def test_body_in_too_many_chunks_is_400(nursery: trio.Nursery) -> None:
+    port = await start(nursery, {"/echo": echo}, max_body_pieces=8)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+                          + b"1\r\nx\r\n" * 9)
+    reply = await read_raw_reply(stream)
+    assert reply.status == 400
+    assert reply.headers["connection"] == "close"
+
+
+async def test_expect_100_continue_is_answered_before_the_body(nursery: trio.Nursery) -> None:
+    port = await start(nursery, {"/echo": echo})
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n"
+                          b"expect: 100-continue\r\n\r\n")
+    received = b""
+    with trio.fail_after(10):  # a hang guard: the client waits for the 100 to send its body
+        while b"\r\n\r\n" not in received:
+            received += await stream.receive_some()
+    assert received == b"HTTP/1.1 100 \r\n\r\n"
+    await stream.send_all(b"{}")
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(h11.Request(method="POST", target="/", headers=[("host", "x"),
+                                                               ("content-length", "2")]))
+    conn.send(h11.Data(data=b"{}"))
+    conn.send(h11.EndOfMessage())
+    assert (await read_reply(stream, conn)).status == 405  # /echo takes GET; the body was read
+
+
 async def test_garbage_is_400_and_the_server_stays_up(nursery: trio.Nursery) -> None:
     port = await start(nursery, {"/echo": echo})
     stream = await trio.open_tcp_stream("127.0.0.1", port)

@@ -58,7 +58,7 @@ async def test_take_over_keeps_the_connection_and_closes_the_trio_stream() -> No
 async def test_a_reset_connection_reads_as_broken() -> None:
     client, server = await _connected_pair()
     # SO_LINGER 0: close() sends RST instead of FIN.
-    client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, bytes([1, 0, 0, 0, 0, 0, 0, 0]))
     await client.aclose()
     with pytest.raises(trio.BrokenResourceError):
         await server.receive_some()

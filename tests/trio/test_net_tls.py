@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from kpc_trio.net import (
     build_server_ssl_context,
     serve_tls,
 )
+from kpc_trio.net.socket_stream import LeanSocketStream
 
 HOST = "127.0.0.1"
 
@@ -241,3 +243,25 @@ async def test_stalled_handshake_is_dropped_at_its_deadline(
         assert await stalled.receive_some() == b""  # the server hung up on us
     assert server.failures == [HandshakeFailureReason.TIMEOUT]
     assert server.peers == []
+
+
+def server_tls_streams() -> list[trio.SSLStream[LeanSocketStream]]:
+    return [obj for obj in gc.get_objects() if isinstance(obj, trio.SSLStream)
+            and isinstance(obj.transport_stream, LeanSocketStream)]
+
+
+async def test_finished_tls_streams_are_freed_without_waiting_for_the_garbage_collector(
+    nursery: trio.Nursery, server_context: ServerContext, ca: trustme.CA
+) -> None:
+    """A few hundred stalled handshakes used to hold megabytes until a full collection."""
+    server = await TlsServer().start(nursery, server_context(ClientAuth.NONE), 0.2)
+    gc.collect()
+    gc.disable()  # only reference counting frees memory from here on
+    try:
+        async with await trio.open_tcp_stream(HOST, server.port) as stalled:
+            assert await stalled.receive_some() == b""  # dropped at the handshake deadline
+        assert await server.echo(client_context(ca))  # and a connection served to the end
+        await trio.testing.wait_all_tasks_blocked()
+        assert server_tls_streams() == []
+    finally:
+        gc.enable()

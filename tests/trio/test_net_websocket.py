@@ -18,6 +18,19 @@ from trio_websocket import (
 
 from kpc_trio.net import Peer, WebSocketStream, serve_websocket
 from kpc_trio.net.websocket import select_subprotocol
+from tests.clients.websocket_frames import (
+    BINARY_FIRST_1,
+    BINARY_FIRST_60,
+    CLOSE_1000,
+    LAST_10,
+    ONE_BYTE_CONTINUATION,
+    PING,
+    TEXT_FRAME,
+    close_code,
+    hang_up,
+    raw_upgrade,
+)
+from tests.integration.waiting import eventually, logged
 
 HOST = "127.0.0.1"
 
@@ -218,3 +231,77 @@ async def test_client_that_never_upgrades_is_dropped_at_the_deadline(
     async with await trio.open_tcp_stream(HOST, port) as silent:
         assert await silent.receive_some() == b""  # the server hung up on us
     assert handler.peers == []
+
+
+# ---- hostile frame sequences, written by hand on a raw socket ---------------------------------
+
+
+class PassiveHandler:
+    """Reads nothing until released, like a session busy elsewhere: trio-websocket's reader then
+    handles the whole TCP segment on its own."""
+
+    def __init__(self) -> None:
+        self.release = trio.Event()
+
+    async def __call__(self, stream: trio.abc.Stream, peer: Peer) -> None:
+        await self.release.wait()
+
+
+@pytest.mark.parametrize(("first", "code", "after_close", "handler_reads"), [
+    # Text frame -> Close 1003 -> the client pings instead of closing (trio-websocket#184).
+    (TEXT_FRAME, 1003, PING + CLOSE_1000, True),
+    # The size limit is crossed in the last fragment, a ping in the same TCP segment.
+    (BINARY_FIRST_60 + LAST_10 + PING, 1009, b"", False),
+    # Fragments beyond the limit, a ping in the same segment.
+    (BINARY_FIRST_1 + ONE_BYTE_CONTINUATION * 40 + PING, 1009, b"", False),
+], ids=["ping-after-1003", "ping-after-1009", "ping-after-too-many-fragments"])
+async def test_ping_after_our_close_ends_only_that_connection(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, first: bytes, code: int,
+    after_close: bytes, handler_reads: bool,
+) -> None:
+    reading, passive = RecordingHandler(), PassiveHandler()
+    _, port = await nursery.start(
+        lambda task_status: serve_websocket(
+            reading if handler_reads else passive, host=HOST, port=0, max_packet_size=64,
+            max_message_fragments=16, handler_nursery=nursery, task_status=task_status,
+        )
+    )
+    hostile = await raw_upgrade(port)
+    await hostile.send_all(first)
+    assert await close_code(hostile) == code
+    if after_close:
+        await hostile.send_all(after_close)
+    # The reader has handled the whole segment (the Ping included) before the handler returns
+    # and cancels it: a cancellation would hide the reader's error.
+    await trio.testing.wait_all_tasks_blocked()
+    passive.release.set()
+    await hang_up(hostile)
+    await hostile.aclose()
+    assert logged(caplog, "connection_failed") == []  # the guard held, not the last resort
+    # The listener (and this test's nursery) survived: a well-behaved client is served.
+    async with open_websocket(HOST, port, "/ws", use_ssl=False, subprotocols=["mqtt"]) as ws:
+        assert ws.subprotocol == "mqtt"
+
+
+async def test_an_error_inside_one_connection_ends_that_connection_only(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    failures: list[str] = []
+
+    async def failing(stream: trio.abc.Stream, peer: Peer) -> None:
+        raise RuntimeError("a transport library's bug")
+
+    _, port = await nursery.start(
+        lambda task_status: serve_websocket(
+            failing, host=HOST, port=0, on_failure=failures.append, handler_nursery=nursery,
+            task_status=task_status,
+        )
+    )
+    for _ in range(2):  # the listener is still there for the second client
+        hostile = await raw_upgrade(port)
+        await hang_up(hostile)
+        await hostile.aclose()
+    await eventually(lambda: len(failures) == 2)  # the hang-up may come before the count
+    assert failures == ["websocket", "websocket"]
+    reasons = [fields["reason"] for fields in logged(caplog, "connection_failed")]
+    assert reasons == ["RuntimeError: a transport library's bug"] * 2

@@ -4,6 +4,8 @@ in the session, and the relay through a real nats-server is tested in tests/inte
 
 from __future__ import annotations
 
+import logging
+
 import attrs
 import pytest
 import trio
@@ -15,42 +17,29 @@ from kpc_trio.hub import Hub
 from kpc_trio.kaa.kp1 import ApplicationRegistry
 from kpc_trio.metrics import Metrics
 from kpc_trio.mqtt.codec import Decoder, encode
-from kpc_trio.mqtt.packets import ConnAck, ConnAckCode, Connect, PingReq, PingResp
-from kpc_trio.nats.gateway import OutboundMessage
+from kpc_trio.mqtt.packets import ConnAck, ConnAckCode, Connect, PingReq, PingResp, Publish, QoS
 from kpc_trio.net import Peer
-from kpc_trio.presence import DisconnectPolicy, IdleTracker
 from kpc_trio.relay import Relay
-from kpc_trio.session import Session, SessionContext, SessionLimits
+from kpc_trio.session import Delivery, Session, SessionContext, SessionLimits
+from tests.fake_nats import FakeNats
+from tests.integration.waiting import logged
 
 CONNECT_TIMEOUT = 10.0
 
 
-@attrs.define
-class SilentNats:
-    """Stands in for the gateway; these tests never relay a message."""
-
-    connected: bool = True
-    published: list[OutboundMessage] = attrs.field(factory=list)
-
-    def publish_nowait(self, message: OutboundMessage) -> bool:
-        self.published.append(message)
-        return True
-
-
 @pytest.fixture
 def context() -> SessionContext:
-    gateway = SilentNats()
+    gateway = FakeNats()
     metrics = Metrics()
     return SessionContext(
         hub=Hub(),
-        gateway=gateway,  # type: ignore[arg-type]
+        gateway=gateway,
         relay=Relay(ApplicationRegistry.from_mappings({}, {}), replica_id="r1"),
         resolver=EndpointTokenResolver(
-            gateway, provider="cm", replica_id="r1", request_timeout=5, ttl=60,  # type: ignore[arg-type]
+            gateway, provider="cm", replica_id="r1", request_timeout=5, ttl=60,
             negative_ttl=5, max_entries=10, metrics=metrics),
-        events=ConnectivityEvents(gateway, kpc_instance="kpc", replica_id="r1"),  # type: ignore[arg-type]
+        events=ConnectivityEvents(gateway, kpc_instance="kpc", replica_id="r1"),
         metrics=metrics,
-        presence=IdleTracker(lambda app_version: DisconnectPolicy()),
         limits=SessionLimits(connect_timeout=CONNECT_TIMEOUT),
     )
 
@@ -157,13 +146,67 @@ async def test_a_partial_connect_still_times_out(context, autojump_clock):
     assert finished[session] == pytest.approx(CONNECT_TIMEOUT)
 
 
-async def test_stop_reading_ends_an_idle_session_as_a_shutdown(context, autojump_clock):
+async def test_stop_reading_then_close_ends_an_idle_session_as_a_shutdown(context, autojump_clock):
     finished: dict[Session, float] = {}
     async with trio.open_nursery() as nursery:
         session, client = await start_session(nursery, context, finished)
         await client.connect("dev-1", keepalive=0)
         await trio.sleep(5)
         session.stop_reading()
+        await trio.sleep(1)  # it stays open for the replies still due until close()
+        assert session not in finished
+        session.close()
         assert await client.next_packet() is None
     assert session.close_reason == "shutdown"
-    assert finished[session] == pytest.approx(5)
+    assert finished[session] == pytest.approx(6)
+
+
+async def test_close_alone_ends_a_session_that_missed_stop_reading(context, autojump_clock):
+    finished: dict[Session, float] = {}
+    async with trio.open_nursery() as nursery:
+        session, client = await start_session(nursery, context, finished)
+        await client.connect("dev-1", keepalive=0)
+        await trio.sleep(2)
+        session.close()
+        assert await client.next_packet() is None
+    assert session.close_reason == "shutdown"
+    assert finished[session] == pytest.approx(2)
+
+
+async def test_repeated_rejections_are_logged_once_and_all_counted(context, autojump_clock,
+                                                                    caplog):
+    caplog.set_level(logging.INFO)
+    rejected = 3_000
+    finished: dict[Session, float] = {}
+    async with trio.open_nursery() as nursery:
+        session, client = await start_session(nursery, context, finished)
+        # The longest client id accepted (a longer one gets CONNACK 2): in every log line.
+        await client.connect("c" * SessionLimits().max_client_id_length, keepalive=0)
+        # Unknown appversion (the registry is empty): each one answered with a 404.
+        await client.send(*(Publish(f"kp1/nowhere/dcx/{n}", b"") for n in range(1, rejected + 1)))
+        for n in range(1, rejected + 1):
+            answer = await client.next_packet()
+            assert isinstance(answer, Publish) and answer.topic == f"kp1/nowhere/dcx/{n}/error"
+        await client.stream.aclose()
+    assert len(logged(caplog, "request_rejected")) == 1
+    assert [(fields["repeated_event"], fields["count"])
+            for fields in logged(caplog, "events_repeated")] == [("request_rejected", rejected - 1)]
+    assert context.metrics.requests_rejected.labels("404")._value.get() == rejected
+
+
+async def test_a_qos1_subscriber_that_never_acknowledges_is_one_slow_consumer(
+        context, autojump_clock):
+    context = attrs.evolve(context, limits=SessionLimits(max_outbox_bytes=1 << 30))
+    finished: dict[Session, float] = {}
+    async with trio.open_nursery() as nursery:
+        session, client = await start_session(nursery, context, finished)
+        await client.connect("never-acks", keepalive=0)
+        outcomes = [session.deliver("kp1/v1/cex/t/command", b"x", QoS.AT_LEAST_ONCE)
+                    for _ in range(65_536)]  # one more than there are packet ids
+        assert outcomes == [Delivery.DELIVERED] * 65_535 + [Delivery.DROPPED]
+        while await client.next_packet() is not None:
+            pass
+    dropped = context.metrics.messages_dropped
+    assert dropped.labels("slow_consumer")._value.get() == 1
+    assert dropped.labels("invalid_topic")._value.get() == 0
+    assert session.close_reason == "slow_consumer"

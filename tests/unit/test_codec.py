@@ -51,9 +51,9 @@ def decode_error(data: bytes) -> ProtocolError:
 
 # ---- strategies (also used by test_mqtt_fuzz) --------------------------------------------------
 
-mqtt_text = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12
-)
+# Control characters (category Cc, U+0000 included) are refused by the decoder.
+mqtt_text = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=12)
+topic_filters = mqtt_text.filter(bool)  # a zero-length filter closes the connection
 packet_ids = st.integers(1, 0xFFFF)
 qos_levels = st.sampled_from(QoS)
 
@@ -114,14 +114,14 @@ def mqtt_packets(ids: st.SearchStrategy[int] = packet_ids) -> st.SearchStrategy[
         st.builds(
             Subscribe,
             ids,
-            st.lists(st.tuples(mqtt_text, qos_levels), min_size=1, max_size=4).map(tuple),
+            st.lists(st.tuples(topic_filters, qos_levels), min_size=1, max_size=4).map(tuple),
         ),
         st.builds(
             SubAck,
             ids,
             st.lists(st.sampled_from((0, 1, 2, SUBACK_FAILURE)), min_size=1, max_size=4).map(tuple),
         ),
-        st.builds(Unsubscribe, ids, st.lists(mqtt_text, min_size=1, max_size=4).map(tuple)),
+        st.builds(Unsubscribe, ids, st.lists(topic_filters, min_size=1, max_size=4).map(tuple)),
         st.builds(UnsubAck, ids),
         st.just(PingReq()),
         st.just(PingResp()),
@@ -140,7 +140,7 @@ def test_round_trip_at_arbitrary_split_points(sent: list[Packet], cuts: list[int
     points = sorted({min(cut, len(stream)) for cut in cuts} | {0, len(stream)})
     decoder = Decoder(MAX)
     received = []
-    for start, end in zip(points, points[1:]):
+    for start, end in zip(points, points[1:], strict=False):
         decoder.feed(stream[start:end])
         while (packet := decoder.next_packet()) is not None:
             received.append(packet)
@@ -346,13 +346,76 @@ def test_mqtt_31_allows_a_password_without_a_username() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "level"), [(b"MQTT", 5), (b"MQTT", 3), (b"MQIsdp", 4), (b"MQTT", 0), (b"HTTP", 4)]
+    ("name", "level"), [(b"MQTT", 5), (b"MQTT", 3), (b"MQIsdp", 4), (b"MQTT", 0)]
 )
 def test_unsupported_protocol_asks_for_connack_1(name: bytes, level: int) -> None:
     # The body after the level may follow another layout (MQTT 5 properties): never parsed.
     error = decode_error(_connect_bytes(0x02, b"\x05\x11\x00\x00\x00\x0a", name=name, level=level))
     assert error.connack is ConnAckCode.UNACCEPTABLE_PROTOCOL_VERSION
     assert "unsupported protocol" in error.reason
+
+
+@pytest.mark.parametrize("name", [b"HTTP", b"MQT", b"", b"MQTU", b"mqtt", b"MQTTT", b"MQIsdq"])
+def test_a_wrong_protocol_name_closes_without_connack(name: bytes) -> None:
+    # [MQTT-3.1.2-1]: not MQTT, so no MQTT answer (a CONNACK) either.
+    error = decode_error(_connect_bytes(0x02, b"\x00\x01a", name=name, level=4))
+    assert error.connack is None
+    assert "neither 'MQTT' nor 'MQIsdp'" in error.reason
+
+
+@pytest.mark.parametrize(
+    ("encoded", "reason"),
+    [
+        (b"a\x00b", "U+0000"),
+        (b"\xed\xa0\x80", "not well-formed UTF-8"),  # the surrogate U+D800
+        (b"\xed\xbf\xbf", "not well-formed UTF-8"),  # the surrogate U+DFFF
+        (b"\xc0\x80", "not well-formed UTF-8"),  # overlong U+0000
+        (b"a\x01", "U+0001"),
+        (b"\x1f", "U+001F"),
+        (b"a\x7f", "U+007F"),
+        (b"\xc2\x80", "U+0080"),
+        (b"\xc2\x9f", "U+009F"),
+    ],
+)
+@pytest.mark.parametrize("field", ["client id", "will topic", "user name", "topic", "filter"])
+def test_forbidden_characters_in_any_string_close(encoded: bytes, reason: str, field: str) -> None:
+    string = len(encoded).to_bytes(2, "big") + encoded
+    data = {
+        "client id": _connect_bytes(0x02, string),
+        "will topic": _connect_bytes(0x06, b"\x00\x01a" + string + b"\x00\x00"),
+        "user name": _connect_bytes(0x82, b"\x00\x01a" + string),
+        "topic": bytes((0x30, len(string))) + string,
+        "filter": bytes((0x82, len(string) + 3)) + b"\x00\x01" + string + b"\x00",
+    }[field]
+    assert reason in decode_error(data).reason
+
+
+def test_unicode_beyond_the_controls_is_accepted_and_kept() -> None:
+    # U+00A0 follows the C1 block; U+FEFF is kept, never stripped [MQTT-1.5.3-3].
+    client_id = "\u00a0\ufeffé\U0001f600"
+    encoded = client_id.encode()
+    [connect] = decode_all(_connect_bytes(0x02, len(encoded).to_bytes(2, "big") + encoded))
+    assert isinstance(connect, Connect)
+    assert connect.client_id == client_id
+
+
+@pytest.mark.parametrize("packet", [b"\x82\x05\x00\x01\x00\x00\x00", b"\xa2\x04\x00\x01\x00\x00"])
+def test_a_zero_length_topic_filter_closes(packet: bytes) -> None:
+    assert "zero-length topic filter" in decode_error(packet).reason
+
+
+def test_a_subscribe_over_the_filter_bound_is_refused_at_the_first_filter_too_many() -> None:
+    # 20,000 filters, the last one malformed: only the first three are decoded.
+    body = b"\x00\x01" + b"\x00\x01a\x00" * 19_999 + b"\x00\x05ab"
+    length = len(body)  # 100,004: three length bytes
+    data = b"\x82" + bytes((length & 0x7F | 0x80, length >> 7 & 0x7F | 0x80, length >> 14)) + body
+    decoder = Decoder(MAX, max_topic_filters=2)
+    decoder.feed(data)
+    with pytest.raises(ProtocolError, match="more than 2 topic filters"):
+        decoder.next_packet()
+    decoder = Decoder(MAX, max_topic_filters=3)
+    decoder.feed(b"\x82\x0e\x00\x01" + b"\x00\x01a\x00" * 3)
+    assert isinstance(decoder.next_packet(), Subscribe)
 
 
 def test_bad_first_byte_is_reported_before_the_length() -> None:

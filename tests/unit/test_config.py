@@ -17,7 +17,7 @@ from kpc_trio.config import (
     load_config,
     render_effective_config,
 )
-from kpc_trio.presence import DisconnectPolicy
+from kpc_trio.kaa.endpoints import DisconnectPolicy
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 REGENERATE = (
@@ -317,6 +317,19 @@ def test_env_value_error_names_key_and_variable() -> None:
     ("kaa.applications.app.versions.v1.allowed-extension-instances: dcx",
      "kaa.applications.app.versions.v1.allowed-extension-instances",
      "expected a list of strings, got 'dcx'"),
+    ("kaa.applications: {'my app': {versions: {v1: {}}}}", "kaa.applications.my app",
+     "'my app' is not a non-empty name without spaces, '.', '*', '>', '/', '+' or '#'"),
+    ("kaa.applications.app.versions: {'v1/x': {}}", "kaa.applications.app.versions.v1/x",
+     "'v1/x' is not a non-empty name"),
+    ("kaa.applications.app.versions: {'v+1': {}}", "kaa.applications.app.versions.v+1",
+     "'v+1' is not a non-empty name"),
+    ("kaa.extension-instances: {'dc*x': {endpoint-aware: true}}", "kaa.extension-instances.dc*x",
+     "'dc*x' is not a non-empty name"),
+    ("kaa.extension-instances: {'t>x': }", "kaa.extension-instances.t>x",
+     "'t>x' is not a non-empty name"),
+    ("kaa.applications.app.versions.v1.allowed-extension-instances: [dcx, 'a b']",
+     "kaa.applications.app.versions.v1.allowed-extension-instances",
+     "'a b' is not a non-empty name"),
     ("kaa.extension-instances.dcx.endpoint-aware: sometimes",
      "kaa.extension-instances.dcx.endpoint-aware", "expected a boolean"),
     ("kaa: {kpc: 5}", "kaa.kpc", "expected a mapping of keys, got 5"),
@@ -332,7 +345,7 @@ def test_errors_name_the_full_key_path(tmp_path: Path, text: str, key_path: str,
 
 def test_unknown_key_lists_the_known_ones(tmp_path: Path) -> None:
     error = config_error(tmp_path, "logging: {lvl: INFO}")
-    assert str(error).endswith("known keys here: level, format")
+    assert str(error).endswith("known keys here: level, format, max-value-length, repeat-interval")
 
 
 # ---------------------------------------------------------------------------------- cross-field

@@ -158,6 +158,36 @@ def test_empty_client_id_with_clean_session_is_assigned() -> None:
     assert conn.client_id == "assigned-7"
 
 
+@pytest.mark.parametrize(
+    ("connect", "limit"),
+    [
+        (Connect("MQIsdp", 3, "", clean_session=True, keepalive=0), 256),  # 3.1: 1-23 characters
+        (Connect("MQIsdp", 3, "x" * 24, clean_session=True, keepalive=0), 256),
+        (Connect("MQTT", 4, "x" * 257, clean_session=True, keepalive=0), 256),
+        (Connect("MQTT", 4, "é" * 5, clean_session=True, keepalive=0), 9),  # 10 UTF-8 bytes
+    ],
+)
+def test_client_ids_out_of_bounds_get_connack_2(connect: Connect, limit: int) -> None:
+    conn = ServerConnection(max_client_id_length=limit)
+    with pytest.raises(ProtocolError) as info:
+        conn.receive_data(encode(connect))
+    assert info.value.connack is ConnAckCode.IDENTIFIER_REJECTED
+    assert sent(conn) == [ConnAck(ConnAckCode.IDENTIFIER_REJECTED)]
+
+
+@pytest.mark.parametrize(
+    "connect",
+    [
+        Connect("MQIsdp", 3, "x", clean_session=True, keepalive=0),
+        Connect("MQIsdp", 3, "x" * 23, clean_session=True, keepalive=0),
+        Connect("MQTT", 4, "x" * 256, clean_session=True, keepalive=0),
+        Connect("MQTT", 4, "é" * 128, clean_session=True, keepalive=0),  # 256 UTF-8 bytes
+    ],
+)
+def test_client_ids_within_bounds_are_accepted(connect: Connect) -> None:
+    assert ServerConnection().receive_data(encode(connect)) == [ConnectReceived(connect)]
+
+
 def test_default_assigned_client_ids_are_unique() -> None:
     ids = set()
     for _ in range(2):
@@ -252,10 +282,45 @@ def test_qos2_flow() -> None:
     assert len(conn.receive_data(encode(publish))) == 1
 
 
-def test_pubrel_for_unknown_id_gets_pubcomp() -> None:
+def test_pubrel_for_unknown_id_closes_a_clean_session() -> None:
     conn = connected()
+    with pytest.raises(ProtocolError, match="no QoS 2 flow"):
+        conn.receive_data(encode(PubRel(99)))
+    assert conn.state is ConnectionState.CLOSED
+
+
+def test_pubrel_for_unknown_id_gets_pubcomp_when_the_client_resumes_a_session() -> None:
+    # CleanSession 0: the client re-sends the PUBRELs of its last connection [MQTT-4.4.0-1].
+    conn = ServerConnection()
+    conn.receive_data(encode(Connect("MQTT", 4, "dev-1", clean_session=False, keepalive=60)))
+    conn.accept_connect()
+    conn.data_to_send()
     assert conn.receive_data(encode(PubRel(99))) == []
     assert sent(conn) == [PubComp(99)]
+
+
+@pytest.mark.parametrize("packet", [PubRec(1), PubComp(1)])
+def test_pubrec_and_pubcomp_close_the_server_never_sends_qos_2(packet: Packet) -> None:
+    conn = connected()
+    with pytest.raises(ProtocolError, match="never sends QoS 2"):
+        conn.receive_data(encode(packet))
+
+
+def test_qos2_messages_awaiting_pubrel_are_bounded_by_max_inflight() -> None:
+    conn = connected(max_inflight=2)
+    for packet_id in (1, 2):
+        publish = Publish("t", b"x", QoS.EXACTLY_ONCE, packet_id=packet_id)
+        assert conn.receive_data(encode(publish)) == [publish]
+        conn.acknowledge(packet_id)
+    # A retransmission of a flow under way is no new flow; QoS 1 is not bounded here.
+    conn.receive_data(wire(Publish("t", b"x", QoS.EXACTLY_ONCE, dup=True, packet_id=2),
+                           Publish("t", b"y", QoS.AT_LEAST_ONCE, packet_id=9)))
+    assert sent(conn) == [PubRec(1), PubRec(2), PubRec(2)]
+    conn.receive_data(encode(PubRel(1)))
+    assert sent(conn) == [PubComp(1)]
+    [event] = conn.receive_data(encode(Publish("t", b"z", QoS.EXACTLY_ONCE, packet_id=3)))
+    with pytest.raises(ProtocolError, match="beyond 2 QoS 2 messages"):
+        conn.receive_data(encode(Publish("t", b"w", QoS.EXACTLY_ONCE, packet_id=4)))
 
 
 def test_pubrel_before_pubrec_is_a_protocol_error() -> None:
@@ -359,6 +424,33 @@ def test_subscription_qos_is_the_highest_match() -> None:
     assert conn.subscription_qos("a/b/c") is QoS.AT_MOST_ONCE
 
 
+def test_subscriptions_beyond_the_bound_get_suback_failure() -> None:
+    conn = connected(max_subscriptions=2)
+    conn.receive_data(encode(Subscribe(1, (("a", QoS.AT_MOST_ONCE), ("b/#", QoS.AT_MOST_ONCE)))))
+    # Replacing a filter held is no new subscription; a third one is refused, not the connection.
+    events = conn.receive_data(encode(Subscribe(2, (("c", QoS.AT_MOST_ONCE),
+                                                    ("b/#", QoS.AT_LEAST_ONCE)))))
+    assert events == [Subscribed((("b/#", QoS.AT_LEAST_ONCE),))]
+    assert sent(conn) == [SubAck(1, (0, 0)), SubAck(2, (SUBACK_FAILURE, 1))]
+    assert conn.subscription_qos("c") is None
+    conn.receive_data(encode(Unsubscribe(3, ("a",))))
+    conn.receive_data(encode(Subscribe(4, (("c", QoS.AT_MOST_ONCE),))))
+    assert sent(conn) == [UnsubAck(3), SubAck(4, (0,))]
+    with pytest.raises(ProtocolError, match="more than 2 topic filters"):
+        conn.receive_data(encode(Subscribe(5, (("x", 0), ("y", 0), ("z", 0)))))
+
+
+def test_subscriptions_beyond_max_packet_size_bytes_get_suback_failure() -> None:
+    conn = connected(max_packet_size=64)
+    conn.receive_data(encode(Subscribe(1, (("a" * 40, QoS.AT_MOST_ONCE),))))
+    conn.receive_data(encode(Subscribe(2, (("b" * 25, QoS.AT_MOST_ONCE),  # 65 bytes in all
+                                            ("c" * 24, QoS.AT_MOST_ONCE)))))
+    assert sent(conn) == [SubAck(1, (0,)), SubAck(2, (SUBACK_FAILURE, 0))]
+    conn.receive_data(encode(Unsubscribe(3, ("a" * 40,))))
+    conn.receive_data(encode(Subscribe(4, (("b" * 25, QoS.AT_MOST_ONCE),))))
+    assert sent(conn) == [UnsubAck(3), SubAck(4, (0,))]
+
+
 def test_unsubscribe() -> None:
     conn = connected()
     conn.receive_data(encode(Subscribe(1, (("a/+", QoS.AT_LEAST_ONCE),))))
@@ -412,15 +504,17 @@ def test_publish_qos2_is_capped_at_qos1() -> None:
     assert conn.inflight_out == 1
 
 
-def test_puback_clears_inflight_and_unknown_ids_are_ignored() -> None:
+def test_puback_clears_inflight_and_unknown_ids_close() -> None:
     conn = connected()
     first = conn.publish("t", b"x", QoS.AT_LEAST_ONCE)
     second = conn.publish("t", b"y", QoS.AT_LEAST_ONCE)
     assert (first, second) == (1, 2)
-    assert conn.receive_data(wire(PubAck(1), PubAck(300))) == []
+    assert conn.receive_data(wire(PubAck(1))) == []
     assert conn.inflight_out == 1
     assert conn.receive_data(wire(PubAck(2))) == []
     assert conn.inflight_out == 0
+    with pytest.raises(ProtocolError, match="not waiting for"):
+        conn.receive_data(wire(PubAck(2)))  # a second PUBACK for the same message
 
 
 def test_packet_ids_wrap_and_skip_ids_in_flight() -> None:

@@ -65,6 +65,16 @@ def test_services_select_their_deployments_pods() -> None:
         assert selector.items() <= pod_labels.items(), f"Service {name} selects no {name} pod"
 
 
+def test_ports_are_named_as_in_kaas_kpc_descriptor() -> None:
+    # Kaa's KPC Deployment page lists 1883 mqtt, 8883 mqtt-tls and 8080 metrics.
+    container_ports = {p["containerPort"]: p["name"] for p in kpc_container()["ports"]}
+    service_ports = {p["port"]: p["name"] for p in find("Service", "kpc")["spec"]["ports"]}
+    for ports in (container_ports, service_ports):
+        assert ports[1883] == "mqtt"
+        assert ports[8883] == "mqtt-tls"
+    assert container_ports[8080] == "metrics"
+
+
 def test_service_target_ports_exist_on_the_container() -> None:
     container_ports = {p["name"] for p in kpc_container()["ports"]}
     service_ports = find("Service", "kpc")["spec"]["ports"]
@@ -115,5 +125,5 @@ def test_configmap_service_config_loads_and_matches_the_deployment(tmp_path: Pat
     assert ports["metrics"] == config.management.port
     assert ports["http"] == config.server.port
     assert ports["mqtt"] == config.kaa.kpc.transports.mqtt.tcp.port
-    assert ports["mqtts"] == config.kaa.kpc.transports.mqtt.tls.port
+    assert ports["mqtt-tls"] == config.kaa.kpc.transports.mqtt.tls.port
     assert "demo_application" in config.kaa.applications

@@ -213,7 +213,8 @@ def test_how_the_stream_is_split_changes_nothing(sent: list[Packet], data: st.Da
     connect = Connect("MQTT", 4, "splitter", True, 0)
     stream = b"".join(encode(packet) for packet in [connect, *sent])
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8), label="cuts"))
-    chunks = [stream[start:end] for start, end in zip([0, *cuts], [*cuts, len(stream)])]
+    bounds = zip([0, *cuts], [*cuts, len(stream)], strict=True)
+    chunks = [stream[start:end] for start, end in bounds]
     split_events, split_output, split_verdict = _events_and_output(chunks)
     whole_events, whole_output, whole_verdict = _events_and_output([stream])
     assert split_verdict == whole_verdict

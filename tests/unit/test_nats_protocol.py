@@ -333,3 +333,40 @@ def test_a_message_larger_than_the_servers_max_payload_is_refused_before_it_is_b
         ServerInfo(max_payload=1024)]
     with pytest.raises(NatsProtocolError, match="exceeds the server's max_payload of 1024"):
         ServerStreamParser().feed(b'INFO {"max_payload":1024}\r\nMSG s 1 1025\r\n')
+
+
+@pytest.mark.parametrize(("text", "kind"), [
+    ("Authorization Violation", "authorization_violation"),
+    ("maximum connections exceeded", "maximum_connections"),
+    ("Stale Connection", "stale_connection"),
+    ("Slow Consumer", "slow_consumer"),
+    ("Maximum Payload Violation", "maximum_payload"),
+    ("Secure Connection - TLS Required", "tls_required"),
+    ("User Authentication Expired", "authentication_expired"),
+    ("something new", "other"),
+])
+def test_server_errors_have_a_bounded_kind(text: str, kind: str) -> None:
+    (error,) = ServerStreamParser().feed(f"-ERR '{text}'\r\n".encode())
+    assert isinstance(error, ServerError)
+    assert error.kind == kind
+    assert error.refused_publish is None and error.refused_subscription is None
+
+
+def test_permission_violations_name_their_subject() -> None:
+    publish, subscription = ServerStreamParser().feed(
+        b"-ERR 'Permissions Violation for Publish to \"kaa.v1.service.x.esp.ClientData\"'\r\n"
+        b"-ERR 'Permissions Violation for Subscription to \"kaa.v1.replica.r1.>\"'\r\n")
+    assert isinstance(publish, ServerError) and isinstance(subscription, ServerError)
+    assert publish.kind == "publish_permission"
+    assert publish.refused_publish == "kaa.v1.service.x.esp.ClientData"
+    assert subscription.refused_subscription == "kaa.v1.replica.r1.>"
+
+
+def test_info_carries_the_cluster_urls_lame_duck_and_nonce() -> None:
+    (info,) = ServerStreamParser().feed(
+        b'INFO {"connect_urls":["10.0.0.1:4222","10.0.0.2:4222"],"ldm":true,"nonce":"abc"}\r\n')
+    assert isinstance(info, ServerInfo)
+    assert info.connect_urls == ("10.0.0.1:4222", "10.0.0.2:4222")
+    assert info.lame_duck and info.nonce == "abc"
+    (plain,) = ServerStreamParser().feed(b"INFO {}\r\n")
+    assert isinstance(plain, ServerInfo) and plain.connect_urls is None and not plain.lame_duck

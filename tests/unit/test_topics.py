@@ -7,7 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kpc_trio.mqtt.errors import InvalidTopicError, ProtocolError
-from kpc_trio.mqtt.topics import topic_matches, validate_topic_filter, validate_topic_name
+from kpc_trio.mqtt.packets import QoS
+from kpc_trio.mqtt.topics import (
+    INDEXED_LEVELS,
+    Subscriptions,
+    topic_matches,
+    validate_topic_filter,
+    validate_topic_name,
+)
 
 
 @pytest.mark.parametrize("topic", ["a", "/", "kp1/app-v1/dcx/tok/json", "a//b", "$SYS/x", " "])
@@ -90,3 +97,53 @@ def test_wildcard_generalisation_matches(levels: list[str], position: int) -> No
     expected = not (position == 0 and topic.startswith("$"))
     assert topic_matches(plus, topic) is expected
     assert topic_matches(hash_, topic) is expected
+
+
+# ---- the subscription index ---------------------------------------------------------------------
+
+# Up to 12 levels: deeper than the trie indexes (INDEXED_LEVELS), so both paths are taken.
+_LEVELS = st.sampled_from(["a", "b", "", "$x"])
+_TOPICS = st.lists(_LEVELS, min_size=1, max_size=12).map("/".join)
+_FILTERS = st.builds(
+    lambda levels, last: "/".join([*levels, last]),
+    st.lists(_LEVELS | st.just("+"), max_size=11),
+    _LEVELS | st.sampled_from(["+", "#"]),
+)
+
+
+@given(st.lists(st.tuples(st.booleans(), _FILTERS, st.sampled_from(QoS)), max_size=30),
+       st.lists(_TOPICS, min_size=1, max_size=10))
+def test_the_index_answers_as_a_scan_of_every_filter(operations, topics) -> None:  # type: ignore[no-untyped-def]
+    subscriptions, model = Subscriptions(), {}
+    for subscribe, topic_filter, qos in operations:
+        if subscribe:
+            subscriptions.add(topic_filter, qos)
+            model[topic_filter] = qos
+        else:
+            subscriptions.remove(topic_filter)
+            model.pop(topic_filter, None)
+    assert len(subscriptions) == len(model)
+    assert subscriptions.size == sum(len(topic_filter.encode()) for topic_filter in model)
+    for topic in topics:
+        expected = max((qos for f, qos in model.items() if topic_matches(f, topic)), default=None)
+        assert subscriptions.max_qos(topic) == expected, topic
+    for topic_filter in model:
+        subscriptions.remove(topic_filter)
+    assert len(subscriptions) == subscriptions.size == 0
+    assert all(subscriptions.max_qos(topic) is None for topic in topics)
+
+
+def test_a_deep_filter_costs_a_bounded_number_of_trie_levels() -> None:
+    # 64 KiB of "+/": one trie node per level would hold megabytes for one filter.
+    deep = "d/" + "+/" * 32_000 + "#"
+    subscriptions = Subscriptions()
+    subscriptions.add(deep, QoS.AT_LEAST_ONCE)
+    depth, level = 0, subscriptions._root
+    while level.children:
+        [level] = level.children.values()
+        depth += 1
+    assert depth == INDEXED_LEVELS
+    assert subscriptions.max_qos("d/" + "x/" * 32_000 + "y") is QoS.AT_LEAST_ONCE
+    assert subscriptions.max_qos("d/x") is None
+    subscriptions.remove(deep)
+    assert not subscriptions._root.children
