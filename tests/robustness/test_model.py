@@ -40,16 +40,10 @@ EXPLORING = "KPC_MODEL_EXAMPLES" in os.environ
 EXAMPLES = int(os.environ.get("KPC_MODEL_EXAMPLES", "30"))
 STEPS = int(os.environ.get("KPC_MODEL_STEPS", "30"))
 
-# ---- Known bugs of issue 12 that the model finds, kept out of its way until the fixes are merged
-# (regression tests in test_model_regressions.py). Lift this by setting it to False; meanwhile
-# KPC_MODEL_KNOWN_BUGS=1 lets the model run into them.
-#  * A cached token rejection kills the connection: a rejected or revoked token is used once only.
-#  * Endpoint-unaware replies cross devices: unaware request ids are unique within an example.
-# Not a bug restriction but the model's limit: in one step, an endpoint is used by one device only
-# (which connection holds it after would depend on the order KPC reads them in). It also keeps the
-# model away from endpoint-aware replies following their endpoint to another connection (see
-# test_model_regressions.py), which needs a request in flight while the endpoint moves.
-AVOID_KNOWN_BUGS = os.environ.get("KPC_MODEL_KNOWN_BUGS") != "1"
+# In one step, an endpoint is used by one device only: which connection holds it after would
+# depend on the order KPC reads them in, which the model cannot know. This also keeps the model
+# away from endpoint-aware replies following their endpoint to another connection (a strict xfail
+# in test_model_regressions.py), which needs a request in flight while the endpoint moves.
 
 REQUEST_IDS = st.none() | st.integers(0, 3)  # small: devices count from 0 and collide
 QOS = st.integers(0, 2)
@@ -62,15 +56,11 @@ class KpcMachine(RuleBasedStateMachine):
         self._unique_request_ids = itertools.count(100)
         self.restarted = False
 
-    def _token(self, data: st.DataObject, shown: set[str],
+    def _token(self, data: st.DataObject,
                avoid: Callable[[str], bool] = lambda token: False) -> str | None:
-        """A token to use: valid, revoked or rejected (see AVOID_KNOWN_BUGS); None if there is
-        none left to use. `shown`: tokens the current step used already."""
+        """A token to use, valid, revoked or rejected; None if `avoid` leaves none."""
         model = self.model
         tokens = [t for t in model.tokens if not avoid(t)]
-        if AVOID_KNOWN_BUGS:
-            tokens = [t for t in tokens if model.endpoint_of(t) is not None
-                      or t not in model.used_rejected | shown]
         if not tokens:
             return None
         token = data.draw(st.sampled_from(tokens), label="token")
@@ -94,11 +84,11 @@ class KpcMachine(RuleBasedStateMachine):
         wrong = credentials is not None and data.draw(st.booleans(), label="wrong_password")
         model.connect(client_id, credentials, wrong)
 
-    def _target(self, data: st.DataObject, shown: set[str],
+    def _target(self, data: st.DataObject,
                 avoid: Callable[[str], bool] = lambda token: False) -> Target:
         """Mostly a valid route; sometimes one KPC must refuse (bad input between good)."""
         kind = data.draw(st.sampled_from(["aware", "unaware", "refused"]), label="target")
-        token = self._token(data, shown, avoid) if kind != "unaware" else None
+        token = self._token(data, avoid) if kind != "unaware" else None
         if kind == "refused":
             return data.draw(st.sampled_from([
                 Target("dcx", token or "tok", "json", app_version="no_such_v1"),
@@ -108,12 +98,6 @@ class KpcMachine(RuleBasedStateMachine):
                           token, "json")
         return Target(UNAWARE_EXTENSION, None,
                       data.draw(st.sampled_from(["time", "config"]), label="resource"))
-
-    def _request_id(self, data: st.DataObject, target: Target) -> int | None:
-        request_id = data.draw(REQUEST_IDS, label="request_id")
-        if request_id is not None and target.extension == UNAWARE_EXTENSION and AVOID_KNOWN_BUGS:
-            return next(self._unique_request_ids)
-        return request_id
 
     @precondition(lambda self: self.model.devices)
     @rule(data=st.data(), count=st.integers(1, 4))
@@ -128,12 +112,11 @@ class KpcMachine(RuleBasedStateMachine):
                 after depends on the order KPC reads them in, which the model cannot know."""
                 endpoint = model.endpoint_of(token)
                 return endpoint is not None and any(
-                    c != client_id and model.endpoint_of(t.token or "") == endpoint
-                    for c, t, _, _ in sends)
+                    c != client_id and (other := model.endpoint_of(t.token or "")) is not None
+                    and other.endpoint_id == endpoint.endpoint_id for c, t, _, _ in sends)
 
-            target = self._target(data, {t for _, sent, _, _ in sends if (t := sent.token)},
-                                  used_by_another)
-            request_id = self._request_id(data, target)
+            target = self._target(data, used_by_another)
+            request_id = data.draw(REQUEST_IDS, label="request_id")
             # One device never has two requests of one topic in flight: it could not tell
             # their answers apart either.
             if request_id is None or (client_id, target.topic, request_id) not in {
@@ -156,9 +139,8 @@ class KpcMachine(RuleBasedStateMachine):
 
         sends: list[tuple[Target, int, int | None]] = []
         for _ in range(count):
-            target = self._target(data, {t for sent, _, _ in sends if (t := sent.token)},
-                                  held_elsewhere)
-            request_id = self._request_id(data, target)
+            target = self._target(data, held_elsewhere)
+            request_id = data.draw(REQUEST_IDS, label="request_id")
             if target.token and model.status[target.extension] != 200:
                 request_id = None  # an error answer would not say whose it is
             if request_id is None or (target.topic, request_id) not in {
@@ -170,7 +152,7 @@ class KpcMachine(RuleBasedStateMachine):
     @rule(data=st.data(), qos=QOS)
     def subscribe(self, data: st.DataObject, qos: int) -> None:
         client_id = self._client(data)
-        token = self._token(data, set()) if data.draw(st.booleans(), label="with_token") else None
+        token = self._token(data) if data.draw(st.booleans(), label="with_token") else None
         self.model.subscribe(client_id, token, qos)
 
     @precondition(lambda self: self.model.devices)

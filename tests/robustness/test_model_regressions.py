@@ -1,7 +1,11 @@
 """What the model test (test_model.py) found, replayed as fixed sequences of its actions.
 
 Each test is the shrunk failing sequence, seen from outside: devices on raw sockets, the simulated
-Kaa side, the service's log and /metrics. Tests of bugs not fixed on this branch are strict xfails.
+Kaa side, the service's log and /metrics. Tests of bugs not fixed yet are strict xfails.
+
+The two bugs of issue 12 (a cached token rejection killed the connection; endpoint-unaware replies
+crossed devices, or one was lost when a device used one request id on two resource paths) were
+found by the model before their fixes were merged.
 """
 
 from __future__ import annotations
@@ -21,8 +25,6 @@ def model(model_system: ModelSystem) -> Iterator[SystemModel]:
     model.teardown()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 bug 1: a cached token rejection kills the "
-                   "connection (session_failed, TokenValidationError from identify_cached)")
 def test_a_rejected_token_used_again_is_answered_and_the_connection_stays(model):
     device = model.client_ids[0]
     rejected = Target("dcx", model.rejected_tokens[0], "json")
@@ -33,8 +35,6 @@ def test_a_rejected_token_used_again_is_answered_and_the_connection_stays(model)
     model.settle()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 bug 1: a revoked token's cached rejection "
-                   "kills the connection")
 def test_a_revoked_token_used_twice_is_answered_and_the_connection_stays(model):
     device = model.client_ids[0]
     revoked = Target("cex", model.endpoints[0].token, "json")
@@ -48,8 +48,6 @@ def test_a_revoked_token_used_twice_is_answered_and_the_connection_stays(model):
         model.settle()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 bug 2: endpoint-unaware replies are matched "
-                   "by (appversion, extension, request id) only and cross devices")
 def test_unaware_requests_of_two_devices_with_one_request_id_get_their_own_replies(model):
     first, second = model.client_ids[:2]
     model.connect(first)
@@ -59,8 +57,6 @@ def test_unaware_requests_of_two_devices_with_one_request_id_get_their_own_repli
     model.settle()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 bug 2: a device's unaware requests with one "
-                   "request id on two resource paths share a pending entry: one reply is lost")
 def test_unaware_requests_of_one_device_on_two_paths_with_one_request_id_both_answered(model):
     device = model.client_ids[0]
     model.connect(device)
