@@ -33,7 +33,6 @@ from kpc_trio.mqtt.packets import (
     UnsubAck,
     Unsubscribe,
     Will,
-    inbound_publish,
 )
 
 #: The largest remaining length four length bytes can express (MQTT 3.1.1 section 2.2.3).
@@ -454,6 +453,9 @@ def _valid_first_bytes() -> frozenset[int]:
 # A set lookup per packet instead of a call; `_check_first_byte` says why a byte is refused.
 _VALID_FIRST_BYTES = _valid_first_bytes()
 
+# The decoder's `Publish` constructor: no Python-level call (the decoder checked every field).
+_new_tuple = tuple.__new__
+
 # The longest topic name a decoder keeps for reuse (one per connection, so bounded in bytes).
 _REMEMBERED_TOPIC_LENGTH = 256
 
@@ -602,5 +604,5 @@ class Decoder:
             packet_id = buffer[topic_end] << 8 | buffer[topic_end + 1]
             if packet_id == 0:
                 raise ProtocolError("PUBLISH has packet id 0, which MQTT forbids")
-        return inbound_publish(topic, payload, _QOS_BY_VALUE[qos], bool(first_byte & 0x01),
-                               bool(first_byte & 0x08), packet_id)
+        return _new_tuple(Publish, (topic, payload, _QOS_BY_VALUE[qos], bool(first_byte & 0x01),
+                                    bool(first_byte & 0x08), packet_id))

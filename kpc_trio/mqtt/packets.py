@@ -7,7 +7,7 @@ MQTT 3.1.1 specification (OASIS, 2014), section 3.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from typing import NamedTuple
 
 import attrs
 
@@ -76,42 +76,17 @@ class ConnAck:
     session_present: bool = False
 
 
-@attrs.frozen
-class Publish:
+class Publish(NamedTuple):
+    """A named tuple, not an attrs class like the other packets: one is built per received
+    message, and a frozen attrs instance costs several times more to create (the decoder builds
+    it with `tuple.__new__`, having checked every field)."""
+
     topic: str
     payload: bytes
     qos: QoS = QoS.AT_MOST_ONCE
     retain: bool = False
     dup: bool = False
     packet_id: int | None = None  # present iff qos > 0
-
-
-def _inbound_publish_builder() -> Callable[[str, bytes, QoS, bool, bool, int | None], Publish]:
-    """A `Publish` constructor for the decoder, which has checked every field already: it sets
-    the slots directly, without attrs' frozen `__init__` (one call per field through
-    `object.__setattr__`), about 30% cheaper per received message."""
-    names = ("topic", "payload", "qos", "retain", "dup", "packet_id")
-    if tuple(field.name for field in attrs.fields(Publish)) != names:
-        raise TypeError(f"Publish fields are not {names}: update the decoder's builder")
-    new = object.__new__
-    set_topic, set_payload, set_qos, set_retain, set_dup, set_packet_id = (
-        vars(Publish)[name].__set__ for name in names)
-
-    def inbound_publish(topic: str, payload: bytes, qos: QoS, retain: bool, dup: bool,
-                        packet_id: int | None) -> Publish:
-        packet: Publish = new(Publish)
-        set_topic(packet, topic)
-        set_payload(packet, payload)
-        set_qos(packet, qos)
-        set_retain(packet, retain)
-        set_dup(packet, dup)
-        set_packet_id(packet, packet_id)
-        return packet
-
-    return inbound_publish
-
-
-inbound_publish = _inbound_publish_builder()
 
 
 @attrs.frozen
