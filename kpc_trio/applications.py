@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping
 import attrs
 
 from kpc_trio.config import Config
+from kpc_trio.kaa.endpoints import DisconnectPolicy
 from kpc_trio.kaa.kp1 import ApplicationRegistry
-from kpc_trio.presence import DisconnectPolicy
 
 _FOLLOW_CLIENT = DisconnectPolicy()
 

@@ -17,7 +17,7 @@ import trio
 from kpc_trio.kaa import records, subjects
 from kpc_trio.logs import get_logger
 from kpc_trio.metrics import Metrics
-from kpc_trio.nats.gateway import NatsGateway
+from kpc_trio.nats.gateway import NatsPort
 from kpc_trio.nats.requests import (
     CorrelatedRequests,
     ProviderTimeoutError,
@@ -76,7 +76,7 @@ class _Pending:
 class EndpointTokenResolver:
     def __init__(
         self,
-        gateway: NatsGateway,
+        gateway: NatsPort,
         *,
         provider: str,
         replica_id: str,

@@ -25,8 +25,8 @@ from typing import Any, Protocol
 import attrs
 import yaml
 
+from kpc_trio.kaa.endpoints import DisconnectPolicy
 from kpc_trio.nats.protocol import NatsUrlError, parse_url
-from kpc_trio.presence import DisconnectPolicy
 
 DEFAULT_CONFIG_PATH = "/srv/kpc/service-config.yml"
 CONFIG_PATH_ENV = "APP_CONFIG_PATH"
@@ -342,10 +342,22 @@ class InstanceSettings:
 
 
 @attrs.frozen
+class ShutdownSettings:
+    unready_delay: float = setting(
+        5.0, Duration(), "On SIGTERM, how long /ready answers 503 before the listeners close "
+        "(the load balancer stops sending new devices meanwhile).")
+    disconnect_rate: int = setting(
+        500, Integer(1), "Connections closed per second at most at the end of a graceful "
+        "shutdown (their devices reconnect to other replicas evenly).")
+
+
+@attrs.frozen
 class ServiceSettings:
     instance: InstanceSettings = section(InstanceSettings)
     graceful_shutdown: float = setting(30.0, Duration(),
-                                       "Time given to open sessions to finish on SIGTERM.")
+                                       "Time given to a shutdown on SIGTERM: unready delay, "
+                                       "replies still due, paced disconnection, NATS drain.")
+    shutdown: ShutdownSettings = section(ShutdownSettings)
     config_watch_interval: float = setting(
         5.0, Duration(), "How often the configuration file (APP_CONFIG_PATH) is checked for a "
         "change to reload (its content, inode and mtime; 0 = on SIGHUP only).")
@@ -483,6 +495,9 @@ class HttpTransportSettings:
     request_timeout: float = setting(30.0, Duration(positive=True),
                                      "Time to wait for the extension's answer before replying 504.")
     max_body_size: int = setting(1048576, Integer(0), "Largest request body accepted, in bytes.")
+    idle_timeout: float = setting(300.0, Duration(positive=True),
+                                  "An endpoint seen only over HTTP goes offline "
+                                  "(DisconnectedEvent) after this long without a request.")
 
 
 @attrs.frozen
@@ -530,6 +545,11 @@ class EspSettings:
     response_timeout: float = setting(30.0, Duration(positive=True),
                                       "How long a request to an endpoint-unaware extension waits "
                                       "for its reply; a later reply is dropped.")
+    affinity_ttl: float = setting(600.0, Duration(),
+                                  "How long an endpoint's ClientData keep going to the replica "
+                                  "subject an extension answered from (its replyTo); 0 = never. "
+                                  "A replica refused by NATS, or silent for response-timeout, "
+                                  "is left sooner.")
 
 
 @attrs.frozen
@@ -558,6 +578,13 @@ class LimitSettings:
     memory_trim_interval: float = setting(
         10.0, Duration(), "How often freed memory is given back to the operating system "
         "(glibc's malloc_trim), so the RSS comes back after a burst; 0 = never.")
+    max_queued_events: int = setting(
+        100000, Integer(1), "Endpoints whose connectivity event waits for NATS (an outage) at "
+        "most; a newer state of the same endpoint replaces the queued one, and a full queue "
+        "drops the oldest (counted as kpc_messages_dropped{reason=\"event_queue_full\"}).")
+    affinity_bytes: int = setting(
+        8388608, Integer(0), "Bytes of remembered extension replica subjects (session "
+        "affinity, kaa.kpc.esp.affinity-ttl) at most; the least recently used go first.")
 
 
 @attrs.frozen

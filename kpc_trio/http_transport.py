@@ -4,25 +4,34 @@ Synchronous request/response (spec 2.5): KPC validates the token, relays the bod
 `ClientData` with a request id of its own, waits for the extension's `ExtensionData` and answers
 with its status code and payload (the 1/KP error JSON for non-2xx). No client authentication on
 HTTP, as documented; endpoint token identification only.
+
+HTTP devices are endpoints like any other: a request marks its endpoint online (the endpoint
+lifecycle publishes the ConnectedEvent the first time), it goes offline after
+`kaa.kpc.transports.http.idle-timeout` without requests, and the bytes both ways are counted in
+the traffic reports (under the default tenant: HTTP has no client authentication).
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+from typing import Any
 from urllib.parse import unquote
 
 import attrs
 import trio
 
-from kpc_trio.auth import EndpointTokenResolver, TokenValidationError
+from kpc_trio.auth import EndpointIdentity, EndpointTokenResolver, TokenValidationError
+from kpc_trio.connectivity import ConnectivityEvents
 from kpc_trio.httpd import Request, Response
 from kpc_trio.kaa import kp1, records
+from kpc_trio.kaa.endpoints import Endpoints
 from kpc_trio.kaa.kp1 import Kp1Error
 from kpc_trio.logs import get_logger
 from kpc_trio.metrics import Metrics
-from kpc_trio.nats.gateway import NatsGateway, NatsUnavailableError
+from kpc_trio.nats.gateway import NatsPort, NatsUnavailableError
 from kpc_trio.relay import REFUSED_BY_NATS_REASON, REFUSED_BY_NATS_STATUS, Relay, reason_for
+from kpc_trio.traffic import TrafficMeter
 
 log = get_logger(__name__)
 
@@ -100,11 +109,17 @@ class HttpTransport:
         *,
         relay: Relay,
         resolver: EndpointTokenResolver,
-        gateway: NatsGateway,
+        gateway: NatsPort,
         waiters: ReplyWaiters,
         metrics: Metrics,
         request_timeout: float,
+        endpoints: Endpoints[Any],
+        events: ConnectivityEvents,
+        traffic: TrafficMeter | None,
     ) -> None:
+        self._endpoints = endpoints
+        self._events = events
+        self._traffic = traffic
         self._relay = relay
         self._resolver = resolver
         self._gateway = gateway
@@ -129,11 +144,17 @@ class HttpTransport:
             return status, [*headers, ("allow", "POST")], body
         try:
             route = self._relay.route(kp1_topic(request.path))
-            endpoint_id = await self._identify(route) if route.token is not None else None
+            identity = await self._identify(route) if route.token is not None else None
         except Kp1Error as err:
             return kp1_error_response(err.status_code, err.reason_phrase)
         except TokenValidationError as err:
             return kp1_error_response(err.status_code, err.reason_phrase)
+        endpoint_id = app_name = None
+        if identity is not None:
+            endpoint_id = identity.endpoint_id
+            app_name = self._relay.registry.app_name(route.app_version)
+            self._events.publish(self._endpoints.http_request(endpoint_id, route.app_version,
+                                                              trio.current_time()))
         request_id = next(self._request_ids)
         route = attrs.evolve(route, request_id=request_id)
         key = ReplyKey(route.extension, endpoint_id, request_id)
@@ -152,8 +173,11 @@ class HttpTransport:
             except NatsUnavailableError:
                 return kp1_error_response(503, "Service unavailable: NATS is not connected")
             if refused:
+                self._relay.affinity.forget_subject(message.subject)
                 return kp1_error_response(REFUSED_BY_NATS_STATUS, REFUSED_BY_NATS_REASON)
             self._metrics.relayed_to(route.extension).inc()
+            if self._traffic is not None and endpoint_id is not None and app_name is not None:
+                self._traffic.received(None, app_name, endpoint_id, len(request.body))
             with trio.move_on_after(self._timeout):
                 await waiter.done.wait()
         finally:
@@ -162,9 +186,12 @@ class HttpTransport:
             log.info("http_extension_timeout", extension=route.extension,
                      endpoint_id=endpoint_id, correlation_id=correlation_id)
             return kp1_error_response(504, "Extension did not answer in time")
-        return self._response_for(waiter.reply)
+        response = self._response_for(waiter.reply)
+        if self._traffic is not None and endpoint_id is not None and app_name is not None:
+            self._traffic.sent(None, app_name, endpoint_id, len(response[2]))
+        return response
 
-    async def _identify(self, route: kp1.Route) -> str:
+    async def _identify(self, route: kp1.Route) -> EndpointIdentity:
         assert route.token is not None
         app_name = self._relay.registry.app_name(route.app_version)
         assert app_name is not None  # parse_topic rejects unknown appversions
@@ -173,7 +200,7 @@ class HttpTransport:
             identity = await self._resolver.identify(app_name, route.token)
         else:
             self._resolver.record_cache_hits(1)
-        return identity.endpoint_id
+        return identity
 
     @staticmethod
     def _response_for(data: records.ExtensionData) -> Response:

@@ -1,8 +1,9 @@
-"""The replica's routing table: which session holds which client id and which endpoint.
+"""The replica's routing table: which session holds which client id, and the endpoints.
 
 Pure bookkeeping (no I/O, no trio): sessions register here and the NATS side looks sessions up
-here to deliver `ExtensionData`. The last session that used an endpoint wins (roaming), and the
-newest connection with a client id takes the id over from the older one.
+here to deliver `ExtensionData`. The newest connection with a client id takes the id over from
+the older one. Which session holds an endpoint is the endpoint lifecycle's (`endpoints`, one
+`kaa.endpoints.Endpoints`), reached through the hub.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from __future__ import annotations
 import itertools
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import attrs
 
-S = TypeVar("S")
+from kpc_trio.kaa.endpoints import DisconnectPolicy, Endpoints, Holder
+
+S = TypeVar("S", bound=Holder)
 
 
 #: Request ids KPC gives endpoint-unaware requests on NATS: below the HTTP transport's
@@ -35,10 +39,11 @@ class UnawareRequest(Generic[S]):
 
 
 class Hub(Generic[S]):
-    def __init__(self, *, max_pending_unaware: int = 10_000,
-                 unaware_timeout: float = 30.0) -> None:
+    def __init__(self, *, max_pending_unaware: int = 10_000, unaware_timeout: float = 30.0,
+                 policy_of: Callable[[str], DisconnectPolicy] = lambda _: DisconnectPolicy(),
+                 http_idle_timeout: float = 300.0) -> None:
         self._clients: dict[str, S] = {}
-        self._endpoints: dict[str, S] = {}
+        self.endpoints = Endpoints[S](policy_of, http_idle_timeout=http_idle_timeout)
         self._unaware: OrderedDict[int, UnawareRequest[S]] = OrderedDict()
         self._max_pending_unaware = max_pending_unaware
         self._unaware_timeout = unaware_timeout
@@ -58,22 +63,8 @@ class Hub(Generic[S]):
             del self._clients[client_id]
 
     # --- endpoints --------------------------------------------------------------------------
-    def bind_endpoint(self, endpoint_id: str, session: S) -> S | None:
-        """Route `endpoint_id` to `session`; return the session it roamed from, if any."""
-        previous = self._endpoints.get(endpoint_id)
-        self._endpoints[endpoint_id] = session
-        return previous if previous is not session else None
-
-    def unbind_endpoint(self, endpoint_id: str, session: S | None = None) -> bool:
-        """Forget the route; with `session`, only if that session still holds it."""
-        current = self._endpoints.get(endpoint_id)
-        if current is None or (session is not None and current is not session):
-            return False
-        del self._endpoints[endpoint_id]
-        return True
-
     def session_for_endpoint(self, endpoint_id: str) -> S | None:
-        return self._endpoints.get(endpoint_id)
+        return self.endpoints.holder_of(endpoint_id)
 
     # --- endpoint-unaware requests ----------------------------------------------------------
     # Devices choose request ids themselves (tutorial clients count from 0), so many pending
@@ -124,7 +115,8 @@ class Hub(Generic[S]):
 
     @property
     def endpoint_count(self) -> int:
-        return len(self._endpoints)
+        """Endpoints online on this replica (held by a session or kept until idle)."""
+        return self.endpoints.online_count
 
     @property
     def pending_unaware_count(self) -> int:

@@ -214,7 +214,13 @@ class Metrics:
 
         # Endpoints and license
         self.endpoints_online: Final = Gauge(
-            "kpc_endpoints_online", "Endpoints with an active session.", registry=r
+            "kpc_endpoints_online", "Endpoints online on this replica (held by a session, kept "
+            "until idle, or seen over HTTP).", registry=r
+        )
+        self.connectivity_events_queued: Final = Gauge(
+            "kpc_connectivity_events_queued",
+            "Endpoints whose connectivity event waits for NATS (bounded by "
+            "limits.max-queued-events).", registry=r
         )
         self.license_expiry_remaining: Final = Gauge(
             "kpc_license_expiry_remaining_seconds",

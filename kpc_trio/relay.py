@@ -14,6 +14,7 @@ from http import HTTPStatus
 import attrs
 
 from kpc_trio.kaa import kp1, records, subjects
+from kpc_trio.kaa.affinity import Affinity
 from kpc_trio.kaa.kp1 import ApplicationRegistry, Kp1Error, Route
 from kpc_trio.nats.gateway import OutboundMessage
 
@@ -71,9 +72,13 @@ class Relay:
         message_timeout_ms: int = 0,
         with_config_name: bool = True,
         limits: TopicLimits = TopicLimits(),
+        affinity: Affinity | None = None,
     ) -> None:
         self.registry = registry
         self.limits = limits
+        #: Where an endpoint's ClientData go when an extension replica answered it (trio's clock
+        #: is not needed: TTLs are minutes, `time.monotonic()` serves).
+        self.affinity = affinity if affinity is not None else Affinity(ttl=0, max_bytes=0)
         self._reply_to = subjects.extension_data_replica(replica_id)
         self._timeout = message_timeout_ms
         self._with_config_name = with_config_name
@@ -151,7 +156,11 @@ class Relay:
             template = entry[2]
         else:
             template = self._template(route, endpoint_id)
-        subject = self._subjects.get(route.extension)
+        subject = None
+        if endpoint_id is not None and self.affinity:  # nothing remembered: no clock reading
+            subject = self.affinity.subject_for(endpoint_id, route.extension, time.monotonic())
+        if subject is None:
+            subject = self._subjects.get(route.extension)
         if subject is None:
             subject = self._subjects[route.extension] = subjects.client_data(route.extension)
         datum = records.fill_client_data(template, correlation_id, time.time_ns() // 1_000_000,

@@ -38,7 +38,7 @@ LIVE_KEYS: Final = (
     f"{_MQTT}.max-packet-size", f"{_MQTT}.connect-timeout", f"{_MQTT}.max-inflight",
     f"{_MQTT}.max-outbox-bytes", f"{_MQTT}.max-connections",
     "kaa.kpc.auth.anonymous-allowed",
-    "service.graceful-shutdown", "service.config-watch-interval",
+    "service.graceful-shutdown", "service.config-watch-interval", "service.shutdown.",
 )
 _TLS_FILES: Final = ("cert-file", "key-file", "ca-file")
 

@@ -7,8 +7,12 @@ KpcService.serve
    └─ sessions nursery               deadline = graceful-shutdown period once shutdown starts
       └─ listeners nursery           cancelled first on shutdown
 ```
-Shutdown: not ready -> listeners stop accepting -> sessions stop reading and finish in-flight
-relays (bounded by `service.graceful-shutdown`) -> disconnected events -> NATS drained.
+Shutdown, all within `service.graceful-shutdown` (a second SIGTERM or the end of the period cuts
+it short), each phase logged as `shutdown_phase` with its counts:
+unready (/ready 503 for `service.shutdown.unready-delay`) -> stop accepting -> stop reading (the
+relays under way finish) -> await replies (the ExtensionData of requests already relayed are
+delivered) -> disconnect (the remaining connections, at most `service.shutdown.disconnect-rate`
+per second) -> disconnected events (endpoints still kept online) -> NATS drained.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from kpc_trio.http_transport import HttpTransport, ReplyWaiters, kp1_error_respo
 from kpc_trio.httpd import HttpLimits, management_routes, rest_routes, serve_http
 from kpc_trio.hub import Hub
 from kpc_trio.kaa import records, scmp, subjects
+from kpc_trio.kaa.affinity import Affinity
+from kpc_trio.kaa.endpoints import State
 from kpc_trio.kaa.extension_data import read_extension_data
 from kpc_trio.keycloak import ServiceTokens
 from kpc_trio.logs import get_logger
@@ -59,7 +65,7 @@ from kpc_trio.nats.connection import (
 )
 from kpc_trio.nats.credentials import NatsCredentialsError, load_creds, load_nkey_seed
 from kpc_trio.nats.embedded import open_embedded_nats
-from kpc_trio.nats.gateway import InboundMessage, NatsGateway, open_nats_gateway
+from kpc_trio.nats.gateway import InboundMessage, NatsPort, open_nats_gateway
 from kpc_trio.net import (
     HandshakeFailureReason,
     Peer,
@@ -68,7 +74,7 @@ from kpc_trio.net import (
     serve_tls,
     serve_websocket,
 )
-from kpc_trio.presence import Expiry, IdleTracker, run_idle_sweeper
+from kpc_trio.presence import run_idle_sweeper
 from kpc_trio.relay import Relay, TopicLimits, is_expired
 from kpc_trio.revocation import RevocationListener
 from kpc_trio.session import Delivery, Session, SessionContext, SessionLimits, run_refusal
@@ -81,6 +87,8 @@ log = get_logger(__name__)
 NATS_STARTUP_WAIT = 10.0
 #: Seconds the NATS gateway may always take to flush the last events during shutdown.
 NATS_DRAIN_MINIMUM = 0.5
+#: How often a shutdown checks whether the replies it waits for arrived.
+REPLY_POLL_INTERVAL = 0.05
 
 
 def session_limits(config: Config) -> SessionLimits:
@@ -92,6 +100,7 @@ def session_limits(config: Config) -> SessionLimits:
         max_inflight=mqtt.max_inflight,
         max_subscriptions=mqtt.max_subscriptions,
         max_client_id_length=mqtt.max_client_id_length,
+        reply_wait=config.kaa.kpc.esp.response_timeout,
         log_repeat_interval=config.logging.repeat_interval,
     )
 
@@ -151,6 +160,7 @@ class KpcService:
     _nats_up: trio.Event = attrs.field(factory=trio.Event)
     _http_waiters: ReplyWaiters = attrs.field(factory=ReplyWaiters)
     _grace_deadline: float = -math.inf
+    _unready_delay: float = 0.0
     _context: SessionContext | None = None
     _sessions_nursery: trio.Nursery | None = None  # hosts the sessions and their writer tasks
     applications: LiveApplications = attrs.field(init=False)
@@ -173,7 +183,9 @@ class KpcService:
 
     @hub.default
     def _hub_for_config(self) -> Hub[Session]:
-        return Hub(unaware_timeout=self.config.kaa.kpc.esp.response_timeout)
+        return Hub(unaware_timeout=self.config.kaa.kpc.esp.response_timeout,
+                   policy_of=lambda app_version: self.applications.disconnect_policy(app_version),
+                   http_idle_timeout=self.config.kaa.kpc.transports.http.idle_timeout)
 
     @property
     def replica_id(self) -> str:
@@ -183,10 +195,15 @@ class KpcService:
     def shutdown_started(self) -> bool:
         return self._shutdown_requested.is_set()
 
-    def request_shutdown(self) -> None:
+    def request_shutdown(self, *, unready_delay: float | None = None) -> None:
+        """Start the graceful shutdown (from the trio thread); `unready_delay` overrides
+        `service.shutdown.unready-delay` (an in-process service has no load balancer)."""
         if not self._shutdown_requested.is_set():
             log.info("shutdown_requested", sessions=len(self.sessions))
             self.health.shutting_down = True
+            self._grace_deadline = trio.current_time() + self.config.service.graceful_shutdown
+            self._unready_delay = (self.config.service.shutdown.unready_delay
+                                   if unready_delay is None else unready_delay)
             self._shutdown_requested.set()
 
     async def serve(self, *, task_status: trio.TaskStatus[dict[str, int]] = trio.TASK_STATUS_IGNORED
@@ -214,6 +231,7 @@ class KpcService:
                     ))
                     await self._await_first_nats_connection()
                     await self._serve_with(gateway, task_status)
+                    log.info("shutdown_phase", phase="nats_drain")
                     # What is left of the graceful period, but a moment at least for the events.
                     drain_scope.deadline = max(self._grace_deadline,
                                                trio.current_time() + NATS_DRAIN_MINIMUM)
@@ -285,25 +303,27 @@ class KpcService:
             self.ports[name] = await nursery.start(functools.partial(
                 serve_http, routes, host=None, port=port, reuse_port=self.reuse_port))
 
-    async def _serve_with(self, gateway: NatsGateway,
+    async def _serve_with(self, gateway: NatsPort,
                           task_status: trio.TaskStatus[dict[str, int]]) -> None:
         config = self.config
         context = self._context = self._session_context(gateway)
         self.metrics.token_cache_bytes.set_function(lambda: context.resolver.cache_bytes)
         self.metrics.route_memory_bytes.set_function(
             lambda: context.relay.remembered_routes_bytes)
+        self.metrics.connectivity_events_queued.set_function(lambda: context.events.queued)
         async with trio.open_nursery() as services:
             await self._start_nats_consumers(services, gateway, context)
             if self.tekton is not None:
                 # Before any listener opens: devices must not meet an empty configuration.
                 await services.start(self.tekton.serve)
                 self.health.configuration_loaded = True
-            services.start_soon(run_idle_sweeper, context.presence, self._on_idle_endpoints)
+            services.start_soon(context.events.run)
+            services.start_soon(run_idle_sweeper, self.hub.endpoints, context.events.publish)
             services.start_soon(run_memory_trimmer, config.kaa.kpc.limits.memory_trim_interval,
                                 self.metrics.memory_trims.inc)
             if context.traffic is not None:
                 services.start_soon(functools.partial(
-                    run_traffic_reports, context.traffic, gateway.publish_nowait,
+                    run_traffic_reports, context.traffic, gateway,
                     period=config.kaa.kpc.traffic_report.period,
                     subject=subjects.traffic_report(config.service.instance.name),
                     replica_id=self.replica_id,
@@ -317,17 +337,65 @@ class KpcService:
                         f"{name}_port": port for name, port in self.ports.items()})
                     task_status.started(dict(self.ports))
                     await self._shutdown_requested.wait()
+                    log.info("shutdown_phase", phase="unready", seconds=self._unready_delay,
+                             connections=len(self.sessions))
+                    await trio.sleep_until(min(trio.current_time() + self._unready_delay,
+                                               self._grace_deadline))
+                    log.info("shutdown_phase", phase="stop_accepting",
+                             connections=len(self.sessions))
                     listeners_nursery.cancel_scope.cancel()
-                for session in list(self.sessions):
-                    session.stop_reading()
-                self._grace_deadline = trio.current_time() + config.service.graceful_shutdown
                 sessions_nursery.cancel_scope.deadline = self._grace_deadline
+                with trio.move_on_at(self._grace_deadline) as period:
+                    await self._close_sessions()
+                if period.cancelled_caught:
+                    log.warning("shutdown_cut_short", reason="graceful shutdown period over",
+                                connections=len(self.sessions),
+                                awaited_replies=self._awaiting_replies())
+                sessions_nursery.cancel_scope.cancel()  # idle HTTP keep-alive connections
             # Endpoints kept online for clients that already left: nobody would report them.
-            self._on_idle_endpoints(context.presence.expired(math.inf))
+            kept = self.hub.endpoints.shutdown()
+            context.events.publish(kept)
+            log.info("shutdown_phase", phase="disconnected_events",
+                     endpoints=len(kept.disconnected), queued=context.events.queued)
+            with trio.move_on_at(max(self._grace_deadline,
+                                     trio.current_time() + NATS_DRAIN_MINIMUM)):
+                await context.events.flushed()
+            if context.events.queued:
+                log.warning("connectivity_events_unpublished", endpoints=context.events.queued,
+                            reason="graceful shutdown period over")
             services.cancel_scope.cancel()
         log.info("kpc_stopped", replica_id=self.replica_id)
 
-    def _session_context(self, gateway: NatsGateway) -> SessionContext:
+    async def _close_sessions(self) -> None:
+        """Shutdown phases from stop reading to disconnect (the caller bounds them)."""
+        for session in list(self.sessions):
+            session.stop_reading()
+        log.info("shutdown_phase", phase="stop_reading", connections=len(self.sessions))
+        rate = self.config.service.shutdown.disconnect_rate
+        log.info("shutdown_phase", phase="await_replies", requests=self._awaiting_replies())
+        # Replies are waited for as long as the paced disconnection still fits in the period.
+        with trio.move_on_at(self._grace_deadline - len(self.sessions) / rate
+                             - NATS_DRAIN_MINIMUM):
+            # Polled: an event per delivered reply would cost every reply, for a rare shutdown.
+            while self._awaiting_replies():  # noqa: ASYNC110
+                await trio.sleep(REPLY_POLL_INTERVAL)
+        sessions = list(self.sessions)
+        log.info("shutdown_phase", phase="disconnect", connections=len(sessions),
+                 per_second=rate, replies_abandoned=self._awaiting_replies())
+        start = trio.current_time()
+        for n, session in enumerate(sessions):
+            await trio.sleep_until(start + n / rate)
+            session.close()
+        while self.sessions:  # noqa: ASYNC110 - as above: sessions end on their own
+            await trio.sleep(REPLY_POLL_INTERVAL)
+
+    def _awaiting_replies(self) -> int:
+        """Requests relayed whose reply a device still expects (MQTT sessions and HTTP)."""
+        now = trio.current_time()
+        return sum(session.awaiting_replies(now) for session in self.sessions) + len(
+            self._http_waiters)
+
+    def _session_context(self, gateway: NatsPort) -> SessionContext:
         config = self.config
         kpc = config.kaa.kpc
         traffic = None
@@ -348,6 +416,8 @@ class KpcService:
                     max_token_length=kpc.limits.max_token_length,
                     route_memory_bytes=kpc.limits.route_memory_bytes,
                 ),
+                affinity=Affinity(ttl=kpc.esp.affinity_ttl, max_bytes=kpc.limits.affinity_bytes,
+                                  unanswered_limit=kpc.esp.response_timeout),
             ),
             resolver=EndpointTokenResolver(
                 gateway,
@@ -360,17 +430,18 @@ class KpcService:
                 max_bytes=kpc.auth.token_cache.max_bytes,
                 metrics=self.metrics,
             ),
-            events=ConnectivityEvents(gateway, kpc_instance=config.service.instance.name,
-                                      replica_id=self.replica_id),
+            events=ConnectivityEvents(
+                gateway, kpc_instance=config.service.instance.name, replica_id=self.replica_id,
+                max_queued=kpc.limits.max_queued_events,
+                on_dropped=self.metrics.messages_dropped.labels("event_queue_full").inc),
             metrics=self.metrics,
-            presence=IdleTracker(self.applications.disconnect_policy),
             traffic=traffic,
             limits=session_limits(config),
             authenticator=NatsClientAuthenticator.from_config(
                 gateway, kpc.auth, replica_id=self.replica_id),
         )
 
-    async def _start_nats_consumers(self, services: trio.Nursery, gateway: NatsGateway,
+    async def _start_nats_consumers(self, services: trio.Nursery, gateway: NatsPort,
                                     context: SessionContext) -> None:
         """Subscribe every task that consumes NATS, then sync so none can miss an early event."""
         instance = self.config.service.instance.name
@@ -458,26 +529,15 @@ class KpcService:
 
     def release_endpoints_of(self, app_versions: frozenset[str],
                              applications: frozenset[str] = frozenset()) -> None:
-        """Endpoints of appversions (and applications) that left the configuration go offline:
-        one DisconnectedEvent per session, token cache entries evicted; connections stay.
-
-        To move into the endpoint lifecycle module once it exists (issue 14).
-        """
+        """Endpoints of appversions (and applications) that left the configuration go offline
+        (one DisconnectedEvent), token cache entries evicted; connections stay."""
         if self._context is None:
             return
-        released = 0
-        for session in list(self.sessions):
-            gone = session.release_app_versions(app_versions)
-            if gone:
-                self._context.events.disconnected(gone)
-                released += len(gone)
-        # Kept online after their client left (idle policy): no session holds them any more.
-        detached = self._context.presence.release_app_versions(app_versions)
-        self._context.events.disconnected(detached)
-        released += len(detached)
+        change = self.hub.endpoints.app_versions_removed(app_versions)
+        self._context.events.publish(change)
         evicted = sum(self._context.resolver.forget_application(app) for app in applications)
         log.info("endpoints_released", app_versions=describe(app_versions),
-                 endpoints=released, token_cache_entries=evicted)
+                 endpoints=len(change.disconnected), token_cache_entries=evicted)
 
     # --- revocation (RevocationHandler) and idle endpoints --------------------------------------
     def on_tokens_revoked(self, app_name: str, endpoint_id: str, token_ids: frozenset[str]) -> None:
@@ -485,7 +545,11 @@ class KpcService:
         assert self._context is not None
         evicted = self._context.resolver.revoke_tokens(app_name, set(token_ids))
         session = self.hub.session_for_endpoint(endpoint_id)
-        ended = session is not None and session.end_endpoint(endpoint_id, token_ids)
+        ended = session is not None and session.uses_token(endpoint_id, token_ids)
+        if ended:
+            self._context.events.publish(self.hub.endpoints.revoked(endpoint_id))
+            log.info("endpoint_disconnected", endpoint_id=endpoint_id, reason="token_revoked",
+                     client_id=session.client_id if session is not None else None)
         log.info("tokens_revoked", app_name=app_name, endpoint_id=endpoint_id,
                  cache_entries=evicted, session_ended=ended)
 
@@ -497,21 +561,6 @@ class KpcService:
             session.terminate("credentials_revoked")
         log.info("credentials_revoked", credentials_id=credentials_id, tenant_id=tenant_id,
                  connections_closed=len(doomed))
-
-    def _on_idle_endpoints(self, expired: list[Expiry]) -> None:
-        """Endpoints idle past their application's duration go offline: one event for all."""
-        gone: dict[str, str] = {}
-        for endpoint_id, app_version, detached in expired:
-            if not detached:
-                session = self.hub.session_for_endpoint(endpoint_id)
-                if session is None:
-                    continue
-                session.forget_endpoint(endpoint_id)
-            gone[endpoint_id] = app_version
-        if gone:
-            assert self._context is not None
-            self._context.events.disconnected(gone)
-            log.info("endpoints_idle", endpoints=len(gone))
 
     async def _start_listeners(self, listeners_nursery: trio.Nursery,
                                sessions_nursery: trio.Nursery) -> None:
@@ -552,7 +601,8 @@ class KpcService:
         transport = HttpTransport(
             relay=self._context.relay, resolver=self._context.resolver,
             gateway=self._context.gateway, waiters=self._http_waiters, metrics=self.metrics,
-            request_timeout=http.request_timeout,
+            request_timeout=http.request_timeout, endpoints=self.hub.endpoints,
+            events=self._context.events, traffic=self._context.traffic,
         )
         self.ports["http"] = await listeners_nursery.start(functools.partial(
             serve_http, {}, host=http.host, port=http.port, fallback=transport.handle,
@@ -608,6 +658,10 @@ class KpcService:
             self.metrics.messages_dropped.labels("expired").inc()
             log.info("extension_data_expired", correlation_id=data.correlation_id)
             return
+        if message.reply and data.endpoint_id and data.extension_instance_name:
+            assert self._context is not None
+            self._context.relay.affinity.remember(data.endpoint_id, data.extension_instance_name,
+                                                  message.reply, time.monotonic())
         delivery = Delivery.DELIVERED if self._http_waiters.deliver(data) else Delivery.NOT_ROUTED
         if delivery is Delivery.NOT_ROUTED:
             session, data = self._session_for(data)
@@ -632,14 +686,12 @@ class KpcService:
                 continue
             if event.originator_replica_id == self.replica_id:
                 continue
-            for endpoint_id in event.endpoints:
-                assert self._context is not None
-                self._context.presence.forget(endpoint_id)
-                session = self.hub.session_for_endpoint(endpoint_id)
-                if session is not None:
-                    session.forget_endpoint(endpoint_id)
-                    log.info("endpoint_roamed", endpoint_id=endpoint_id,
-                             to_replica=event.originator_replica_id)
+            roamed = [endpoint_id for endpoint_id in event.endpoints
+                      if self.hub.endpoints.state_of(endpoint_id) is not State.OFFLINE]
+            self.hub.endpoints.roamed(roamed)  # still online, elsewhere: nothing to publish
+            for endpoint_id in roamed:
+                log.info("endpoint_roamed", endpoint_id=endpoint_id,
+                         to_replica=event.originator_replica_id)
 
     def _session_for(self, data: records.ExtensionData
                      ) -> tuple[Session | None, records.ExtensionData]:
@@ -670,4 +722,4 @@ async def open_kpc(config: Config) -> AsyncIterator[KpcService]:
         try:
             yield service
         finally:
-            service.request_shutdown()
+            service.request_shutdown(unready_delay=0.0)

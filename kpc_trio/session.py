@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from collections.abc import Sequence, Set
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -39,10 +39,9 @@ from kpc_trio.mqtt.connection import (
 from kpc_trio.mqtt.errors import InvalidTopicError, LocalProtocolError, ProtocolError
 from kpc_trio.mqtt.packets import ConnAck, ConnAckCode, Connect, PacketType, Publish, QoS
 from kpc_trio.mqtt.topics import validate_topic_name
-from kpc_trio.nats.gateway import NatsGateway, OutboundMessage
+from kpc_trio.nats.gateway import NatsPort, OutboundMessage
 from kpc_trio.net import Peer
 from kpc_trio.net.socket_stream import LeanSocketStream
-from kpc_trio.presence import IdleTracker
 from kpc_trio.relay import (
     REFUSED_BY_NATS_REASON,
     REFUSED_BY_NATS_STATUS,
@@ -73,6 +72,10 @@ class Delivery(enum.Enum):
     DROPPED = "dropped"  # this session counted why (slow consumer, invalid topic)
 
 
+#: What an answer without a remembered request goes out with.
+_NO_REQUEST = (QoS.AT_MOST_ONCE, 0.0)
+
+
 @attrs.frozen
 class SessionLimits:
     max_packet_size: int = 1_048_576
@@ -83,6 +86,8 @@ class SessionLimits:
     max_inflight: int = 100
     max_subscriptions: int = 100
     max_client_id_length: int = 256
+    #: kaa.kpc.esp.response-timeout: how long a graceful shutdown waits for a request's answer.
+    reply_wait: float = 30.0
     #: logging.repeat-interval: what a client can repeat at will is logged once per interval.
     log_repeat_interval: float = 10.0
 
@@ -128,12 +133,11 @@ class SessionContext:
     a configuration reload (new limits and authentication settings apply to new sessions)."""
 
     hub: Hub[Session]
-    gateway: NatsGateway
+    gateway: NatsPort
     relay: Relay
     resolver: EndpointTokenResolver
     events: ConnectivityEvents
     metrics: Metrics
-    presence: IdleTracker
     traffic: TrafficMeter | None = None  # None when traffic reports are off
     limits: SessionLimits = SessionLimits()
     authenticator: ClientAuthenticator = AnonymousAuthenticator()
@@ -183,7 +187,7 @@ class Session:
         "_stream", "peer", "_ctx", "_conn", "_endpoints", "_request_qos", "_writer",
         "_writer_nursery", "_writing_inline", "_stopping", "_reading_scope", "_receiving",
         "close_reason", "auth", "_dropping", "_bytes_in", "_bytes_out", "_publishes_in",
-        "_publishes_out", "_repeats",
+        "_publishes_out", "_repeats", "_closing",
     )
 
     def __init__(self, stream: trio.abc.Stream, peer: Peer, context: SessionContext) -> None:
@@ -195,9 +199,10 @@ class Session:
             max_packet_size=limits.max_packet_size, max_subscriptions=limits.max_subscriptions,
             max_client_id_length=limits.max_client_id_length, max_inflight=limits.max_inflight)
         self._endpoints: dict[str, EndpointBinding] = {}
-        # Insertion-ordered: the oldest remembered request goes first when the bound is hit.
-        # Created by the first QoS 1/2 request (thousands of idle sessions need none).
-        self._request_qos: dict[tuple[str, str | None, int], QoS] | None = None
+        # Requests relayed and not answered yet: the QoS of the answer and until when it is
+        # expected (a shutdown waits for it). Insertion-ordered: the oldest goes first when the
+        # bound is hit. Created by the first request (thousands of idle sessions need none).
+        self._request_qos: dict[tuple[str, str | None, int], tuple[QoS, float]] | None = None
         # The writer task runs only while output is pending: an idle connection has one task.
         self._writer: _Writer | None = None
         self._writer_nursery: trio.Nursery | None = None  # None: nothing more is written
@@ -215,6 +220,7 @@ class Session:
         self._publishes_in = metrics.packets_received.labels("PUBLISH")
         self._publishes_out = metrics.packets_sent.labels("PUBLISH")
         self._repeats: RepeatedEvents | None = None  # made by the first repeatable event
+        self._closing: trio.Event | None = None  # set by stop_reading: close() ends the wait
 
     @property
     def client_id(self) -> str | None:
@@ -279,6 +285,9 @@ class Session:
                         self._reading_scope.deadline = deadline  # else still the connect timeout
                 if self._stopping:
                     self._set_reason("shutdown")
+                    if conn.state is ConnectionState.CONNECTED and self._closing is not None:
+                        await self._flush()
+                        await self._closing.wait()  # replies still reach the client meanwhile
                 elif self._reading_scope.cancelled_caught and conn.state is not (
                         ConnectionState.CLOSED):
                     self._time_out()
@@ -308,6 +317,8 @@ class Session:
     def terminate(self, reason: str) -> None:
         """Drop the connection now (takeover, slow consumer, revocation)."""
         self._set_reason(reason)
+        if self._closing is not None:
+            self._closing.set()
         self._conn.close()
         self._writer_nursery = None
         if self._reading_scope is not None:
@@ -316,26 +327,35 @@ class Session:
             self._writer.scope.cancel()
 
     def stop_reading(self) -> None:
-        """Graceful shutdown: read nothing more, finish in-flight relays, then close."""
+        """Graceful shutdown: read nothing more, finish in-flight relays, and keep delivering
+        (replies to relayed requests) until `close()`."""
         self._stopping = True
+        if self._closing is None:
+            self._closing = trio.Event()
         if self._receiving and self._reading_scope is not None:
             self._reading_scope.cancel()  # a read under way is not waited for; handling is
+
+    def close(self) -> None:
+        """Graceful shutdown, after `stop_reading` (or instead of it, for a session that started
+        after it was sent to all): close the connection now."""
+        self.stop_reading()
+        assert self._closing is not None
+        self._closing.set()
+
+    def awaiting_replies(self, now: float) -> int:
+        """Requests relayed whose answer is still expected (not past the ESP response
+        timeout)."""
+        return sum(1 for _, until in (self._request_qos or {}).values() if until > now)
 
     def _release(self) -> None:
         hub = self._ctx.hub
         if self.client_id is not None:
             hub.release_client_id(self.client_id, self)
         hub.forget_session(self)
-        presence = self._ctx.presence
-        # Endpoints whose application keeps them online after their client left (idle policy)
-        # are not reported now: the idle sweeper reports them at their deadline.
-        gone = {
-            endpoint_id: binding.app_version
-            for endpoint_id, binding in self._endpoints.items()
-            if hub.unbind_endpoint(endpoint_id, self) and not presence.detach(endpoint_id)
-        }
-        self._endpoints.clear()
-        self._ctx.events.disconnected(gone)
+        if self._endpoints:
+            change = hub.endpoints.client_gone(self, self._endpoints)
+            self._endpoints.clear()
+            self._ctx.events.publish(change)
 
     # --- reading ----------------------------------------------------------------------------
     def _set_reason(self, reason: str) -> None:
@@ -424,6 +444,10 @@ class Session:
         request with a request id gets 502, since retrying cannot help until the NATS
         permissions change. The PUBACK still goes: MQTT 3.1.1 has no negative one, and holding
         it would only make the device send the same refused message again."""
+        affinity = self._ctx.relay.affinity
+        if affinity:  # a replica subject refused: the service subject from now on
+            for index in refused:
+                affinity.forget_subject(batch.outgoing[index].subject)
         if batch.requests is None:
             return
         for index in refused:
@@ -519,7 +543,7 @@ class Session:
             activity = (endpoint_id, route.app_version)
             if activity not in batch.touched:
                 batch.touched.add(activity)
-                self._ctx.presence.touch(endpoint_id, route.app_version, batch.now)
+                self._ctx.hub.endpoints.touch(endpoint_id, batch.now)
             if self._ctx.traffic is not None:
                 self._ctx.traffic.received(self.auth.tenant_id, binding.app_name, endpoint_id,
                                            len(event.payload))
@@ -539,7 +563,7 @@ class Session:
                                "bytes per message")
             return
         if route.request_id is not None:
-            self._remember_request(route, endpoint_id, event.qos)
+            self._remember_request(route, endpoint_id, event.qos, batch.now)
             if batch.requests is None:
                 batch.requests = {}
             batch.requests[len(batch.outgoing)] = (event, route.request_id)
@@ -585,7 +609,7 @@ class Session:
         binding = self._endpoints.get(identity.endpoint_id)
         if binding is None or binding.token != route.token \
                 or binding.app_version != route.app_version:
-            binding = self._bind(identity, route, app_name, previous=binding)
+            binding = self._bind(identity, route, app_name)
         return binding
 
     async def _identify_subscriber(self, topic_filter: str, batch: _Batch) -> None:
@@ -603,66 +627,41 @@ class Session:
             self._log_repeatable(logging.INFO, "subscription_not_identified",
                                  topic_filter=topic_filter, reason=str(exc))
 
-    def _bind(self, identity: EndpointIdentity, route: Route, app_name: str,
-              previous: EndpointBinding | None) -> EndpointBinding:
+    def _bind(self, identity: EndpointIdentity, route: Route, app_name: str) -> EndpointBinding:
         assert route.token is not None
         endpoint_id = identity.endpoint_id
         binding = self._endpoints[endpoint_id] = EndpointBinding(
             endpoint_id, route.token, route.app_version, app_name, identity.token_id)
-        roamed_from = self._ctx.hub.bind_endpoint(endpoint_id, self)
-        if roamed_from is not None:
-            roamed_from.forget_endpoint(endpoint_id)
-        # Still online from an earlier connection (idle policy): it simply came back.
-        returning = self._ctx.presence.is_detached(endpoint_id)
-        if not returning and (previous is None or previous.app_version != route.app_version):
-            self._ctx.events.connected({endpoint_id: route.app_version})
+        change = self._ctx.hub.endpoints.identified(endpoint_id, self, route.app_version,
+                                                    trio.current_time())
+        if change:
+            self._ctx.events.publish(change)
             log.info("endpoint_connected", endpoint_id=endpoint_id,
                      app_version=route.app_version)
         return binding
 
     def forget_endpoint(self, endpoint_id: str) -> None:
-        """Stop addressing the endpoint here and report nothing (it roamed to another session or
-        replica, or the idle sweeper reports it); the hub route goes too if it still is ours."""
+        """The endpoint lifecycle took the endpoint away (roamed, revoked, idle, appversion
+        removed): stop addressing it here."""
         self._endpoints.pop(endpoint_id, None)
-        self._ctx.hub.unbind_endpoint(endpoint_id, self)
 
-    def end_endpoint(self, endpoint_id: str, token_ids: frozenset[str]) -> bool:
-        """End the endpoint's session here if it uses one of the revoked `token_ids` (16/ECAP:
-        only sessions using a listed token end); the connection stays up."""
+    def uses_token(self, endpoint_id: str, token_ids: frozenset[str]) -> bool:
+        """Whether this session serves the endpoint with one of `token_ids` (16/ECAP: only
+        sessions using a revoked token end)."""
         binding = self._endpoints.get(endpoint_id)
-        if binding is None or binding.token_id not in token_ids:
-            return False
-        del self._endpoints[endpoint_id]
-        self._ctx.presence.forget(endpoint_id)
-        if self._ctx.hub.unbind_endpoint(endpoint_id, self):
-            self._ctx.events.disconnected({endpoint_id: binding.app_version})
-        log.info("endpoint_disconnected", endpoint_id=endpoint_id, reason="token_revoked",
-                 client_id=self.client_id)
-        return True
+        return binding is not None and binding.token_id in token_ids
 
-    def release_app_versions(self, app_versions: Set[str]) -> dict[str, str]:
-        """Stop serving this session's endpoints of `app_versions` (they left the
-        configuration) without reporting them; returns endpoint id -> appversion of those this
-        session held, for the caller's one DisconnectedEvent. The connection stays up."""
-        released = {}
-        for endpoint_id, binding in list(self._endpoints.items()):
-            if binding.app_version in app_versions:
-                del self._endpoints[endpoint_id]
-                self._ctx.presence.forget(endpoint_id)
-                if self._ctx.hub.unbind_endpoint(endpoint_id, self):
-                    released[endpoint_id] = binding.app_version
-        return released
-
-    def _remember_request(self, route: Route, endpoint_id: str | None, qos: QoS) -> None:
+    def _remember_request(self, route: Route, endpoint_id: str | None, qos: QoS,
+                          now: float) -> None:
         """The QoS of the response, keyed by what the reply carries (the device's request id,
         also for endpoint-unaware requests: the service maps KPC's back before delivering)."""
         assert route.request_id is not None
-        if qos is not QoS.AT_MOST_ONCE:
-            if self._request_qos is None:
-                self._request_qos = {}
-            self._request_qos[(route.extension, endpoint_id, route.request_id)] = qos
-            while len(self._request_qos) > MAX_REMEMBERED_REQUESTS:
-                del self._request_qos[next(iter(self._request_qos))]
+        if self._request_qos is None:
+            self._request_qos = {}
+        self._request_qos[(route.extension, endpoint_id, route.request_id)] = (
+            qos, now + self._ctx.limits.reply_wait)
+        while len(self._request_qos) > MAX_REMEMBERED_REQUESTS:
+            del self._request_qos[next(iter(self._request_qos))]
 
     def _answer_error(
         self, event: Publish, request_id: int | None, status_code: int, reason: str
@@ -705,7 +704,7 @@ class Session:
         qos = QoS.AT_MOST_ONCE
         if data.request_id is not None and self._request_qos:
             key = (data.extension_instance_name or "", data.endpoint_id, data.request_id)
-            qos = self._request_qos.pop(key, QoS.AT_MOST_ONCE)
+            qos = self._request_qos.pop(key, _NO_REQUEST)[0]
         delivery = self.deliver(message.topic, message.payload, qos)
         traffic = self._ctx.traffic
         if delivery is Delivery.DELIVERED and binding is not None and traffic is not None:

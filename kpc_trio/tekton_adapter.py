@@ -34,8 +34,8 @@ from typing import Any, Final
 
 from kpc_trio.applications import AppVersionSettings
 from kpc_trio.config import Duration, InvalidValue
+from kpc_trio.kaa.endpoints import DisconnectPolicy
 from kpc_trio.logs import get_logger
-from kpc_trio.presence import DisconnectPolicy
 
 log = get_logger(__name__)
 

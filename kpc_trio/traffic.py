@@ -2,25 +2,33 @@
 endpoint, aggregated over a period and published as one `TrafficReportEvent` (spec 6.3).
 
 `TrafficMeter` is the pure accumulator (one call per relayed message); `run_traffic_reports` is the
-task that takes a report every period and publishes it.
+task that takes a report every period and publishes it. Counts survive NATS outages: while NATS is
+away no report is taken (the window grows), and a report NATS did not take goes back into the
+meter, so the next one covers its period too.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 
 import attrs
 import trio
 
 from kpc_trio.kaa import records
 from kpc_trio.logs import get_logger
-from kpc_trio.nats.gateway import OutboundMessage
+from kpc_trio.nats.gateway import (
+    MessageRejectedError,
+    NatsPort,
+    NatsUnavailableError,
+    OutboundMessage,
+)
 
 log = get_logger(__name__)
 
 _NS_PER_MS = 1_000_000
+#: Longest the last report waits for NATS's confirmation at shutdown.
+FINAL_REPORT_WAIT = 2.0
 
 
 @attrs.define(slots=True)
@@ -104,10 +112,23 @@ class TrafficMeter:
         self._period_start_ns = now_ns
         return report
 
+    def restore(self, report: records.TrafficReportEvent) -> None:
+        """Put back a report that could not be published: the next one includes its counts
+        and starts where it started."""
+        for tenant, apps in report.tenant_traffic_stats.items():
+            for app, endpoints in apps.items():
+                for endpoint, stat in endpoints.items():
+                    tally = self._tally(tenant, app, endpoint)
+                    tally.received_bytes += stat.total_received_payload
+                    tally.sent_bytes += stat.total_sent_payload
+                    tally.received_messages += stat.total_received_message_count
+                    tally.sent_messages += stat.total_sent_message_count
+        self._period_start_ns = min(self._period_start_ns, report.time_from)
+
 
 async def run_traffic_reports(
     meter: TrafficMeter,
-    publish: Callable[[OutboundMessage], bool],
+    gateway: NatsPort,
     *,
     period: float,
     subject: str,
@@ -115,20 +136,24 @@ async def run_traffic_reports(
 ) -> None:
     """Publish the meter's report every `period` seconds (trio clock) until cancelled.
 
-    `publish` is the gateway's `publish_nowait` (False = not queued). On cancellation (shutdown)
-    the last partial period is published too, so a restart does not lose up to a period of usage
-    statistics; the service should cancel this task after the sessions ended and before NATS
-    is drained.
+    On cancellation (shutdown) the last partial period is published too (for at most
+    FINAL_REPORT_WAIT), so a restart does not lose up to a period of usage statistics; the
+    service should cancel this task after the sessions ended and before NATS is drained.
     """
 
-    def publish_report() -> None:
+    async def publish_report() -> None:
+        if not gateway.connected:
+            return  # the counts wait in the meter for NATS
         report = meter.take_report(now_ns=time.time_ns(), originator_replica_id=replica_id,
                                    correlation_id=str(uuid.uuid4()))
         if report is None:
             return
-        if not publish(OutboundMessage(subject, records.encode(report))):
-            log.warning("traffic_report_dropped", subject=subject, time_from=report.time_from,
-                        time_to=report.time_to, tenants=len(report.tenant_traffic_stats))
+        try:
+            await gateway.publish_confirmed([OutboundMessage(subject, records.encode(report))],
+                                            fail_fast=True)
+        except (NatsUnavailableError, MessageRejectedError) as exc:
+            meter.restore(report)
+            log.warning("traffic_report_delayed", reason=str(exc), time_from=report.time_from)
 
     next_report_at = trio.current_time() + period
     try:
@@ -136,6 +161,7 @@ async def run_traffic_reports(
             # sleep_until a schedule rather than sleep(period): publishing time does not drift it
             await trio.sleep_until(next_report_at)
             next_report_at += period
-            publish_report()
+            await publish_report()
     finally:
-        publish_report()
+        with trio.CancelScope(shield=True), trio.move_on_after(FINAL_REPORT_WAIT):
+            await publish_report()

@@ -68,7 +68,8 @@ class MessageRejectedError(Exception):
 
 
 class NatsPort(Protocol):
-    """What the rest of the service needs from NATS; tests may provide a fake."""
+    """Everything the rest of the service uses of NATS (`NatsGateway` is the real one); tests
+    use the one in-memory fake of tests/fake_nats.py."""
 
     @property
     def connected(self) -> bool: ...
@@ -87,6 +88,11 @@ class NatsPort(Protocol):
     async def subscribe(
         self, subject: str, *, queue: str = "", capacity: int = 10_000
     ) -> trio.MemoryReceiveChannel[InboundMessage]: ...
+
+    async def subscribe_handler(self, subject: str, handler: Callable[[InboundMessage], None],
+                                *, queue: str = "") -> None: ...
+
+    async def sync(self) -> None: ...
 
 
 # -- outbox ---------------------------------------------------------------------------------------

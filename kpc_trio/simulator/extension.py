@@ -37,6 +37,9 @@ class ExtensionBehaviour:
     silent: bool = False
     # 4/ESP lets an extension answer fire-and-forget data too (usually with an error, scenario S2).
     reply_without_request_id: bool = False
+    # Answer with the replica subject as NATS replyTo (session affinity, RFC 3/4): KPC should
+    # send that endpoint's next ClientData to `EchoExtension.replica_subject`.
+    name_replica: bool = False
 
 
 class EchoExtension:
@@ -48,6 +51,11 @@ class EchoExtension:
         self.received: Recording[records.ClientData] = Recording(f"ClientData for {name!r}")
         # Replies go to replyTo (session affinity); without one, to the KPC instance subject.
         self._fallback_reply_to = subjects.extension_data_service(kpc_instance)
+        # This simulated replica's own subjects (RFC 3: the last token names the type).
+        self.replica_subject = f"kaa.v1.replica.{name}-replica-1.esp.ClientData"
+        self._replica_reply_to = f"kaa.v1.replica.{name}-replica-1.esp.ExtensionData"
+        #: correlation id -> the subject each ClientData arrived on
+        self.arrived_on: dict[str, str] = {}
 
     def reply_for(
         self, data: records.ClientData, behaviour: ExtensionBehaviour
@@ -76,6 +84,7 @@ class EchoExtension:
                 return
             # Read before recording: a test that saw this message may change the behaviour next.
             behaviour = self.behaviour
+            self.arrived_on[data.correlation_id] = msg.subject
             self.received.append(data)
             log.info("sim_client_data_received", extension=self.name,
                      app_version=data.app_version_name, endpoint_id=data.endpoint_id,
@@ -91,6 +100,7 @@ class EchoExtension:
                     await reply  # one loop iteration less per round trip (benchmarks measure it)
 
         await nc.subscribe(subjects.client_data(self.name), queue=self.name, cb=on_client_data)
+        await nc.subscribe(self.replica_subject, cb=on_client_data)
 
     async def _reply(
         self, nc: NatsClient, reply_to: str, data: records.ClientData,
@@ -99,7 +109,8 @@ class EchoExtension:
         if behaviour.delay:
             await asyncio.sleep(behaviour.delay)
         reply = self.reply_for(data, behaviour)
-        await nc.publish(reply_to, records.encode(reply))
+        await nc.publish(reply_to, records.encode(reply),
+                         reply=self._replica_reply_to if behaviour.name_replica else "")
         log.info("sim_extension_data_replied", extension=self.name, subject=reply_to,
                  status=reply.status_code, endpoint_id=reply.endpoint_id,
                  resource_path=reply.resource_path, request_id=reply.request_id)

@@ -220,6 +220,14 @@ class SimulatedKaa:
             abandon_on_cancel=True,
         )
 
+    def arrival_subject(self, extension: str, correlation_id: str) -> str:
+        """The NATS subject a ClientData reached the extension on (service or replica)."""
+        return self._extension(extension).arrived_on[correlation_id]
+
+    def replica_subject(self, extension: str) -> str:
+        """The ClientData subject of the extension's simulated replica (session affinity)."""
+        return self._extension(extension).replica_subject
+
     def set_extension_behaviour(self, extension: str, behaviour: ExtensionBehaviour) -> None:
         """How the extension answers from now on (status, payload, delay, silence)."""
         self._extension(extension).behaviour = behaviour

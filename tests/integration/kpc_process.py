@@ -37,7 +37,8 @@ def child_env(extra: Mapping[str, str]) -> dict[str, str]:
     """This environment without KPC variables a developer may have set, plus `extra`."""
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("KAA_", "APP_CONFIG_PATH", "NATS_URLS"))}
-    return {**env, **extra}
+    # No load balancer watches /ready here: a SIGTERM need not wait for one (tests may set it).
+    return {"SERVICE_SHUTDOWN_UNREADY_DELAY": "0s", **env, **extra}
 
 
 @attrs.define

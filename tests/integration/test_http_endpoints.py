@@ -75,7 +75,7 @@ async def test_not_ready_once_shutdown_is_requested(kpc):
     # With no session to wait for the service is gone a moment later, so ask the app directly
     # (tests/integration/test_shutdown.py polls a real process held up during its shutdown).
     routes = management_routes(kpc.metrics, kpc.health)
-    kpc.request_shutdown()
+    kpc.request_shutdown(unready_delay=0.0)
     status, _, body = await routes["/ready"](Request("GET", "/ready", "", (), b""))
     assert status == 503
     assert b"shutting_down" in body
@@ -92,7 +92,7 @@ async def test_not_ready_while_nats_is_stopped(nats_server_factory, tmp_path):
         reply = await get(kpc, "management", "/ready")
         assert reply.status == 503
         assert b"nats_disconnected" in reply.body
-        kpc.request_shutdown()
+        kpc.request_shutdown(unready_delay=0.0)
 
 
 async def test_certificate_download_when_tls_is_enabled(nats_server, tmp_path):

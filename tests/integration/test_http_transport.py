@@ -142,3 +142,21 @@ async def test_a_path_level_that_decodes_to_no_1kp_level_is_a_400(kaa, port, tok
     assert reply.status == 400
     assert error_of(reply) == {"statusCode": 400, "reasonPhrase": "Bad resource path"}
     assert kaa.received("dcx") == []
+
+
+async def test_shutdown_still_answers_a_request_already_relayed(kaa, nats_server, tmp_path):
+    kaa.set_extension_behaviour("dcx", ExtensionBehaviour(delay=1.0))
+    config = make_config(tmp_path, nats_server.url,
+                         "kaa.kpc.transports.http: {enabled: true, host: 127.0.0.1, port: 0}\n")
+    replies = []
+    async with open_kpc(config) as kpc:
+
+        async def ask() -> None:
+            replies.append(await post(kpc.ports["http"], DCX, b'{"late":1}'))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask)
+            await kaa.await_received("dcx", 1)
+            kpc.request_shutdown(unready_delay=0.0)
+    [reply] = replies
+    assert (reply.status, reply.body) == (200, b'{"late":1}')

@@ -27,6 +27,7 @@ from tests.integration.kpc_harness import (
     push_data,
 )
 from tests.integration.qos1_load import CountingPublisher, all_acknowledged
+from tests.integration.waiting import eventually
 
 #: Bytes of QoS 1 PUBLISHes a raw client tries to push into KPC during the outage.
 FLOOD_BYTES = 4 * 1024 * 1024
@@ -247,3 +248,32 @@ async def test_a_validation_pending_when_nats_goes_away_fails_at_once(nats_serve
     assert reply.topic == topic + "/error"
     assert json.loads(reply.payload) == {"statusCode": 503,
                                          "reasonPhrase": "Endpoint token provider unavailable"}
+
+
+async def test_disconnected_event_of_an_outage_arrives_after_nats_returns(
+        nats_server_factory, tmp_path, nursery):
+    nats = nats_server_factory()
+    gate = NatsGate(nats.port)
+    gate_port = await nursery.start(gate.serve)
+    leaving, staying = ENDPOINTS[0], ENDPOINTS[1]
+    topic = f"kp1/{APP_VERSION}/dcx/{{}}/json/1"
+    async with open_simulated_kaa(nats.url, endpoints=ENDPOINTS,
+                                  echo_extensions=("dcx",)) as kaa, \
+            open_kpc(make_config(tmp_path, f"nats://127.0.0.1:{gate_port}")) as kpc, \
+            open_device(kpc.ports["mqtt_tcp"]) as stays:
+        async with open_device(kpc.ports["mqtt_tcp"]) as leaves:
+            for device, endpoint in ((leaves, leaving), (stays, staying)):
+                await call(device.publish, topic.format(endpoint.token), b"{}", qos=1)
+                assert (await call(device.expect)).topic.endswith("/1/status")
+            await kaa.await_events("connectivity.connected", 2)
+            gate.cut()
+            await wait_for(lambda: _equals(ready(kpc), 503), 10, "/ready 503")
+        # the device left while NATS was away: KPC took it offline, the event waits
+        await eventually(lambda: kpc.hub.endpoint_count == 1)
+        assert kaa.events("connectivity.disconnected") == []
+        assert metric_value(await metrics_text(kpc), "kpc_connectivity_events_queued") == 1
+        gate.is_open = True
+        [event] = await kaa.await_events("connectivity.disconnected", 1, timeout=15)
+        assert event.endpoints == {leaving.endpoint_id: APP_VERSION}
+        assert event.originator_replica_id == kpc.replica_id
+        assert kpc.hub.session_for_endpoint(staying.endpoint_id) is not None

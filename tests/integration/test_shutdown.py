@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from kpc_trio.simulator import ExtensionBehaviour
 from kpc_trio.simulator.kaa_side import SimulatedKaa
 from tests.clients.paho_device import PahoDevice
 from tests.integration.http_probe import http_get
@@ -164,3 +165,71 @@ def test_graceful_period_bounds_a_shutdown_while_nats_is_down(tmp_path, nats, ka
             publisher.stop()
             close_all([device])
     assert exit_code == 0, kpc.log_tail()
+
+
+def test_sigterm_delivers_late_replies_then_disconnects_at_the_rate(tmp_path, nats, kaa):
+    rate = 2  # connections closed per second: three take at least one second
+    kaa.set_extension_behaviour("dcx", ExtensionBehaviour(delay=2.0))
+    extra = ("service: {graceful-shutdown: 10s, shutdown: {unready-delay: 0.3s, "
+             f"disconnect-rate: {rate}}}}}\nlogging: {{format: json}}\n")
+    config = make_config(tmp_path, nats.url, extra)
+    with running_kpc(config.source, tmp_path / "kpc.log", {"NATS_URLS": nats.url}) as kpc:
+        devices = connected_devices(kpc.ports["mqtt_tcp"], 3)
+        try:
+            asking, *idle = devices
+            for device, endpoint in zip(idle, ENDPOINTS[1:], strict=False):
+                # no request id: identifies the endpoint, nothing to wait for
+                device.client.publish(f"kp1/{APP_VERSION}/dcx/{endpoint.token}/json", b"{}",
+                                      qos=1)
+            kaa.wait_events("connectivity.connected", 2, timeout=10)
+            asking.client.publish(f"kp1/{APP_VERSION}/dcx/{ENDPOINTS[0].token}/json/7",
+                                  b'{"late":1}', qos=1)
+            kaa.wait_received("dcx", 3, timeout=10)  # relayed: the answer comes in 2 s
+            kpc.send_signal(signal.SIGTERM)
+            reply = asking.expect(timeout=10)
+            exit_code = kpc.process.wait(10)
+        finally:
+            close_all(devices)
+    assert exit_code == 0, kpc.log_tail()
+    assert (reply.topic, reply.payload) == (
+        f"kp1/{APP_VERSION}/dcx/{ENDPOINTS[0].token}/json/7/status", b'{"late":1}')
+    phases = {entry["phase"]: entry for entry in kpc.named("shutdown_phase")}
+    assert list(phases) == ["unready", "stop_accepting", "stop_reading", "await_replies",
+                            "disconnect", "disconnected_events", "nats_drain"]
+    assert phases["await_replies"]["requests"] == 1
+    assert phases["disconnect"]["connections"] == 3
+    closed = [entry["ts"] for entry in kpc.named("client_disconnected")
+              if entry["reason"] == "shutdown"]
+    assert len(closed) == 3
+    assert max(closed) - min(closed) >= (len(closed) - 1) / rate - 0.1  # paced, not at once
+    # every reply was delivered before the first connection closed
+    assert min(closed) >= kpc.named("shutdown_phase")[4]["ts"]
+    endpoint_ids = {endpoint.endpoint_id for endpoint in ENDPOINTS[:3]}
+    wait_until(lambda: endpoint_ids <= {endpoint for event in kaa.events(
+        "connectivity.disconnected") for endpoint in event.endpoints}, 10,
+        "a DisconnectedEvent for every endpoint")
+    assert kpc.named("shutdown_cut_short") == []
+
+
+def test_replies_that_never_come_still_leave_time_for_the_paced_disconnection(
+        tmp_path, nats, kaa):
+    kaa.set_extension_behaviour("dcx", ExtensionBehaviour(silent=True))
+    extra = ("service: {graceful-shutdown: 3s, shutdown: {unready-delay: 0s, "
+             "disconnect-rate: 2}}\nlogging: {format: json}\n")
+    config = make_config(tmp_path, nats.url, extra)
+    with running_kpc(config.source, tmp_path / "kpc.log", {"NATS_URLS": nats.url}) as kpc:
+        devices = connected_devices(kpc.ports["mqtt_tcp"], 2)
+        try:
+            devices[0].client.publish(f"kp1/{APP_VERSION}/dcx/{ENDPOINTS[0].token}/json/5",
+                                      b"{}", qos=1)
+            kaa.wait_received("dcx", 1, timeout=10)
+            kpc.send_signal(signal.SIGTERM)
+            exit_code = kpc.process.wait(10)
+        finally:
+            close_all(devices)
+    assert exit_code == 0, kpc.log_tail()
+    [disconnect] = [entry for entry in kpc.named("shutdown_phase")
+                    if entry["phase"] == "disconnect"]
+    assert (disconnect["connections"], disconnect["replies_abandoned"]) == (2, 1)
+    assert [entry["reason"] for entry in kpc.named("client_disconnected")] == ["shutdown"] * 2
+    assert kpc.named("shutdown_cut_short") == []

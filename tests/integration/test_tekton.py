@@ -297,7 +297,7 @@ async def test_listeners_open_only_after_the_first_load_and_not_ready_before(
         await eventually(lambda: "mqtt_tcp" in kpc.ports)
         assert (await call(http_get, kpc.ports["management"], "/ready")).status == 200
         assert VERSION in kpc.applications.current.versions
-        kpc.request_shutdown()
+        kpc.request_shutdown(unready_delay=0.0)
 
 
 async def test_a_narrower_extension_list_applies_to_the_next_message_of_a_live_session(

@@ -25,6 +25,7 @@ from kpc_trio.nats.gateway import InboundMessage, open_nats_gateway
 from kpc_trio.service import KpcService, open_kpc
 from kpc_trio.simulator import BasicCredentials, SimulatedKaa
 from kpc_trio.simulator.kaa_side import open_simulated_kaa
+from tests.clients.http_client import post
 from tests.integration.kpc_harness import (
     APP,
     APP_VERSION,
@@ -181,3 +182,27 @@ async def test_authenticated_client_is_reported_under_its_tenant(tmp_path, nats_
         await setup.reports.wait_until(lambda reports: totals(reports) == expected)
     assert totals(setup.reports.reports) == expected
     assert len(setup.kaa.credentials_requests) == 1  # alice really authenticated
+
+
+async def test_http_device_is_an_endpoint_online_until_idle_and_counted(tmp_path, nats_server):
+    http_idle = 1.0
+    async with open_setup(tmp_path, nats_server.url,
+                          KAA_KPC_TRANSPORTS_HTTP_ENABLED="true",
+                          KAA_KPC_TRANSPORTS_HTTP_HOST="127.0.0.1",
+                          KAA_KPC_TRANSPORTS_HTTP_PORT="0",
+                          KAA_KPC_TRANSPORTS_HTTP_IDLE_TIMEOUT=f"{http_idle}s") as setup:
+        port = setup.kpc.ports["http"]
+        path = f"/kp1/{APP_VERSION}/dcx/{EP2.token}/json"
+        first = await post(port, path, b"h" * 12)
+        [connected] = await setup.kaa.await_events("connectivity.connected", 1)
+        assert connected.endpoints == {EP2.endpoint_id: APP_VERSION}
+        second = await post(port, path, b"i" * 30)  # already online: no second event
+        assert (first.status, first.body, second.status) == (200, b"h" * 12, 200)
+        [disconnected] = await setup.kaa.await_events("connectivity.disconnected", 1,
+                                                      timeout=http_idle + 5)
+        assert disconnected.endpoints == {EP2.endpoint_id: APP_VERSION}
+        assert len(setup.kaa.events("connectivity.connected")) == 1
+        assert disconnected.originator_replica_id == setup.kpc.replica_id
+        expected = {"kaa": {APP: {EP2.endpoint_id: (42, 42, 2, 2)}}}
+        await setup.reports.wait_until(lambda reports: totals(reports) == expected)
+        assert setup.kpc.hub.endpoint_count == 0

@@ -1,195 +1,100 @@
-"""Idle endpoint expiry: IdleTracker bookkeeping and the sweeper task on trio's mock clock."""
+"""The idle sweeper on trio's mock clock: it expires endpoints at their deadline (the rules
+themselves are tested in tests/unit/test_endpoints.py)."""
 
 from __future__ import annotations
 
+import attrs
 import trio
 import trio.testing
 
-from kpc_trio.presence import DisconnectPolicy, Expiry, IdleTracker, run_idle_sweeper
+from kpc_trio.kaa.endpoints import Change, DisconnectPolicy, Endpoints
+from kpc_trio.presence import run_idle_sweeper
 
 POLICIES = {
     "idle-5m": DisconnectPolicy(on_client_disconnect=True, idle_timeout=300.0),
     "gateway": DisconnectPolicy(on_client_disconnect=False, idle_timeout=60.0),
-    "follows-client": DisconnectPolicy(on_client_disconnect=True, idle_timeout=None),
     "short": DisconnectPolicy(on_client_disconnect=True, idle_timeout=0.25),
 }
 
 
-def make_tracker() -> IdleTracker:
-    return IdleTracker(POLICIES.__getitem__)
-
-
-# ---------------------------------------------------------------------------------- IdleTracker
-
-
-def test_endpoint_expires_exactly_at_its_deadline() -> None:
-    tracker = make_tracker()
-    tracker.touch("ep-1", "idle-5m", now=100.0)
-    assert tracker.next_deadline() == 400.0
-    assert tracker.expired(399.999) == []
-    assert tracker.expired(400.0) == [("ep-1", "idle-5m", False)]
-    assert len(tracker) == 0 and tracker.next_deadline() is None
-    assert tracker.expired(10_000.0) == []
-
-
-def test_touch_postpones_the_deadline() -> None:
-    tracker = make_tracker()
-    tracker.touch("ep-1", "idle-5m", now=0.0)
-    tracker.touch("ep-2", "idle-5m", now=10.0)
-    tracker.touch("ep-1", "idle-5m", now=20.0)
-    assert tracker.next_deadline() == 310.0
-    assert tracker.expired(310.0) == [("ep-2", "idle-5m", False)]
-    assert tracker.expired(319.0) == []
-    assert tracker.expired(320.0) == [("ep-1", "idle-5m", False)]
-
-
-def test_endpoints_without_idle_timeout_are_not_tracked() -> None:
-    tracker = make_tracker()
-    tracker.touch("ep-1", "follows-client", now=0.0)
-    assert len(tracker) == 0 and tracker.next_deadline() is None
-    assert tracker.detach("ep-1") is False  # the caller disconnects it right away
-
-
-def test_detached_endpoint_stays_until_expiry_and_is_reported_detached() -> None:
-    tracker = make_tracker()
-    tracker.touch("ep-1", "gateway", now=0.0)
-    tracker.touch("ep-2", "gateway", now=0.0)
-    assert tracker.detach("ep-1") is True
-    assert tracker.next_deadline() == 60.0  # leaving does not move the deadline
-    assert tracker.expired(59.0) == []
-    assert sorted(tracker.expired(60.0)) == [("ep-1", "gateway", True), ("ep-2", "gateway", False)]
-
-
-def test_activity_after_detach_reattaches() -> None:
-    tracker = make_tracker()
-    tracker.touch("ep-1", "gateway", now=0.0)
-    tracker.detach("ep-1")
-    tracker.touch("ep-1", "gateway", now=30.0)  # its device came back on another connection
-    assert tracker.expired(90.0) == [("ep-1", "gateway", False)]
-
-
-def test_forget_stops_tracking() -> None:
-    tracker = make_tracker()
-    tracker.touch("ep-1", "idle-5m", now=0.0)
-    tracker.touch("ep-2", "gateway", now=0.0)
-    tracker.forget("ep-2")
-    tracker.forget("never-seen")
-    assert tracker.next_deadline() == 300.0
-    assert tracker.expired(1_000.0) == [("ep-1", "idle-5m", False)]
-
-
-def test_next_deadline_is_the_earliest_across_timeouts() -> None:
-    tracker = make_tracker()
-    tracker.touch("ep-long", "idle-5m", now=0.0)
-    tracker.touch("ep-short", "gateway", now=100.0)
-    assert tracker.next_deadline() == 160.0
-    assert tracker.expired(300.0) == [("ep-long", "idle-5m", False), ("ep-short", "gateway", False)]
-
-
-def test_app_version_change_moves_the_endpoint_to_its_new_timeout() -> None:
-    tracker = make_tracker()
-    tracker.touch("ep-1", "idle-5m", now=0.0)
-    tracker.touch("ep-1", "gateway", now=10.0)
-    assert tracker.next_deadline() == 70.0
-    assert tracker.expired(70.0) == [("ep-1", "gateway", False)]
-    tracker.touch("ep-2", "gateway", now=0.0)
-    tracker.touch("ep-2", "follows-client", now=1.0)
-    assert len(tracker) == 0
-
-
-def test_many_endpoints_expire_in_deadline_order() -> None:
-    tracker = make_tracker()
-    for i in range(10_000):
-        tracker.touch(f"ep-{i}", "gateway", now=float(i))
-    for i in range(0, 10_000, 2):  # even ones stay active
-        tracker.touch(f"ep-{i}", "gateway", now=20_000.0)
-    gone = tracker.expired(10_059.5)
-    assert [endpoint for endpoint, _, _ in gone] == [f"ep-{i}" for i in range(1, 10_000, 2)]
-    assert len(tracker) == 5_000 and tracker.next_deadline() == 20_060.0
-
-
-# ---------------------------------------------------------------------------------- sweeper
+@attrs.define(eq=False)
+class Holder:
+    def forget_endpoint(self, endpoint_id: str) -> None:
+        pass
 
 
 class Recorder:
     def __init__(self) -> None:
-        self.calls: list[tuple[float, list[Expiry]]] = []
+        self.calls: list[tuple[float, dict[str, str]]] = []
 
-    def __call__(self, expired: list[Expiry]) -> None:
-        self.calls.append((trio.current_time(), expired))
+    def __call__(self, change: Change) -> None:
+        self.calls.append((trio.current_time(), dict(change.disconnected)))
+
+
+def make() -> Endpoints[Holder]:
+    return Endpoints(POLICIES.__getitem__)
 
 
 async def test_sweeper_reports_an_idle_endpoint_after_exactly_its_duration(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    tracker, recorder = make_tracker(), Recorder()
+    endpoints, recorder = make(), Recorder()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_idle_sweeper, tracker, recorder)
-        await trio.sleep(12.5)  # the sweeper is asleep with an empty tracker
+        nursery.start_soon(run_idle_sweeper, endpoints, recorder)
+        await trio.sleep(12.5)  # the sweeper is asleep with nothing to expire
         touched_at = trio.current_time()
-        tracker.touch("ep-1", "idle-5m", touched_at)
+        endpoints.identified("ep-1", Holder(), "idle-5m", touched_at)
         await trio.sleep(400)
         nursery.cancel_scope.cancel()
-    assert recorder.calls == [(touched_at + 300.0, [("ep-1", "idle-5m", False)])]
+    assert recorder.calls == [(touched_at + 300.0, {"ep-1": "idle-5m"})]
 
 
-async def test_sweeper_follows_touches_and_reports_detached(
+async def test_sweeper_follows_touches_and_kept_endpoints(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    tracker, recorder = make_tracker(), Recorder()
+    endpoints, recorder, session = make(), Recorder(), Holder()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_idle_sweeper, tracker, recorder)
+        nursery.start_soon(run_idle_sweeper, endpoints, recorder)
         start = trio.current_time()
-        tracker.touch("ep-1", "gateway", start)
-        tracker.touch("ep-2", "gateway", start)
+        endpoints.identified("ep-1", session, "gateway", start)
+        endpoints.identified("ep-2", session, "gateway", start)
         await trio.sleep(50)
-        tracker.touch("ep-1", "gateway", trio.current_time())  # postponed to start + 110
-        tracker.detach("ep-2")
+        endpoints.touch("ep-1", trio.current_time())  # postponed to start + 110
+        endpoints.client_gone(session, ["ep-2"])
         await trio.sleep(100)
         nursery.cancel_scope.cancel()
     assert recorder.calls == [
-        (start + 60.0, [("ep-2", "gateway", True)]),
-        (start + 110.0, [("ep-1", "gateway", False)]),
+        (start + 60.0, {"ep-2": "gateway"}),
+        (start + 110.0, {"ep-1": "gateway"}),
     ]
 
 
 async def test_sweeper_catches_a_shorter_deadline_within_its_poll_interval(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    tracker, recorder = make_tracker(), Recorder()
+    endpoints, recorder = make(), Recorder()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_idle_sweeper, tracker, recorder)
-        tracker.touch("ep-long", "idle-5m", trio.current_time())
+        nursery.start_soon(run_idle_sweeper, endpoints, recorder)
+        endpoints.identified("ep-long", Holder(), "idle-5m", trio.current_time())
         await trio.sleep(10.1)
         touched_at = trio.current_time()
-        tracker.touch("ep-short", "short", touched_at)  # sub-second: earlier than any sleep target
+        endpoints.identified("ep-short", Holder(), "short", touched_at)  # earlier than any sleep
         await trio.sleep(5)
         nursery.cancel_scope.cancel()
     [(reported_at, expired)] = recorder.calls
-    assert expired == [("ep-short", "short", False)]
+    assert expired == {"ep-short": "short"}
     assert touched_at + 0.25 <= reported_at <= touched_at + 1.0
 
 
 async def test_sweeper_hands_over_everything_due_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    tracker, recorder = make_tracker(), Recorder()
+    endpoints, recorder = make(), Recorder()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(run_idle_sweeper, tracker, recorder)
+        nursery.start_soon(run_idle_sweeper, endpoints, recorder)
         now = trio.current_time()
         for i in range(3):
-            tracker.touch(f"ep-{i}", "gateway", now)
+            endpoints.identified(f"ep-{i}", Holder(), "gateway", now)
         await trio.sleep(61)
         nursery.cancel_scope.cancel()
-    assert recorder.calls == [(now + 60.0, [(f"ep-{i}", "gateway", False) for i in range(3)])]
-
-
-def test_releasing_appversions_returns_their_detached_endpoints() -> None:
-    tracker = make_tracker()
-    tracker.touch("ep-1", "gateway", now=0.0)
-    tracker.touch("ep-2", "gateway", now=0.0)
-    tracker.touch("ep-3", "idle-5m", now=0.0)
-    assert tracker.detach("ep-1")
-    assert tracker.release_app_versions({"gateway"}) == {"ep-1": "gateway"}
-    assert len(tracker) == 1 and not tracker.is_detached("ep-1")
-    assert tracker.expired(10_000.0) == [("ep-3", "idle-5m", False)]
+    assert recorder.calls == [(now + 60.0, {f"ep-{i}": "gateway" for i in range(3)})]

@@ -18,42 +18,28 @@ from kpc_trio.kaa.kp1 import ApplicationRegistry
 from kpc_trio.metrics import Metrics
 from kpc_trio.mqtt.codec import Decoder, encode
 from kpc_trio.mqtt.packets import ConnAck, ConnAckCode, Connect, PingReq, PingResp, Publish, QoS
-from kpc_trio.nats.gateway import OutboundMessage
 from kpc_trio.net import Peer
-from kpc_trio.presence import DisconnectPolicy, IdleTracker
 from kpc_trio.relay import Relay
 from kpc_trio.session import Delivery, Session, SessionContext, SessionLimits
+from tests.fake_nats import FakeNats
 from tests.integration.waiting import logged
 
 CONNECT_TIMEOUT = 10.0
 
 
-@attrs.define
-class SilentNats:
-    """Stands in for the gateway; these tests never relay a message."""
-
-    connected: bool = True
-    published: list[OutboundMessage] = attrs.field(factory=list)
-
-    def publish_nowait(self, message: OutboundMessage) -> bool:
-        self.published.append(message)
-        return True
-
-
 @pytest.fixture
 def context() -> SessionContext:
-    gateway = SilentNats()
+    gateway = FakeNats()
     metrics = Metrics()
     return SessionContext(
         hub=Hub(),
-        gateway=gateway,  # type: ignore[arg-type]
+        gateway=gateway,
         relay=Relay(ApplicationRegistry.from_mappings({}, {}), replica_id="r1"),
         resolver=EndpointTokenResolver(
-            gateway, provider="cm", replica_id="r1", request_timeout=5, ttl=60,  # type: ignore[arg-type]
+            gateway, provider="cm", replica_id="r1", request_timeout=5, ttl=60,
             negative_ttl=5, max_entries=10, metrics=metrics),
-        events=ConnectivityEvents(gateway, kpc_instance="kpc", replica_id="r1"),  # type: ignore[arg-type]
+        events=ConnectivityEvents(gateway, kpc_instance="kpc", replica_id="r1"),
         metrics=metrics,
-        presence=IdleTracker(lambda app_version: DisconnectPolicy()),
         limits=SessionLimits(connect_timeout=CONNECT_TIMEOUT),
     )
 
@@ -160,16 +146,31 @@ async def test_a_partial_connect_still_times_out(context, autojump_clock):
     assert finished[session] == pytest.approx(CONNECT_TIMEOUT)
 
 
-async def test_stop_reading_ends_an_idle_session_as_a_shutdown(context, autojump_clock):
+async def test_stop_reading_then_close_ends_an_idle_session_as_a_shutdown(context, autojump_clock):
     finished: dict[Session, float] = {}
     async with trio.open_nursery() as nursery:
         session, client = await start_session(nursery, context, finished)
         await client.connect("dev-1", keepalive=0)
         await trio.sleep(5)
         session.stop_reading()
+        await trio.sleep(1)  # it stays open for the replies still due until close()
+        assert session not in finished
+        session.close()
         assert await client.next_packet() is None
     assert session.close_reason == "shutdown"
-    assert finished[session] == pytest.approx(5)
+    assert finished[session] == pytest.approx(6)
+
+
+async def test_close_alone_ends_a_session_that_missed_stop_reading(context, autojump_clock):
+    finished: dict[Session, float] = {}
+    async with trio.open_nursery() as nursery:
+        session, client = await start_session(nursery, context, finished)
+        await client.connect("dev-1", keepalive=0)
+        await trio.sleep(2)
+        session.close()
+        assert await client.next_packet() is None
+    assert session.close_reason == "shutdown"
+    assert finished[session] == pytest.approx(2)
 
 
 async def test_repeated_rejections_are_logged_once_and_all_counted(context, autojump_clock,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from kpc_trio.applications import Applications, AppVersionSettings, LiveApplications
 from kpc_trio.config import load_config
-from kpc_trio.presence import DisconnectPolicy
+from kpc_trio.kaa.endpoints import DisconnectPolicy
 
 CONFIG = """
 kaa:

@@ -3,8 +3,6 @@ wiring, with a fake NATS port and trio's autojump clock: no I/O, timeouts take n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import attrs
 import pytest
 import trio
@@ -13,41 +11,19 @@ import trio.testing
 from kpc_trio.client_auth import NatsClientAuthenticator
 from kpc_trio.config import AuthSettings
 from kpc_trio.kaa import records
-from kpc_trio.nats.gateway import InboundMessage, OutboundMessage
+from kpc_trio.nats.gateway import InboundMessage
 from kpc_trio.nats.requests import (
     CorrelatedRequests,
     ProviderTimeoutError,
     ProviderUnavailableError,
 )
+from tests.fake_nats import FakeNats
 
 REQUEST_SUBJECT = "kaa.v1.service.ccm.cap.basic-request"
 REPLY_SUBJECT = "kaa.v1.replica.r1.cap.basic-response"
 
 
-@attrs.define
-class FakePort:
-    """NatsPort double: records what is published; `accepting` False = outbound queue full."""
-
-    connected: bool = True
-    accepting: bool = True
-    published: list[OutboundMessage] = attrs.field(factory=list)
-
-    async def publish_confirmed(
-        self, messages: Sequence[OutboundMessage], *, fail_fast: bool = False
-    ) -> None:
-        raise AssertionError("requests are fire and forget")
-
-    def publish_nowait(self, message: OutboundMessage) -> bool:
-        if self.accepting:
-            self.published.append(message)
-        return self.accepting
-
-    async def subscribe(self, subject: str, *, queue: str = "", capacity: int = 10_000
-                        ) -> trio.MemoryReceiveChannel[InboundMessage]:
-        raise AssertionError("the test feeds replies itself")
-
-
-def make_requests(port: FakePort, timeout: float = 5.0
+def make_requests(port: FakeNats, timeout: float = 5.0
                   ) -> CorrelatedRequests[records.ClientBasicAuthenticationResponse]:
     return CorrelatedRequests(port, reply_subject=REPLY_SUBJECT,
                               response_type=records.ClientBasicAuthenticationResponse,
@@ -68,15 +44,15 @@ def reply(correlation_id: str, status: int = 200) -> InboundMessage:
 
 
 def test_correlation_ids_are_unique_and_carry_the_prefix() -> None:
-    requests = make_requests(FakePort())
+    requests = make_requests(FakeNats())
     ids = {requests.next_correlation_id() for _ in range(1000)}
     assert len(ids) == 1000
     assert all(i.startswith("r1-cap-basic-") for i in ids)
-    assert make_requests(FakePort()).next_correlation_id() not in ids  # fresh random part
+    assert make_requests(FakeNats()).next_correlation_id() not in ids  # fresh random part
 
 
 async def test_request_goes_out_with_the_reply_subject_and_returns_its_reply() -> None:
-    port = FakePort()
+    port = FakeNats()
     requests = make_requests(port)
     send, receive = trio.open_memory_channel[InboundMessage](10)
     correlation_id = requests.next_correlation_id()
@@ -102,7 +78,7 @@ async def test_request_goes_out_with_the_reply_subject_and_returns_its_reply() -
 
 
 async def test_no_reply_times_out_and_forgets_the_request(autojump_clock: trio.abc.Clock) -> None:
-    requests = make_requests(FakePort(), timeout=3.0)
+    requests = make_requests(FakeNats(), timeout=3.0)
     with pytest.raises(ProviderTimeoutError, match="is the provider running"):
         await requests.request(REQUEST_SUBJECT, basic_request(requests.next_correlation_id()))
     assert requests.pending == 0
@@ -111,14 +87,14 @@ async def test_no_reply_times_out_and_forgets_the_request(autojump_clock: trio.a
 async def test_cancelled_request_forgets_its_correlation_id(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    requests = make_requests(FakePort(), timeout=60.0)
+    requests = make_requests(FakeNats(), timeout=60.0)
     with trio.move_on_after(1.0):
         await requests.request(REQUEST_SUBJECT, basic_request(requests.next_correlation_id()))
     assert requests.pending == 0
 
 
-@pytest.mark.parametrize("port", [FakePort(connected=False), FakePort(accepting=False)])
-async def test_nats_not_taking_the_request_is_unavailable(port: FakePort) -> None:
+@pytest.mark.parametrize("port", [FakeNats(connected=False), FakeNats(accepting=False)])
+async def test_nats_not_taking_the_request_is_unavailable(port: FakeNats) -> None:
     requests = make_requests(port)
     with pytest.raises(ProviderUnavailableError):
         await requests.request(REQUEST_SUBJECT, basic_request(requests.next_correlation_id()))
@@ -128,7 +104,7 @@ async def test_nats_not_taking_the_request_is_unavailable(port: FakePort) -> Non
 async def test_reusing_a_waiting_correlation_id_is_refused(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    requests = make_requests(FakePort())
+    requests = make_requests(FakeNats())
     correlation_id = requests.next_correlation_id()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(requests.request, REQUEST_SUBJECT, basic_request(correlation_id))
@@ -148,12 +124,12 @@ def test_authenticator_from_config_listens_on_the_replicas_reply_subjects(
     protocol: str, expected: list[str]
 ) -> None:
     settings = attrs.evolve(AuthSettings(), protocol=protocol, request_timeout=2.5)
-    authenticator = NatsClientAuthenticator.from_config(FakePort(), settings, replica_id="r7")
+    authenticator = NatsClientAuthenticator.from_config(FakeNats(), settings, replica_id="r7")
     assert [r.reply_subject for r in authenticator.replies] == expected
     assert {r.timeout for r in authenticator.replies} == {2.5}
 
 
 def test_unknown_protocol_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="'mqtt5' is not one of"):
-        NatsClientAuthenticator(FakePort(), protocol="mqtt5", provider="ccm", replica_id="r1",
+        NatsClientAuthenticator(FakeNats(), protocol="mqtt5", provider="ccm", replica_id="r1",
                                 request_timeout=1.0, anonymous_allowed=True)

@@ -17,7 +17,7 @@ from kpc_trio.config import (
     load_config,
     render_effective_config,
 )
-from kpc_trio.presence import DisconnectPolicy
+from kpc_trio.kaa.endpoints import DisconnectPolicy
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 REGENERATE = (

@@ -40,6 +40,7 @@ def test_render_exposes_every_metric_with_kpc_prefix() -> None:
         "kpc_token_cache_hits",
         "kpc_token_cache_misses",
         "kpc_endpoints_online",
+        "kpc_connectivity_events_queued",
         "kpc_license_expiry_remaining_seconds",
     }
     assert all(name.startswith("kpc_") for name in families)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kpc_trio.applications import AppVersionSettings
-from kpc_trio.presence import DisconnectPolicy
+from kpc_trio.kaa.endpoints import DisconnectPolicy
 from kpc_trio.tekton_adapter import (
     UnreadableDocumentError,
     app_version_settings,

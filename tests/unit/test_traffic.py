@@ -8,8 +8,8 @@ import trio
 import trio.testing
 
 from kpc_trio.kaa import records
-from kpc_trio.nats.gateway import OutboundMessage
 from kpc_trio.traffic import TrafficMeter, run_traffic_reports
+from tests.fake_nats import FakeNats
 
 SUBJECT = "kaa.v1.events.kpc.endpoint.traffic-reporting.payload"
 START_NS = 1_700_000_000_123_456_789
@@ -117,18 +117,11 @@ def test_report_encodes_and_decodes_with_the_real_schema() -> None:
 # ---------------------------------------------------------------------------------- the task
 
 
-class Publisher:
-    """Stands in for the gateway's publish_nowait; keeps (trio time, decoded report)."""
-
-    def __init__(self, accept: bool = True) -> None:
-        self.accept = accept
-        self.published: list[tuple[float, records.TrafficReportEvent]] = []
-
-    def __call__(self, message: OutboundMessage) -> bool:
-        assert message.subject == SUBJECT
-        report = records.decode(records.TrafficReportEvent, message.payload)
-        self.published.append((trio.current_time(), report))
-        return self.accept
+def reports(nats: FakeNats) -> list[tuple[float, records.TrafficReportEvent]]:
+    """What reached NATS: (trio time, decoded report)."""
+    assert {message.subject for message in nats.published} <= {SUBJECT}
+    return [(at, records.decode(records.TrafficReportEvent, message.payload))
+            for at, message in zip(nats.published_at, nats.published, strict=True)]
 
 
 def endpoint_stats(report: records.TrafficReportEvent) -> dict[str, records.TrafficStat]:
@@ -142,11 +135,11 @@ async def test_one_report_per_period_with_traffic_and_none_for_an_empty_period(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     meter = TrafficMeter(start_ns=time.time_ns())
-    publisher = Publisher()
+    nats = FakeNats()
     async with trio.open_nursery() as nursery:
         start = trio.current_time()
         nursery.start_soon(lambda: run_traffic_reports(
-            meter, publisher, period=60.0, subject=SUBJECT, replica_id="kpc-r1"))
+            meter, nats, period=60.0, subject=SUBJECT, replica_id="kpc-r1"))
         await trio.sleep(1)  # period 1: [0, 60)
         meter.received("acme", "app", "ep-1", 10)
         meter.received("acme", "app", "ep-1", 20)
@@ -156,7 +149,7 @@ async def test_one_report_per_period_with_traffic_and_none_for_an_empty_period(
         await trio.sleep(51)  # period 4 is empty up to the cancellation: nothing to flush
         nursery.cancel_scope.cancel()
 
-    (first_at, first), (third_at, third) = publisher.published
+    (first_at, first), (third_at, third) = reports(nats)
     assert (first_at, third_at) == (start + 60.0, start + 180.0)
     assert endpoint_stats(first) == {
         "ep-1": records.TrafficStat(total_received_payload=30, total_received_message_count=2),
@@ -174,16 +167,16 @@ async def test_cancellation_publishes_the_partial_period(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     meter = TrafficMeter(start_ns=time.time_ns())
-    publisher = Publisher()
+    nats = FakeNats()
     async with trio.open_nursery() as nursery:
         start = trio.current_time()
         nursery.start_soon(lambda: run_traffic_reports(
-            meter, publisher, period=60.0, subject=SUBJECT, replica_id="kpc-r1"))
+            meter, nats, period=60.0, subject=SUBJECT, replica_id="kpc-r1"))
         await trio.sleep(10)
         meter.received("acme", "app", "ep-1", 3)
         await trio.sleep(10)
         nursery.cancel_scope.cancel()
-    [(published_at, report)] = publisher.published
+    [(published_at, report)] = reports(nats)
     assert published_at == start + 20.0
     assert endpoint_stats(report) == {
         "ep-1": records.TrafficStat(total_received_payload=3, total_received_message_count=1),
@@ -191,22 +184,45 @@ async def test_cancellation_publishes_the_partial_period(
 
 
 async def test_nothing_published_without_traffic(autojump_clock: trio.testing.MockClock) -> None:
-    publisher = Publisher()
+    nats = FakeNats()
     with trio.move_on_after(600):
-        await run_traffic_reports(TrafficMeter(start_ns=time.time_ns()), publisher, period=60.0,
+        await run_traffic_reports(TrafficMeter(start_ns=time.time_ns()), nats, period=60.0,
                                   subject=SUBJECT, replica_id="kpc-r1")
-    assert publisher.published == []
+    assert nats.published == []
 
 
-async def test_a_refused_report_is_not_published_again(
+async def test_counts_wait_for_nats_and_go_out_after_the_outage(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     meter = TrafficMeter(start_ns=time.time_ns())
-    publisher = Publisher(accept=False)  # the gateway's queue is full
+    nats = FakeNats()
     async with trio.open_nursery() as nursery:
+        start = trio.current_time()
         nursery.start_soon(lambda: run_traffic_reports(
-            meter, publisher, period=60.0, subject=SUBJECT, replica_id="kpc-r1"))
-        meter.received("acme", "app", "ep-1", 3)
-        await trio.sleep(130)
+            meter, nats, period=60.0, subject=SUBJECT, replica_id="kpc-r1"))
+        meter.received("acme", "app", "ep-1", 10)
+        nats.disconnect()
+        await trio.sleep(61)  # period 1 ends while NATS is away: nothing taken
+        meter.received("acme", "app", "ep-1", 5)
+        nats.reconnect()
+        await trio.sleep(60)
         nursery.cancel_scope.cancel()
-    assert len(publisher.published) == 1
+    [(published_at, report)] = reports(nats)
+    assert published_at == start + 120.0
+    assert endpoint_stats(report) == {
+        "ep-1": records.TrafficStat(total_received_payload=15, total_received_message_count=2),
+    }
+
+
+def test_a_restored_report_is_part_of_the_next_one() -> None:
+    meter = TrafficMeter(start_ns=START_NS)
+    meter.received("acme", "app", "ep-1", 10)
+    first = take(meter, START_NS + 10)
+    assert first is not None
+    meter.sent("acme", "app", "ep-1", 4)
+    meter.restore(first)
+    second = take(meter, START_NS + 20)
+    assert second is not None and second.time_from == START_NS
+    assert endpoint_stats(second) == {"ep-1": records.TrafficStat(
+        total_received_payload=10, total_received_message_count=1,
+        total_sent_payload=4, total_sent_message_count=1)}
