@@ -23,6 +23,9 @@ from kpc_trio.mqtt.packets import QoS
 START_TIMEOUT = 60.0
 STALL = 5.0  # seconds without a counted message that end an ingest run
 IDLE_SETTLE = 1.0
+# Idle TLS connections are measured once the handshakes' transient allocations are given back:
+# after kpc_trio's memory-trim interval (10 s); every server gets the same wait.
+TLS_IDLE_SETTLE = 11.0
 IDLE_WORKERS = 4
 IDLE_BATCH = 200
 
@@ -40,9 +43,11 @@ class Sizes:
     rate: float = 1000.0
     requests: int = 5_000
     idle_connections: int = 10_000
+    tls_idle_connections: int = 5_000
 
 
-QUICK = Sizes(qos1_messages=300, qos0_messages=300, requests=200, idle_connections=50)
+QUICK = Sizes(qos1_messages=300, qos0_messages=300, requests=200, idle_connections=50,
+              tls_idle_connections=50)
 
 
 @attrs.define
@@ -168,34 +173,48 @@ def _per_request(cpu: CpuWindow, requests: int) -> Figures:
             for metric, value in cpu.figures(requests).items()}
 
 
-def idle_memory(bench: Bench, server: ServerProcess) -> Figures:
-    total = bench.sizes.idle_connections
-    before = bench.rss_baselines.setdefault(server.name, _tree_rss_kib(server))
+def idle_memory(bench: Bench, server: ServerProcess, tls: bool = False) -> Figures:
+    total = bench.sizes.tls_idle_connections if tls else bench.sizes.idle_connections
+    port = server.extra_ports["tls"] if tls else server.port
+    before = bench.rss_baselines.setdefault(f"{server.name}/{'tls' if tls else 'tcp'}",
+                                            _tree_rss_kib(server))
     context = multiprocessing.get_context("fork")
     opened = context.Queue()
     release = context.Event()
     share = -(-total // IDLE_WORKERS)
     workers = [
         context.Process(target=hold_idle, daemon=True,
-                        args=(server.port, first, min(share, total - first), IDLE_BATCH, opened,
-                              release))
+                        args=(port, first, min(share, total - first), IDLE_BATCH, opened,
+                              release, tls))
         for first in range(0, total, share)
     ]
+    started = time.monotonic()
     for worker in workers:
         worker.start()
     try:
         reports = [opened.get(timeout=START_TIMEOUT * 2) for _ in workers]
+        opened_in = time.monotonic() - started
         problems = [r for r in reports if isinstance(r, str)]
         if problems:
             raise CaseError(f"idle connections to {server.name}: {problems[0]}")
-        time.sleep(IDLE_SETTLE)
+        time.sleep(TLS_IDLE_SETTLE if tls else IDLE_SETTLE)
         after = _tree_rss_kib(server)
     finally:
         release.set()
         for worker in workers:
             worker.join(STALL)
     time.sleep(IDLE_SETTLE)  # let the server close them before the next run
-    return {"KiB/conn": (after - before) / total, "total MiB": after / 1024}
+    figures = {"KiB/conn": (after - before) / total, "total MiB": after / 1024}
+    if tls:
+        figures["handshakes/s"] = total / opened_in  # TLS + CONNECT/CONNACK, 4 clients at once
+    return figures
+
+
+def tls_idle_memory(bench: Bench, server: ServerProcess) -> Figures:
+    """Idle MQTT/TLS connections: RSS per connection, total RSS, full handshakes per second."""
+    if "tls" not in server.extra_ports:
+        return {}  # a peer without a TLS listener (amqtt here)
+    return idle_memory(bench, server, tls=True)
 
 
 def _tree_rss_kib(server: ServerProcess) -> int:
@@ -233,5 +252,7 @@ CASES: dict[str, CaseInfo] = {
     "roundtrip": CaseInfo(round_trip_latency, "round trip at 1k req/s, 10 devices", peers=True,
                           needs_echo=True),
     "rss": CaseInfo(idle_memory, "RSS of idle connections", peers=True),
+    "tls_idle": CaseInfo(tls_idle_memory, "RSS of idle TLS connections, handshake rate",
+                         peers=True),
     "tls_ws": CaseInfo(secure_transports, "QoS 1 ingest over TLS / WebSocket", peers=False),
 }

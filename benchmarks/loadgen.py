@@ -11,6 +11,7 @@ import functools
 import multiprocessing.synchronize
 import selectors
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from multiprocessing.queues import Queue
@@ -208,13 +209,18 @@ def _read_until(sock: socket.socket, decoder: Decoder, packet_type: type) -> obj
 
 
 def hold_idle(port: int, first: int, count: int, batch: int, opened: Queue[int | str],
-              release: multiprocessing.synchronize.Event) -> None:
-    """Open `count` connections (CONNECT + CONNACK), report, and keep them until `release`."""
+              release: multiprocessing.synchronize.Event, tls: bool = False) -> None:
+    """Open `count` connections (CONNECT + CONNACK), report, and keep them until `release`.
+    With `tls`, each does a full TLS handshake first (no session resumption)."""
     socks: list[socket.socket] = []
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     try:
         for batch_start in range(0, count, batch):
             fresh = [socket.create_connection((HOST, port))
                      for _ in range(min(batch, count - batch_start))]
+            if tls:
+                fresh = [context.wrap_socket(sock) for sock in fresh]
             for offset, sock in enumerate(fresh):
                 sock.sendall(connect_packet(f"bench-idle-{first + batch_start + offset}"))
             for sock in fresh:

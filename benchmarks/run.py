@@ -1,7 +1,7 @@
 """Benchmark kpc_trio against mosquitto and amqtt on this machine, side by side.
 
-    python -m benchmarks.run [--quick] [--cases qos1,qos0,...] [--repeat N] [--workers 1,2]
-                             [--no-peers] [--amqtt PATH]
+    python -m benchmarks.run [--quick] [--cases qos1,qos0,...,tls_idle,tls_ws] [--repeat N]
+                             [--workers 1,2] [--no-peers] [--amqtt PATH]
 
 Starts nats-server, the simulated Kaa side, kpc_trio (once per --workers count) and the peers as
 child processes, runs every case --repeat times per server, prints medians, spread, ratios, CPU
@@ -81,7 +81,8 @@ def _start_everything(stack: contextlib.ExitStack, workdir: Path, args: argparse
         kpc_server(workdir, nats.url, cert_file, key_file, workers)
         for workers in sorted({int(count) for count in args.workers.split(",")})]
     if not args.no_peers:
-        candidates += [mosquitto_server(workdir), amqtt_server(workdir, args.amqtt)]
+        candidates += [mosquitto_server(workdir, cert_file, key_file),
+                       amqtt_server(workdir, args.amqtt)]
     servers: list[ServerProcess] = []
     for candidate in candidates:
         if isinstance(candidate, str):

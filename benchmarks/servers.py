@@ -140,20 +140,25 @@ def _kpc_trio_command() -> str:
     return str(beside) if beside.exists() else "kpc-trio"
 
 
-def mosquitto_server(workdir: Path) -> ServerProcess | str:
-    """mosquitto, or why it is skipped."""
+def mosquitto_server(workdir: Path, cert_file: Path, key_file: Path) -> ServerProcess | str:
+    """mosquitto (plain and TLS listeners), or why it is skipped."""
     binary = shutil.which("mosquitto") or (
         "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
     if binary is None:
         return "mosquitto not installed (apt-get install -y mosquitto)"
-    port = free_port()
+    # mosquitto started as root runs as user mosquitto: it must reach the run's key files.
+    workdir.chmod(0o711)
+    for path in (cert_file, key_file):
+        path.chmod(0o644)
+    port, tls_port = free_port(), free_port()
     config = workdir / "mosquitto.conf"
     # No persistence, no queue limit that would drop the counter's QoS 0 stream, and Nagle off
     # like the other servers (mosquitto keeps it on by default: 40 ms stalls in the round trip).
     config.write_text(f"listener {port} {HOST}\nallow_anonymous true\npersistence false\n"
-                      "max_queued_messages 0\nset_tcp_nodelay true\nlog_type error\n")
+                      "max_queued_messages 0\nset_tcp_nodelay true\nlog_type error\n"
+                      f"listener {tls_port} {HOST}\ncertfile {cert_file}\nkeyfile {key_file}\n")
     return ServerProcess(name="mosquitto", argv=[binary, "-c", str(config)], port=port,
-                         log_path=workdir / "mosquitto.log")
+                         log_path=workdir / "mosquitto.log", extra_ports={"tls": tls_port})
 
 
 def amqtt_server(workdir: Path, binary: Path) -> ServerProcess | str:

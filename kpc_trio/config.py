@@ -14,6 +14,7 @@ one-line help text that `config_reference()` renders into docs/configuration.md.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import math
 import os
 import re
@@ -264,6 +265,40 @@ class TextList:
         return "[" + ", ".join(value) + "]"
 
 
+@attrs.frozen
+class CidrList:
+    """IP networks (`10.0.0.0/8`, `fd00::/8`, or a single address): a YAML list, or a
+    comma-separated string (the form an environment variable takes)."""
+
+    label: str = "list of CIDR networks"
+
+    def parse(self, raw: object) -> tuple[str, ...]:
+        if isinstance(raw, str):
+            raw = [item.strip() for item in raw.split(",") if item.strip()]
+        if not isinstance(raw, list) or not all(isinstance(item, str) for item in raw):
+            raise InvalidValue
+        networks = []
+        for item in raw:
+            try:
+                networks.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+            except ValueError:
+                raise InvalidValue(f"expected {self.expected()}; {item!r} is not one") from None
+        return tuple(networks)
+
+    def expected(self) -> str:
+        return "a list of CIDR networks such as 10.0.0.0/8 (or a comma-separated string)"
+
+    def show(self, value: Any) -> str:
+        return "[" + ", ".join(value) + "]"
+
+
+PROXY_PROTOCOL = Choice(("off", "optional", "required"))
+_PROXY_PROTOCOL_HELP = ("PROXY protocol v1/v2 header before {what}: `off`, `optional` (used when "
+                        "present), `required` (connections without one are closed); honoured only "
+                        "from `kaa.kpc.transports.trusted-proxies`.")
+_BIND_HELP = "Address the {what} binds to; empty = every interface (IPv4 and IPv6)."
+
+
 # ----------------------------------------------------------------------------------------------
 # Field kinds, kept in attrs metadata.
 
@@ -365,11 +400,13 @@ class ServiceSettings:
 
 @attrs.frozen
 class ServerSettings:
+    host: str = setting("", Text(), _BIND_HELP.format(what="REST API"))
     port: int = setting(8008, PORT, "Port of the REST API (server certificate download).")
 
 
 @attrs.frozen
 class ManagementSettings:
+    host: str = setting("", Text(), _BIND_HELP.format(what="management port"))
     port: int = setting(8080, PORT, "Port of /metrics, /health and /ready.")
 
 
@@ -429,6 +466,8 @@ class TcpListenerSettings:
     enabled: bool = setting(True, Boolean(), "Serve plain MQTT over TCP.")
     host: str = setting("0.0.0.0", Text(), "Address the plain MQTT listener binds to.")
     port: int = setting(1883, PORT, "Port of the plain MQTT listener.")
+    proxy_protocol: str = setting("off", PROXY_PROTOCOL,
+                                  _PROXY_PROTOCOL_HELP.format(what="MQTT"))
 
 
 @attrs.frozen
@@ -444,7 +483,13 @@ class TlsListenerSettings:
                                "Client certificate mode; `request` lets tenants enforce mutual "
                                "TLS per tenant.")
     handshake_timeout: float = setting(10.0, Duration(positive=True),
-                                       "Time a client has to complete the TLS handshake.")
+                                       "Time a client has to complete the TLS handshake "
+                                       "(and to send its PROXY protocol header).")
+    max_concurrent_handshakes: int = setting(
+        0, Integer(0), "TLS handshakes running at once; connections beyond are closed before "
+                       "any TLS work. 0 = unlimited.")
+    proxy_protocol: str = setting("off", PROXY_PROTOCOL,
+                                  _PROXY_PROTOCOL_HELP.format(what="TLS"))
 
 
 @attrs.frozen
@@ -474,6 +519,21 @@ class MqttSettings:
     max_outbox_bytes: int = setting(1048576, Integer(1),
                                     "Queued outbound bytes per connection before a slow client is "
                                     "dropped.")
+    max_connection_rate: int = setting(0, Integer(0),
+                                       "New connections accepted per second on each MQTT "
+                                       "listener (token bucket; of each worker with `run "
+                                       "--workers`); the excess is closed at once. "
+                                       "0 = unlimited.")
+    connection_rate_burst: int = setting(0, Integer(0),
+                                         "Connections a listener accepts in a burst above the "
+                                         "rate; 0 = one second's worth of max-connection-rate.")
+    max_publish_rate: int = setting(0, Integer(0),
+                                    "PUBLISH packets per second read from one connection; a "
+                                    "faster client is not read from until back under it (TCP "
+                                    "backpressure). 0 = unlimited.")
+    max_receive_rate: int = setting(0, Integer(0),
+                                    "Bytes per second read from one connection, likewise slowed "
+                                    "down, not dropped. 0 = unlimited.")
     max_subscriptions: int = setting(100, Integer(1),
                                      "Topic filters one connection may hold (and at most "
                                      "max-packet-size bytes of them); further ones get SUBACK "
@@ -502,6 +562,10 @@ class HttpTransportSettings:
 
 @attrs.frozen
 class TransportSettings:
+    trusted_proxies: tuple[str, ...] = setting(
+        (), CidrList(), "Load balancers and ingresses whose PROXY protocol header or "
+                        "X-Forwarded-For/Forwarded header gives the client's real address; such "
+                        "headers from anyone else are ignored.")
     mqtt: MqttSettings = section(MqttSettings)
     http: HttpTransportSettings = section(HttpTransportSettings)
 

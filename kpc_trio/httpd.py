@@ -23,10 +23,12 @@ import h11
 import trio
 
 from kpc_trio.health import Health
-from kpc_trio.logs import get_logger
+from kpc_trio.logs import get_logger, set_log_source
 from kpc_trio.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kpc_trio.metrics import Metrics
+from kpc_trio.net.forwarded import NO_PROXIES, TrustedProxies, forwarded_client
 from kpc_trio.net.listeners import open_tcp_listeners
+from kpc_trio.net.peer import format_address
 
 log = get_logger(__name__)
 
@@ -46,6 +48,8 @@ class Request:
     query: str
     headers: tuple[tuple[str, str], ...]
     body: bytes
+    #: The client's "host:port", or the address a trusted proxy forwarded for it.
+    client: str = ""
 
 
 Handler: TypeAlias = Callable[[Request], Awaitable[Response]]
@@ -99,6 +103,7 @@ async def serve_http(
     error_response: ErrorRenderer = error_document,
     limits: HttpLimits = HttpLimits(),
     handler_nursery: trio.Nursery | None = None,
+    trusted_proxies: TrustedProxies = NO_PROXIES,
     reuse_port: bool = False,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
@@ -110,6 +115,7 @@ async def serve_http(
     Reports the bound port through `task_status` (useful with `port=0`). `host=None` binds all
     interfaces; with `port=0` pass a literal address, since each resolved address would get its
     own ephemeral port. `reuse_port` shares the port with other workers (SO_REUSEPORT).
+    `X-Forwarded-For` / `Forwarded` name the client only when sent by one of `trusted_proxies`.
     """
     listeners = await open_tcp_listeners(port, host=host, reuse_port=reuse_port)
     bound_port: int = listeners[0].socket.getsockname()[1]
@@ -117,7 +123,7 @@ async def serve_http(
     task_status.started(bound_port)
     await trio.serve_listeners(
         partial(_serve_connection, routes=routes, fallback=fallback,
-                error_response=error_response, limits=limits),
+                error_response=error_response, limits=limits, trusted_proxies=trusted_proxies),
         listeners,
         handler_nursery=handler_nursery,
     )
@@ -126,9 +132,16 @@ async def serve_http(
 
 async def _serve_connection(
     stream: trio.SocketStream, *, routes: Mapping[str, Handler], fallback: Handler | None,
-    error_response: ErrorRenderer, limits: HttpLimits,
+    error_response: ErrorRenderer, limits: HttpLimits, trusted_proxies: TrustedProxies,
 ) -> None:
-    connection = _HttpConnection(stream, routes, fallback, error_response, limits)
+    try:
+        address = format_address(stream.socket.getpeername())
+    except OSError:
+        await trio.aclose_forcefully(stream)
+        return
+    connection = _HttpConnection(stream, routes, fallback, error_response, limits,
+                                 trusted_proxies, address)
+    set_log_source(connection)
     try:
         await connection.run()
     except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -150,7 +163,13 @@ class _HttpConnection:
     fallback: Handler | None
     error_response: ErrorRenderer
     limits: HttpLimits
+    trusted_proxies: TrustedProxies
+    address: str  # the socket's peer
+    client: str = ""  # of the current request: `address` or what a trusted proxy forwarded
     h11_conn: h11.Connection = attrs.field(init=False)
+
+    def log_fields(self) -> tuple[tuple[str, Any], ...]:
+        return (("peer", self.client or self.address),)
 
     def __attrs_post_init__(self) -> None:
         self.h11_conn = h11.Connection(
@@ -180,7 +199,12 @@ class _HttpConnection:
                 return
             if request is None:
                 return
+            self.client = forwarded_client(request.headers, self.address,
+                                           self.trusted_proxies) or self.address
+            request = attrs.evolve(request, client=self.client)
             response = await self._respond(request)
+            log.debug("http_request", method=request.method, path=request.path,
+                      status=response[0])
             await self._send(response, with_body=request.method != "HEAD")
             if self.h11_conn.our_state is h11.MUST_CLOSE:
                 return

@@ -37,6 +37,7 @@ LIVE_KEYS: Final = (
     f"{_TLS}.cert-file", f"{_TLS}.key-file", f"{_TLS}.ca-file", f"{_TLS}.client-auth",
     f"{_MQTT}.max-packet-size", f"{_MQTT}.connect-timeout", f"{_MQTT}.max-inflight",
     f"{_MQTT}.max-outbox-bytes", f"{_MQTT}.max-connections",
+    f"{_MQTT}.max-publish-rate", f"{_MQTT}.max-receive-rate",  # for the sessions that follow
     "kaa.kpc.auth.anonymous-allowed",
     "service.graceful-shutdown", "service.config-watch-interval", "service.shutdown.",
 )

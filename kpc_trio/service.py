@@ -67,8 +67,11 @@ from kpc_trio.nats.credentials import NatsCredentialsError, load_creds, load_nke
 from kpc_trio.nats.embedded import open_embedded_nats
 from kpc_trio.nats.gateway import InboundMessage, NatsPort, open_nats_gateway
 from kpc_trio.net import (
+    EdgeSettings,
     HandshakeFailureReason,
     Peer,
+    ProxyMode,
+    TrustedProxies,
     build_server_ssl_context,
     serve_tcp,
     serve_tls,
@@ -100,6 +103,8 @@ def session_limits(config: Config) -> SessionLimits:
         max_inflight=mqtt.max_inflight,
         max_subscriptions=mqtt.max_subscriptions,
         max_client_id_length=mqtt.max_client_id_length,
+        max_publish_rate=mqtt.max_publish_rate,
+        max_receive_rate=mqtt.max_receive_rate,
         reply_wait=config.kaa.kpc.esp.response_timeout,
         log_repeat_interval=config.logging.repeat_interval,
     )
@@ -293,15 +298,16 @@ class KpcService:
 
     async def _start_http(self, nursery: trio.Nursery) -> None:
         tls = self.config.kaa.kpc.transports.mqtt.tls
+        management, server = self.config.management, self.config.server
         apps = {
             "management": (management_routes(self.metrics, self.health),
-                           self.config.management.port),
+                           management.host, management.port),
             "rest": (rest_routes(tls_cert_file=tls.cert_file if tls.enabled else None),
-                     self.config.server.port),
+                     server.host, server.port),
         }
-        for name, (routes, port) in apps.items():
+        for name, (routes, host, port) in apps.items():
             self.ports[name] = await nursery.start(functools.partial(
-                serve_http, routes, host=None, port=port, reuse_port=self.reuse_port))
+                serve_http, routes, host=host or None, port=port, reuse_port=self.reuse_port))
 
     async def _serve_with(self, gateway: NatsPort,
                           task_status: trio.TaskStatus[dict[str, int]]) -> None:
@@ -567,11 +573,21 @@ class KpcService:
         """Start every enabled MQTT listener; each reports its bound port (0 = pick one)."""
         mqtt = self.config.kaa.kpc.transports.mqtt
         handler = self._handle_connection
+        edge = EdgeSettings(
+            trusted_proxies=TrustedProxies.from_config(
+                self.config.kaa.kpc.transports.trusted_proxies),
+            max_connection_rate=mqtt.max_connection_rate,
+            connection_rate_burst=mqtt.connection_rate_burst,
+            on_refused=self._count_refusal,
+        )
         starters = {}
         if mqtt.tcp.enabled:
             starters["mqtt_tcp"] = functools.partial(
                 serve_tcp, handler, host=mqtt.tcp.host, port=mqtt.tcp.port,
-                handler_nursery=sessions_nursery, reuse_port=self.reuse_port)
+                handler_nursery=sessions_nursery, reuse_port=self.reuse_port,
+                edge=attrs.evolve(
+                    edge, proxy_mode=ProxyMode(mqtt.tcp.proxy_protocol),
+                    header_timeout=mqtt.connect_timeout))
         if mqtt.tls.enabled:
             self._ssl_context = self.tls_context(self.config)
             starters["mqtt_tls"] = functools.partial(
@@ -580,15 +596,18 @@ class KpcService:
                 handshake_timeout=mqtt.tls.handshake_timeout,
                 on_handshake_failure=self._count_handshake_failure,
                 on_failure=self._count_connection_failure, handler_nursery=sessions_nursery,
-                reuse_port=self.reuse_port)
+                reuse_port=self.reuse_port,
+                edge=attrs.evolve(
+                    edge, proxy_mode=ProxyMode(mqtt.tls.proxy_protocol),
+                    max_concurrent_handshakes=mqtt.tls.max_concurrent_handshakes))
         if mqtt.websocket.enabled:
             starters["mqtt_websocket"] = functools.partial(
                 serve_websocket, handler, host=mqtt.websocket.host,
                 port=mqtt.websocket.port, path=mqtt.websocket.path,
                 max_packet_size=mqtt.max_packet_size,
                 max_message_fragments=mqtt.websocket.max_message_fragments,
-                on_failure=self._count_connection_failure, handler_nursery=sessions_nursery,
-                reuse_port=self.reuse_port)
+                on_failure=self._count_connection_failure, edge=edge,
+                handler_nursery=sessions_nursery, reuse_port=self.reuse_port)
         for name, serve in starters.items():
             _, self.ports[name] = await listeners_nursery.start(serve)
 
@@ -608,7 +627,12 @@ class KpcService:
             serve_http, {}, host=http.host, port=http.port, fallback=transport.handle,
             error_response=kp1_error_response, handler_nursery=requests_nursery,
             limits=HttpLimits(max_body_bytes=http.max_body_size), reuse_port=self.reuse_port,
+            trusted_proxies=TrustedProxies.from_config(
+                self.config.kaa.kpc.transports.trusted_proxies),
         ))
+
+    def _count_refusal(self, transport: str, reason: str) -> None:
+        self.metrics.connect_refusals.labels(transport, reason).inc()
 
     def _count_handshake_failure(self, reason: HandshakeFailureReason) -> None:
         self.metrics.tls_handshake_failures.labels(reason.name.lower()).inc()

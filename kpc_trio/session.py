@@ -41,6 +41,7 @@ from kpc_trio.mqtt.packets import ConnAck, ConnAckCode, Connect, PacketType, Pub
 from kpc_trio.mqtt.topics import validate_topic_name
 from kpc_trio.nats.gateway import NatsPort, OutboundMessage
 from kpc_trio.net import Peer
+from kpc_trio.net.admission import ReadPacer
 from kpc_trio.net.socket_stream import LeanSocketStream
 from kpc_trio.relay import (
     REFUSED_BY_NATS_REASON,
@@ -84,12 +85,24 @@ class SessionLimits:
     #: QoS 1/2 messages relayed but not yet confirmed by NATS before a connection stops reading;
     #: also the QoS 2 messages a client may leave unreleased (no PUBREL) before it is closed.
     max_inflight: int = 100
+    max_publish_rate: int = 0  # PUBLISH packets per second read from a client; 0 = unlimited
+    max_receive_rate: int = 0  # bytes per second read from a client; 0 = unlimited
     max_subscriptions: int = 100
     max_client_id_length: int = 256
     #: kaa.kpc.esp.response-timeout: how long a graceful shutdown waits for a request's answer.
     reply_wait: float = 30.0
     #: logging.repeat-interval: what a client can repeat at will is logged once per interval.
     log_repeat_interval: float = 10.0
+
+    def read_pacer(self) -> ReadPacer | None:
+        if not (self.max_publish_rate or self.max_receive_rate):
+            return None
+        return ReadPacer(self.max_publish_rate, self.max_receive_rate)
+
+    @property
+    def receive_size(self) -> int:
+        """Bytes per read: at most a second's worth of the receive rate."""
+        return min(RECEIVE_SIZE, self.max_receive_rate or RECEIVE_SIZE)
 
 
 #: The first byte of a CONNECT packet (type 1, no flags).
@@ -187,7 +200,7 @@ class Session:
         "_stream", "peer", "_ctx", "_conn", "_endpoints", "_request_qos", "_writer",
         "_writer_nursery", "_writing_inline", "_stopping", "_reading_scope", "_receiving",
         "close_reason", "auth", "_dropping", "_bytes_in", "_bytes_out", "_publishes_in",
-        "_publishes_out", "_repeats", "_closing",
+        "_publishes_out", "_pacer", "_repeats", "_closing",
     )
 
     def __init__(self, stream: trio.abc.Stream, peer: Peer, context: SessionContext) -> None:
@@ -219,6 +232,7 @@ class Session:
         self._bytes_out = metrics.sent_bytes.labels(peer.transport)
         self._publishes_in = metrics.packets_received.labels("PUBLISH")
         self._publishes_out = metrics.packets_sent.labels("PUBLISH")
+        self._pacer = context.limits.read_pacer()  # None unless read rates are limited
         self._repeats: RepeatedEvents | None = None  # made by the first repeatable event
         self._closing: trio.Event | None = None  # set by stop_reading: close() ends the wait
 
@@ -253,6 +267,7 @@ class Session:
             # Reading is inline, not a method: an idle connection waits here, and every
             # coroutine frame on its stack is memory held by each of thousands of connections.
             conn = self._conn
+            receive_size = self._ctx.limits.receive_size
             try:
                 with trio.CancelScope(
                     deadline=trio.current_time() + self._ctx.limits.connect_timeout
@@ -260,7 +275,7 @@ class Session:
                     while conn.state is not ConnectionState.CLOSED and not self._stopping:
                         self._receiving = True
                         try:
-                            data = await self._stream.receive_some(RECEIVE_SIZE)
+                            data = await self._stream.receive_some(receive_size)
                         except (trio.BrokenResourceError, trio.ClosedResourceError):
                             self._set_reason("connection_lost")
                             break
@@ -275,7 +290,10 @@ class Session:
                         deadline = self._reading_scope.deadline
                         # Also without events: replies such as PINGRESP wait for the writer. A
                         # PUBACK alone needs nothing but the keepalive below.
-                        if events or conn.pending_output:
+                        if self._pacer is not None:
+                            self._reading_scope.deadline = math.inf
+                            await self._handle_paced(events, len(data))
+                        elif events or conn.pending_output:
                             self._reading_scope.deadline = math.inf  # handling is never timed out
                             await self._handle_events(events)
                         del events  # an idle connection must not hold on to its last packets
@@ -313,6 +331,31 @@ class Session:
             if self._repeats is not None:
                 self._repeats.flush(log)
             log.info("client_disconnected", client_id=self.client_id, reason=self.close_reason)
+
+    async def _handle_paced(self, events: list, received_bytes: int) -> None:
+        """Handle a read's events at the client's read rates: a slice of PUBLISHes at a time,
+        waiting between slices (acknowledged as usual); its further bytes wait in the socket."""
+        pacer = self._pacer
+        assert pacer is not None
+        start = 0
+        while True:
+            end, publishes = start, 0
+            while end < len(events) and publishes < pacer.publishes_per_slice:
+                publishes += isinstance(events[end], Publish)
+                end += 1
+            if end > start or self._conn.pending_output:
+                await self._handle_events(events[start:end])
+            delay = pacer.delay(trio.current_time(), publishes, received_bytes)
+            received_bytes = 0
+            if delay > 0:
+                self._receiving = True  # shutdown cancels this wait as it would a read
+                try:
+                    await trio.sleep(delay)
+                finally:
+                    self._receiving = False
+            start = end
+            if start >= len(events):
+                return
 
     def terminate(self, reason: str) -> None:
         """Drop the connection now (takeover, slow consumer, revocation)."""

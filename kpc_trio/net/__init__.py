@@ -6,6 +6,8 @@ layers when the handler returns.
 """
 
 from kpc_trio.net.certificate import ClientCertificate, parse_certificate
+from kpc_trio.net.edge import EdgeSettings, ProxyMode
+from kpc_trio.net.forwarded import TrustedProxies
 from kpc_trio.net.listeners import BoundAddress, serve_tcp
 from kpc_trio.net.peer import ConnectionHandler, Peer
 from kpc_trio.net.tls import HandshakeFailureHook, HandshakeFailureReason, serve_tls
@@ -17,10 +19,13 @@ __all__ = [
     "ClientAuth",
     "ClientCertificate",
     "ConnectionHandler",
+    "EdgeSettings",
     "HandshakeFailureHook",
     "HandshakeFailureReason",
     "Peer",
+    "ProxyMode",
     "TlsConfigError",
+    "TrustedProxies",
     "WebSocketStream",
     "build_server_ssl_context",
     "parse_certificate",

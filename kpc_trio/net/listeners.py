@@ -17,6 +17,7 @@ from typing import NoReturn, TypeVar
 import trio
 
 from kpc_trio.logs import get_logger
+from kpc_trio.net.edge import NO_POLICY, Edge, EdgeSettings
 from kpc_trio.net.peer import ConnectionHandler, Peer, format_address
 from kpc_trio.net.socket_stream import LeanSocketListener, LeanSocketStream
 
@@ -137,8 +138,10 @@ async def run_accept_loop(
     *,
     transport: str,
     handler_nursery: trio.Nursery,
+    admit: Callable[[], bool] | None = None,
 ) -> NoReturn:
-    """Accept forever, starting `on_accept(stream)` in `handler_nursery` for each connection."""
+    """Accept forever, starting `on_accept(stream)` in `handler_nursery` for each connection
+    that `admit()` lets in (the others are closed at once: no task, no reading)."""
     task_name = f"{transport} connection"
     async with listener:
         while True:
@@ -154,6 +157,9 @@ async def run_accept_loop(
                 )
                 await trio.sleep(ACCEPT_RETRY_DELAY)
                 continue
+            if admit is not None and not admit():
+                await trio.aclose_forcefully(stream)
+                continue
             # A shared name: trio would otherwise build one string per connection task.
             handler_nursery.start_soon(on_accept, stream, name=task_name)
 
@@ -167,6 +173,7 @@ async def serve_socket_listeners(
     handler_nursery: trio.Nursery,
     reuse_port: bool = False,
     task_status: trio.TaskStatus[BoundAddress],
+    admit: Callable[[], bool] | None = None,
 ) -> NoReturn:
     """Bind `host:port` (shared with other processes when `reuse_port`) and run one accept loop
     per bound socket.
@@ -187,6 +194,7 @@ async def serve_socket_listeners(
                     on_accept,
                     transport=transport,
                     handler_nursery=handler_nursery,
+                    admit=admit,
                 )
             )
         task_status.started(tuple(listeners[0].socket.getsockname()[:2]))
@@ -199,10 +207,13 @@ async def serve_tcp(
     host: str,
     port: int,
     handler_nursery: trio.Nursery,
+    edge: EdgeSettings = NO_POLICY,
     reuse_port: bool = False,
     task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
-    """Plain MQTT over TCP: each connection goes to `handler` as is."""
+    """Plain MQTT over TCP: each connection `edge` admits goes to `handler` as is, after its
+    PROXY protocol header if `edge` asks for one."""
+    policy = Edge(edge, "tcp")
 
     def on_accept(stream: LeanSocketStream) -> Awaitable[None]:
         # The connection's task runs the handler itself, which owns (closes) the stream: no
@@ -210,7 +221,22 @@ async def serve_tcp(
         address = peer_address(stream)
         if address is None:
             return trio.aclose_forcefully(stream)  # noqa: ASYNC105 - awaited by the caller
+        if policy.reads_proxy_header:
+            return _serve_proxied(stream, address)
         return handler(stream, Peer(transport="tcp", address=address))
+
+    async def _serve_proxied(stream: LeanSocketStream, address: str) -> None:
+        client = None
+        async with contain_failures(Peer(transport="tcp", address=address),
+                                    ignore_connection_failure):
+            deadline = trio.current_time() + edge.header_timeout
+            client = await policy.client_address(stream.socket, address, deadline)
+        if client is None:
+            await trio.aclose_forcefully(stream)
+            return
+        # A task of its own, as without the header: no frame of ours under an idle session.
+        handler_nursery.start_soon(handler, stream, Peer(transport="tcp", address=client),
+                                   name="tcp session")
 
     await serve_socket_listeners(
         on_accept,
@@ -220,4 +246,5 @@ async def serve_tcp(
         handler_nursery=handler_nursery,
         reuse_port=reuse_port,
         task_status=task_status,
+        admit=policy.admit_nowait if edge.max_connection_rate else None,
     )

@@ -7,6 +7,7 @@ here a client that opens TCP and never finishes the handshake only holds its own
 from __future__ import annotations
 
 import enum
+import functools
 import ssl
 from collections.abc import Callable
 from typing import NoReturn
@@ -15,10 +16,10 @@ import trio
 
 from kpc_trio.logs import get_logger
 from kpc_trio.net.certificate import parse_certificate
+from kpc_trio.net.edge import NO_POLICY, Edge, EdgeSettings
 from kpc_trio.net.listeners import (
     BoundAddress,
     ConnectionFailureHook,
-    closing_stream,
     contain_failures,
     ignore_connection_failure,
     peer_address,
@@ -26,6 +27,7 @@ from kpc_trio.net.listeners import (
 )
 from kpc_trio.net.peer import ConnectionHandler, Peer
 from kpc_trio.net.socket_stream import LeanSocketStream
+from kpc_trio.net.tls_stream import TlsStream
 
 log = get_logger(__name__)
 
@@ -69,44 +71,60 @@ async def serve_tls(
     handler_nursery: trio.Nursery,
     on_handshake_failure: HandshakeFailureHook = _ignore_failure,
     on_failure: ConnectionFailureHook = ignore_connection_failure,
+    edge: EdgeSettings = NO_POLICY,
     reuse_port: bool = False,
     task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """MQTT/TLS: handshake (with client certificate verification per `ssl_context`), then
     `handler(stream, Peer(transport="tls", certificate=...))`.
 
-    `on_handshake_failure` is called once per failed handshake (for a metrics counter); it runs
-    in the connection task and must not raise. `on_failure` counts the connections ended by an
-    unexpected error (logged once each).
+    `edge` decides which connections get a handshake at all (connection rate, handshakes at
+    once) and whether a PROXY protocol header comes first; header and handshake share the
+    `handshake_timeout`. `on_handshake_failure` is called once per failed handshake (for a
+    metrics counter); it runs in the connection task and must not raise. `on_failure` counts
+    the connections ended by an unexpected error (logged once each).
     """
+    policy = Edge(edge, "tls")
 
     async def on_accept(tcp_stream: LeanSocketStream) -> None:
-        address = peer_address(tcp_stream)
-        if address is None:
-            await trio.aclose_forcefully(tcp_stream)
-            return
-        async with contain_failures(Peer("tls", address), on_failure), \
-                closing_stream(tcp_stream):
+        # The session gets a task of its own and this one ends: no frame of ours stays on the
+        # stack of thousands of idle connections. The handler owns (closes) the TLS stream and
+        # contains its own failures.
+        secured = None
+        async with contain_failures(Peer("tls", peer_address(tcp_stream) or "unknown"),
+                                    on_failure):
+            secured = await secure(tcp_stream)
+        if secured is not None:
+            handler_nursery.start_soon(handler, *secured, name="tls session")
+
+    async def secure(tcp_stream: LeanSocketStream) -> tuple[TlsStream, Peer] | None:
+        """The PROXY header and the handshake; None (the socket closed) if they fail."""
+        try:
+            address = peer_address(tcp_stream)
+            deadline = trio.current_time() + handshake_timeout
+            if address is not None and policy.reads_proxy_header:
+                address = await policy.client_address(tcp_stream.socket, address, deadline)
+            if address is None:
+                await trio.aclose_forcefully(tcp_stream)
+                return None
             # A callable gives the context of the moment (certificate rotation): each
             # handshake takes the newest, sessions already established keep theirs.
             context = ssl_context() if callable(ssl_context) else ssl_context
-            tls_stream = trio.SSLStream(tcp_stream, context, server_side=True)
+            tls_stream = TlsStream(tcp_stream, context)
             try:
-                try:
-                    peer = await _handshake(tls_stream, address, handshake_timeout)
-                except _HandshakeFailedError as failure:
-                    log.info(
-                        "tls_handshake_failed",
-                        address=address,
-                        reason=failure.reason.value,
-                        detail=failure.detail,
-                    )
-                    on_handshake_failure(failure.reason)
-                    return
-                async with closing_stream(tls_stream):
-                    await handler(tls_stream, peer)
-            finally:
-                _break_reference_cycle(tls_stream)
+                peer = await _handshake(tls_stream, address, deadline, handshake_timeout)
+            except _HandshakeFailedError as failure:
+                log.info("tls_handshake_failed", address=address, reason=failure.reason.value,
+                         detail=failure.detail)
+                on_handshake_failure(failure.reason)
+                await trio.aclose_forcefully(tls_stream)
+                return None
+            return tls_stream, peer
+        except BaseException:
+            await trio.aclose_forcefully(tcp_stream)
+            raise
+        finally:
+            policy.handshakes.release()  # taken by admit_nowait
 
     await serve_socket_listeners(
         on_accept,
@@ -116,32 +134,20 @@ async def serve_tls(
         handler_nursery=handler_nursery,
         reuse_port=reuse_port,
         task_status=task_status,
+        admit=functools.partial(policy.admit_nowait, handshake=True),
     )
 
 
-def _break_reference_cycle(tls_stream: trio.SSLStream[LeanSocketStream]) -> None:
-    """Let a finished stream's memory go now, not at the next full garbage collection.
-
-    trio's `SSLStream` refers to itself (its handshake guard `_handshook` holds a bound method
-    of the stream), so a finished stream, with its OpenSSL buffers (tens of KiB), waits for the
-    cyclic collector, whose full collections are rare: 400 handshakes stalled until their
-    timeout kept about 10 MiB each time, growing with every wave. Dropping the guard breaks
-    the cycle; the stream is closed and never used again.
-    """
-    vars(tls_stream).pop("_handshook", None)
-
-
-async def _handshake(
-    tls_stream: trio.SSLStream[LeanSocketStream], address: str, timeout: float
-) -> Peer:
-    with trio.move_on_after(timeout) as deadline:
+async def _handshake(tls_stream: TlsStream, address: str, deadline: float,
+                     allowed_s: float) -> Peer:
+    with trio.move_on_at(deadline) as waiting:
         try:
             await tls_stream.do_handshake()
         except trio.BrokenResourceError as exc:
             raise _classify(exc.__cause__) from exc
-    if deadline.cancelled_caught:
+    if waiting.cancelled_caught:
         raise _HandshakeFailedError(
-            HandshakeFailureReason.TIMEOUT, f"no complete handshake within {timeout}s"
+            HandshakeFailureReason.TIMEOUT, f"no complete handshake within {allowed_s}s"
         )
     der = tls_stream.getpeercert(binary_form=True)
     certificate = parse_certificate(der) if der else None

@@ -32,6 +32,8 @@ from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from kpc_trio.logs import get_logger
+from kpc_trio.net.edge import NO_POLICY, Edge, EdgeSettings
+from kpc_trio.net.forwarded import NO_PROXIES, TrustedProxies, forwarded_client
 from kpc_trio.net.listeners import (
     GRACEFUL_CLOSE_TIMEOUT,
     BoundAddress,
@@ -227,6 +229,8 @@ class WebSocketSettings:
     path: str = "/ws"
     max_packet_size: int = DEFAULT_MAX_PACKET_SIZE
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    #: Whose X-Forwarded-For / Forwarded header names the client (an ingress in front).
+    trusted_proxies: TrustedProxies = NO_PROXIES
     max_message_fragments: int = DEFAULT_MAX_MESSAGE_FRAGMENTS
     on_failure: ConnectionFailureHook = ignore_connection_failure
 
@@ -243,8 +247,9 @@ async def run_websocket_connection(
     """
     # Hosts trio-websocket's frame reader for this one connection.
     async with trio.open_nursery() as protocol_nursery:
-        connection = await _upgrade(protocol_nursery, stream, peer, settings)
-        if connection is not None:
+        upgraded = await _upgrade(protocol_nursery, stream, peer, settings)
+        if upgraded is not None:
+            connection, peer = upgraded
             async with closing_stream(WebSocketStream(connection)) as websocket_stream:
                 await handler(websocket_stream, peer)
         # The frame reader would otherwise wait on a socket that our caller closes after us.
@@ -253,8 +258,9 @@ async def run_websocket_connection(
 
 async def _upgrade(
     nursery: trio.Nursery, stream: trio.abc.Stream, peer: Peer, settings: WebSocketSettings
-) -> WebSocketConnection | None:
-    """The open connection, or None if the upgrade was refused, abandoned or too slow."""
+) -> tuple[WebSocketConnection, Peer] | None:
+    """The open connection and the client (named by a trusted proxy's forwarding headers, if
+    any), or None if the upgrade was refused, abandoned or too slow."""
     with trio.move_on_after(settings.handshake_timeout):
         try:
             request = await _open_request(nursery, stream, peer, settings)
@@ -266,9 +272,13 @@ async def _upgrade(
                     404, body=f"MQTT over WebSocket is served on {settings.path}\n".encode()
                 )
                 return None
-            return await request.accept(
+            connection = await request.accept(
                 subprotocol=select_subprotocol(request.proposed_subprotocols)
             )
+            headers = [(name.decode("latin-1"), value.decode("latin-1"))
+                       for name, value in request.headers]
+            client = forwarded_client(headers, peer.address, settings.trusted_proxies)
+            return connection, peer if client is None else attrs.evolve(peer, address=client)
         except ConnectionClosed:
             log.info("websocket_upgrade_abandoned", address=peer.address)
             return None
@@ -298,6 +308,7 @@ async def serve_websocket(
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     max_message_fragments: int = DEFAULT_MAX_MESSAGE_FRAGMENTS,
     on_failure: ConnectionFailureHook = ignore_connection_failure,
+    edge: EdgeSettings = NO_POLICY,
     handler_nursery: trio.Nursery,
     reuse_port: bool = False,
     task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
@@ -306,10 +317,13 @@ async def serve_websocket(
 
     Messages above one MQTT packet of `max_packet_size`, or of more than
     `max_message_fragments` frames, close the connection with 1009. `on_failure` counts the
-    connections ended by an unexpected error (logged once each).
+    connections ended by an unexpected error (logged once each). `edge` limits the connection
+    rate and names the proxies whose X-Forwarded-For / Forwarded headers are believed.
     """
+    policy = Edge(edge, "websocket")
     settings = WebSocketSettings(
         path=path, max_packet_size=max_packet_size, handshake_timeout=handshake_timeout,
+        trusted_proxies=edge.trusted_proxies,
         max_message_fragments=max_message_fragments, on_failure=on_failure,
     )
 
@@ -330,4 +344,5 @@ async def serve_websocket(
         handler_nursery=handler_nursery,
         reuse_port=reuse_port,
         task_status=task_status,
+        admit=policy.admit_nowait if edge.max_connection_rate else None,
     )

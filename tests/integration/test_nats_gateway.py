@@ -176,6 +176,7 @@ async def test_subscribe_delivers_subject_reply_and_payload(
     async with open_nats_gateway([nats_server.url]) as gateway:
         await connected(gateway)
         messages = await gateway.subscribe(f"{subject}.*")
+        await gateway.sync()  # the server has the SUB before the peer publishes
         await trio.to_thread.run_sync(peer.publish, f"{subject}.req", b"ping", "inbox.1")
         with trio.fail_after(10):
             got = await messages.receive()
@@ -207,6 +208,7 @@ async def test_queue_group_delivers_each_message_to_one_member(
         await connected(gateway)
         members = [await gateway.subscribe(subject, queue="workers") for _ in range(2)]
         everything = await gateway.subscribe(subject)
+        await gateway.sync()  # the server has the SUB before the peer publishes
         for n in range(20):
             await trio.to_thread.run_sync(peer.publish, subject, b"%d" % n)
         all_payloads = [(await everything.receive()).payload for _ in range(20)]
@@ -233,6 +235,7 @@ async def test_full_inbound_channel_drops_and_counts(
     async with open_nats_gateway([nats_server.url]) as gateway:
         await connected(gateway)
         messages = await gateway.subscribe(subject, capacity=2)
+        await gateway.sync()  # the server has the SUB before the peer publishes
         for n in range(10):
             await trio.to_thread.run_sync(peer.publish, subject, b"%d" % n)
         await eventually(lambda: gateway.dropped_inbound == 8)
@@ -248,6 +251,7 @@ async def test_closing_the_channel_unsubscribes(
         abandoned = await gateway.subscribe(subject)
         kept = await gateway.subscribe(subject)
         await abandoned.aclose()
+        await gateway.sync()  # the server has the SUB before the peer publishes
         await trio.to_thread.run_sync(peer.publish, subject, b"1")
         assert (await kept.receive()).payload == b"1"
         await trio.to_thread.run_sync(peer.publish, subject, b"2")
