@@ -79,6 +79,7 @@ class Relay:
         #: Where an endpoint's ClientData go when an extension replica answered it (trio's clock
         #: is not needed: TTLs are minutes, `time.monotonic()` serves).
         self.affinity = affinity if affinity is not None else Affinity(ttl=0, max_bytes=0)
+        self._affinity_entries = self.affinity.entries
         self._reply_to = subjects.extension_data_replica(replica_id)
         self._timeout = message_timeout_ms
         self._with_config_name = with_config_name
@@ -157,7 +158,7 @@ class Relay:
         else:
             template = self._template(route, endpoint_id)
         subject = None
-        if endpoint_id is not None and self.affinity:  # nothing remembered: no clock reading
+        if endpoint_id is not None and self._affinity_entries:  # none: no clock reading
             subject = self.affinity.subject_for(endpoint_id, route.extension, time.monotonic())
         if subject is None:
             subject = self._subjects.get(route.extension)
