@@ -162,6 +162,7 @@ class _Batch:
     """What one read from the client produced: relays to confirm, ids to acknowledge, counts."""
 
     now: float  # trio time of the read: one clock reading serves every message in it
+    max_payload: int  # NATS's, read once per read and again after every wait
     outgoing: list[OutboundMessage] = attrs.field(factory=list)  # in the order received
     needs_confirmation: bool = False  # a QoS 1/2 message is among them
     acknowledgements: list[int] = attrs.field(factory=list)
@@ -173,6 +174,12 @@ class _Batch:
     # outgoing index -> (PUBLISH, request id) of requests: what a refused message is answered on.
     requests: dict[int, tuple[Publish, int]] | None = None
     debug: bool = attrs.field(factory=log.is_debug)  # asked once per read, not per message
+    # The topic last relayed since the last wait, its route and binding: a device repeats its
+    # topic, and the decoder then hands over the same string, so one identity check stands for
+    # the route, token and binding look-ups (nothing can change them without a wait).
+    topic: str | None = None
+    route: Route | None = None
+    binding: EndpointBinding | None = None
 
 
 @attrs.frozen
@@ -414,7 +421,8 @@ class Session:
         log.info("connect_timeout", timeout=self._ctx.limits.connect_timeout)
 
     async def _handle_events(self, events: list) -> None:
-        batch = _Batch(trio.current_time())
+        batch = _Batch(trio.current_time(), self._ctx.gateway.max_payload)
+        max_inflight = self._ctx.limits.max_inflight
         index = 0
         while index < len(events):
             event = events[index]
@@ -424,11 +432,17 @@ class Session:
                 if event.packet_id is not None:
                     # Also for rejected messages: the PUBLISH itself was received and answered.
                     batch.acknowledgements.append(event.packet_id)
-                if not self._relay_identified(event, batch):
+                if event.topic is batch.topic:  # `route` is set with `topic`
+                    self._relay_message(event, batch.route, batch.binding,  # type: ignore[arg-type]
+                                        batch)
+                elif not self._relay_identified(event, batch):
                     await self._on_message(event, batch)
-                if len(batch.outgoing) >= self._ctx.limits.max_inflight:
+                    self._waited(batch)
+                if len(batch.outgoing) >= max_inflight:
                     await self._confirm(batch)
-            elif isinstance(event, ConnectReceived):
+                    self._waited(batch)
+                continue
+            if isinstance(event, ConnectReceived):
                 self._count_packet("CONNECT")
                 if await self._on_connect(event.connect):
                     # Packets pipelined behind CONNECT were held until the CONNACK decision.
@@ -446,8 +460,14 @@ class Session:
             elif isinstance(event, DisconnectReceived):
                 self._count_packet("DISCONNECT")
                 self._set_reason("client_disconnect")
+            self._waited(batch)
         await self._confirm(batch)
         self._count(batch)
+
+    def _waited(self, batch: _Batch) -> None:
+        """After a wait, tokens, bindings, routes and NATS's max_payload may have changed."""
+        batch.topic = None
+        batch.max_payload = self._ctx.gateway.max_payload
 
     async def _confirm(self, batch: _Batch) -> None:
         """Hand the batch to NATS in one piece, then acknowledge: a batch with QoS 1/2 messages
@@ -465,9 +485,9 @@ class Session:
             batch.outgoing = []
             batch.needs_confirmation = False
             batch.requests = None
-        for packet_id in batch.acknowledgements:
-            self._conn.acknowledge(packet_id)
-        batch.acknowledgements.clear()
+        if batch.acknowledgements:
+            self._conn.acknowledge_all(batch.acknowledgements)
+            batch.acknowledgements.clear()
         # The reading task writes its own acknowledgements (no writer task to start per read);
         # a client that does not read them is not read from either.
         if self._writer is None and not self._writing_inline and self._conn.pending_output:
@@ -563,6 +583,7 @@ class Session:
             if binding is None:
                 return False
         self._relay(event, route, binding, batch)
+        batch.topic, batch.route, batch.binding = event.topic, route, binding
         return True
 
     async def _on_message(self, event: Publish, batch: _Batch) -> None:
@@ -580,13 +601,19 @@ class Session:
 
     def _relay(self, event: Publish, route: Route, binding: EndpointBinding | None,
                batch: _Batch) -> None:
+        if binding is not None:
+            activity = (binding.endpoint_id, route.app_version)
+            if activity not in batch.touched:
+                batch.touched.add(activity)
+                self._ctx.hub.endpoints.touch(binding.endpoint_id, batch.now)
+        self._relay_message(event, route, binding, batch)
+
+    def _relay_message(self, event: Publish, route: Route, binding: EndpointBinding | None,
+                       batch: _Batch) -> None:
+        """Relay a message whose route is valid and endpoint (if any) touched in this read."""
         endpoint_id = None
         if binding is not None:
             endpoint_id = binding.endpoint_id
-            activity = (endpoint_id, route.app_version)
-            if activity not in batch.touched:
-                batch.touched.add(activity)
-                self._ctx.hub.endpoints.touch(endpoint_id, batch.now)
             if self._ctx.traffic is not None:
                 self._ctx.traffic.received(self.auth.tenant_id, binding.app_name, endpoint_id,
                                            len(event.payload))
@@ -598,11 +625,11 @@ class Session:
                 self, route.app_version, route.extension, route.request_id, batch.now))
         message = self._ctx.relay.client_data_message(relayed_route, endpoint_id,
                                                       event.payload, correlation_id)
-        if len(message.payload) > self._ctx.gateway.max_payload:
+        if len(message.payload) > batch.max_payload:
             # NATS would refuse the whole batch: refuse this one message instead.
             self._ctx.metrics.messages_dropped.labels("too_large_for_nats").inc()
             self._answer_error(event, route.request_id, 413,
-                               f"Payload too large: NATS takes {self._ctx.gateway.max_payload} "
+                               f"Payload too large: NATS takes {batch.max_payload} "
                                "bytes per message")
             return
         if route.request_id is not None:

@@ -10,8 +10,9 @@ application's own PUBLISHes are queued and drained with `data_to_send()`. Decisi
 from __future__ import annotations
 
 import enum
+import struct
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import attrs
 
@@ -43,7 +44,8 @@ from kpc_trio.mqtt.topics import Subscriptions, validate_topic_filter, validate_
 MAX_OUTBOUND_QOS = QoS.AT_LEAST_ONCE
 
 _PINGRESP = encode(PingResp())
-_PUBACK_HEADER = encode(PubAck(1))[:2]
+#: A PUBACK as a big-endian 32-bit word: its two header bytes, then the packet id.
+_PUBACK_WORD = int.from_bytes(encode(PubAck(0)), "big")
 _MAX_PACKET_ID = 0xFFFF
 #: MQTT 3.1 (protocol level 3) client identifiers are 1 to 23 characters long.
 _MQTT31_MAX_CLIENT_ID = 23
@@ -381,21 +383,37 @@ class ServerConnection:
 
         After CLOSED nothing is sent, so a late acknowledgement is dropped silently.
         """
-        qos = self._unacknowledged.pop(packet_id, None)
-        if self.state is ConnectionState.CLOSED:
-            return
-        if qos is None:
-            raise LocalProtocolError(
-                f"acknowledge({packet_id}): no inbound QoS 1/2 message has this id"
-            )
-        if qos is QoS.AT_LEAST_ONCE:
-            # One PUBACK per relayed QoS 1 message: its four bytes, without a PubAck object.
-            self._output += _PUBACK_HEADER + packet_id.to_bytes(2, "big")
-        else:
-            if self._awaiting_pubrel is None:
-                self._awaiting_pubrel = {}
-            self._awaiting_pubrel[packet_id] = None
-            self._send_packet(PubRec(packet_id))
+        self.acknowledge_all((packet_id,))
+
+    def acknowledge_all(self, packet_ids: Sequence[int]) -> None:
+        """`acknowledge` each of `packet_ids`, in order. The PUBACKs of a run of QoS 1 messages
+        (a read's worth) are packed into one buffer by one call, not built one by one."""
+        unacknowledged = self._unacknowledged
+        closed = self.state is ConnectionState.CLOSED
+        pubacks: list[int] = []
+        for packet_id in packet_ids:
+            qos = unacknowledged.pop(packet_id, None)
+            if qos is QoS.AT_LEAST_ONCE:
+                pubacks.append(_PUBACK_WORD | packet_id)
+            elif closed:
+                continue
+            elif qos is None:
+                raise LocalProtocolError(
+                    f"acknowledge({packet_id}): no inbound QoS 1/2 message has this id"
+                )
+            else:
+                self._put_pubacks(pubacks)  # those before it go first
+                pubacks.clear()
+                if self._awaiting_pubrel is None:
+                    self._awaiting_pubrel = {}
+                self._awaiting_pubrel[packet_id] = None
+                self._send_packet(PubRec(packet_id))
+        if not closed:
+            self._put_pubacks(pubacks)
+
+    def _put_pubacks(self, words: list[int]) -> None:
+        if words:
+            self._output += struct.pack(f">{len(words)}I", *words)
 
     def publish(self, topic: str, payload: bytes, qos: QoS) -> int | None:
         """Queue a PUBLISH to the client at `qos` capped at 1; returns its packet id if QoS 1."""
