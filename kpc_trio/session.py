@@ -39,7 +39,7 @@ from kpc_trio.mqtt.connection import (
 from kpc_trio.mqtt.errors import InvalidTopicError, LocalProtocolError, ProtocolError
 from kpc_trio.mqtt.packets import ConnAck, ConnAckCode, Connect, PacketType, Publish, QoS
 from kpc_trio.mqtt.topics import validate_topic_name
-from kpc_trio.nats.gateway import NatsPort, OutboundMessage
+from kpc_trio.nats.gateway import NatsPort, OnSettled, OutboundMessage
 from kpc_trio.net import Peer
 from kpc_trio.net.admission import ReadPacer
 from kpc_trio.net.socket_stream import LeanSocketStream
@@ -311,6 +311,9 @@ class Session:
                 if self._stopping:
                     self._set_reason("shutdown")
                     if conn.state is ConnectionState.CONNECTED and self._closing is not None:
+                        unconfirmed = self._ctx.gateway.unconfirmed_for(self)
+                        if unconfirmed is not None:  # its acknowledgements are the last words
+                            await unconfirmed.wait()
                         await self._flush()
                         await self._closing.wait()  # replies still reach the client meanwhile
                 elif self._reading_scope.cancelled_caught and conn.state is not (
@@ -472,13 +475,25 @@ class Session:
     async def _confirm(self, batch: _Batch) -> None:
         """Hand the batch to NATS in one piece, then acknowledge: a batch with QoS 1/2 messages
         waits for NATS's confirmation (the backpressure point); QoS 0 alone only for room, and
-        is dropped (counted) while NATS is away."""
+        is dropped (counted) while NATS is away.
+
+        A lone batch (nothing else being published) is not waited for: NATS's reading task
+        acknowledges it when the PONG comes (`_acknowledge_later`), and this session reads on.
+        The next batch waits for it, so acknowledgements keep the order of the PUBLISHes."""
+        gateway = self._ctx.gateway
+        unconfirmed = gateway.unconfirmed_for(self)
+        if unconfirmed is not None:
+            await unconfirmed.wait()
         if batch.outgoing:
             if batch.needs_confirmation:
-                refused = await self._ctx.gateway.publish_confirmed(batch.outgoing)
-                if refused:
-                    self._answer_refused(batch, refused)
-            elif await self._ctx.gateway.publish(batch.outgoing):
+                if await gateway.publish_confirmed_later(batch.outgoing,
+                                                         self._acknowledge_later(batch), self):
+                    batch.acknowledgements = []
+                else:
+                    refused = await gateway.publish_confirmed(batch.outgoing)
+                    if refused:
+                        self._answer_refused(batch.outgoing, batch.requests, refused)
+            elif await gateway.publish(batch.outgoing):
                 self._dropping = False
             else:
                 self._count_drops(len(batch.outgoing))
@@ -502,7 +517,30 @@ class Session:
             finally:
                 self._writing_inline = False
 
-    def _answer_refused(self, batch: _Batch, refused: Sequence[int]) -> None:
+    def _acknowledge_later(self, batch: _Batch) -> OnSettled:
+        """What acknowledges `batch` once NATS confirmed it, in NATS's reading task."""
+        acknowledgements, outgoing, requests = batch.acknowledgements, batch.outgoing, \
+            batch.requests
+
+        def confirmed(refused: Sequence[int], error: Exception | None) -> None:
+            try:
+                if error is not None:  # the gateway closed first: the client sends them again
+                    log.info("relay_unconfirmed", client_id=self.client_id, error=str(error))
+                    self.terminate("nats_unavailable")
+                    return
+                if refused:
+                    self._answer_refused(outgoing, requests, refused)
+                self._conn.acknowledge_all(acknowledgements)
+                self._wake_writer()
+            except Exception as exc:  # noqa: BLE001 - NATS's reading task must go on
+                log.exception("session_failed", client_id=self.client_id, error=repr(exc))
+                self.terminate("internal_error")
+
+        return confirmed
+
+    def _answer_refused(self, outgoing: list[OutboundMessage],
+                        requests: dict[int, tuple[Publish, int]] | None,
+                        refused: Sequence[int]) -> None:
         """NATS refused these messages (permissions; counted and logged by the gateway): a
         request with a request id gets 502, since retrying cannot help until the NATS
         permissions change. The PUBACK still goes: MQTT 3.1.1 has no negative one, and holding
@@ -510,11 +548,11 @@ class Session:
         affinity = self._ctx.relay.affinity
         if affinity:  # a replica subject refused: the service subject from now on
             for index in refused:
-                affinity.forget_subject(batch.outgoing[index].subject)
-        if batch.requests is None:
+                affinity.forget_subject(outgoing[index].subject)
+        if requests is None:
             return
         for index in refused:
-            request = batch.requests.get(index)
+            request = requests.get(index)
             if request is not None:
                 event, request_id = request
                 self._answer_error(event, request_id, REFUSED_BY_NATS_STATUS,
