@@ -25,7 +25,7 @@ from kpc_trio.connectivity import ConnectivityEvents
 from kpc_trio.hub import Hub
 from kpc_trio.kaa import records
 from kpc_trio.kaa.kp1 import Kp1Error, Route, error_payload
-from kpc_trio.logs import RepeatedEvents, get_logger, set_log_source
+from kpc_trio.logs import RepeatedEvents, get_logger, logging_for, set_log_source
 from kpc_trio.metrics import Metrics
 from kpc_trio.mqtt.codec import encode
 from kpc_trio.mqtt.connection import (
@@ -524,16 +524,18 @@ class Session:
 
         def confirmed(refused: Sequence[int], error: Exception | None) -> None:
             try:
-                if error is not None:  # the gateway closed first: the client sends them again
-                    log.info("relay_unconfirmed", client_id=self.client_id, error=str(error))
-                    self.terminate("nats_unavailable")
-                    return
-                if refused:
-                    self._answer_refused(outgoing, requests, refused)
+                if error is not None or refused:
+                    with logging_for(self):  # this runs in NATS's task, logs are the session's
+                        if error is not None:  # the gateway closed first: the client sends again
+                            log.info("relay_unconfirmed", error=str(error))
+                            self.terminate("nats_unavailable")
+                            return
+                        self._answer_refused(outgoing, requests, refused)
                 self._conn.acknowledge_all(acknowledgements)
                 self._wake_writer()
             except Exception as exc:  # noqa: BLE001 - NATS's reading task must go on
-                log.exception("session_failed", client_id=self.client_id, error=repr(exc))
+                with logging_for(self):
+                    log.exception("session_failed", error=repr(exc))
                 self.terminate("internal_error")
 
         return confirmed
