@@ -296,7 +296,8 @@ class Session:
                         elif events or conn.pending_output:
                             self._reading_scope.deadline = math.inf  # handling is never timed out
                             await self._handle_events(events)
-                        del events  # an idle connection must not hold on to its last packets
+                        # An idle connection must not hold on to its last read and packets.
+                        del data, events
                         if conn.state is ConnectionState.CONNECTED:
                             deadline = (trio.current_time() + conn.keepalive * KEEPALIVE_FACTOR
                                         if conn.keepalive else math.inf)
