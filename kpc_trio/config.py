@@ -637,8 +637,9 @@ class LimitSettings:
         256, Integer(1, 65500), "Longest endpoint token accepted, in UTF-8 bytes; a longer one "
         "is answered with 401 without asking the token provider.")
     route_memory_bytes: int = setting(
-        8388608, Integer(0), "Bytes of parsed topics remembered for reuse (at most 10,000 "
-        "topics); when full, the memory starts over.")
+        8388608, Integer(0), "Bytes of parsed topics, and of the ClientData fields encoded "
+        "for them, remembered for reuse (at most 10,000 topics); when full, the memory starts "
+        "over.")
     memory_trim_interval: float = setting(
         10.0, Duration(), "How often freed memory is given back to the operating system "
         "(glibc's malloc_trim), so the RSS comes back after a burst; 0 = never.")

@@ -101,6 +101,7 @@ class ServerConnection:
         "_output", "_unacknowledged", "_awaiting_pubrel", "_awaiting_puback",
         "_last_packet_id", "_subscriptions", "_max_subscriptions", "_max_subscription_bytes",
         "_max_client_id_length", "_max_qos2_flows", "_qos2_flows", "_resumes_session",
+        "_valid_topic",
     )
 
     def __init__(
@@ -142,6 +143,9 @@ class ServerConnection:
         self._awaiting_puback: dict[int, None] | None = None
         self._last_packet_id = 0
         self._subscriptions: Subscriptions | None = None
+        # The last PUBLISH topic found valid: the decoder hands a repeated topic over as the
+        # same string, which then needs no second check.
+        self._valid_topic: str | None = None
 
     # ---- counters ------------------------------------------------------------------------------
 
@@ -174,9 +178,10 @@ class ServerConnection:
             return []
         self._decoder.feed(data)
         events: list[Event] = []
+        next_packet = self._decoder.next_packet
         try:
             while self.state in _DECODING_STATES:
-                packet = self._decoder.next_packet()
+                packet = next_packet()
                 if packet is None:
                     break
                 if self.state is ConnectionState.CONNECTED:
@@ -273,10 +278,15 @@ class ServerConnection:
             raise ProtocolError(f"{type(packet).__name__} is a server-to-client packet")
 
     def _handle_publish(self, packet: Publish, events: list[Event]) -> None:
-        validate_topic_name(packet.topic)
+        topic = packet.topic
+        if topic is not self._valid_topic:
+            validate_topic_name(topic)
+            self._valid_topic = topic
         packet_id = packet.packet_id
         if packet_id is not None:
-            if self._is_retransmission(packet_id, packet.qos):
+            # A new flow (the common case) is neither unacknowledged nor awaiting PUBREL.
+            if ((packet_id in self._unacknowledged or self._awaiting_pubrel)
+                    and self._is_retransmission(packet_id, packet.qos)):
                 return
             if packet.qos is QoS.EXACTLY_ONCE:
                 # Each flow holds its packet id until PUBREL: without a bound a client that

@@ -170,9 +170,11 @@ class _Outcome:
 
 @attrs.define
 class _Sorted:
-    """A batch sorted for the wire: what to write, what of it needs confirming, what not to send."""
+    """A batch sorted for the wire: the frames to write, what of it needs confirming, what not
+    to send."""
 
-    sendable: list[OutboundMessage]
+    frames: list[bytes]  # PUB frames of the `sent` messages, in order
+    sent: int
     to_confirm: list[OutboundMessage]
     dropped: int
     rejected: dict[int, str]
@@ -393,40 +395,45 @@ class NatsGateway:
         connection = self._link.current
         if connection is not None:
             try:
-                data = self._frames.frames(ready.sendable)
+                data = b"".join(ready.frames)
                 refused: frozenset[str] | set[str] = frozenset()
                 if ready.to_confirm:
                     refused = await connection.confirm(data)
                 elif data:
                     await connection.write(data)
-                return _Outcome(len(ready.sendable), ready.dropped, ready.rejected, refused)
+                return _Outcome(ready.sent, ready.dropped, ready.rejected, refused)
             except ConnectionLostError as exc:
                 log.warning("nats_publish_interrupted", error=describe(exc),
                             unconfirmed=len(ready.to_confirm))
         # Best-effort messages are not held back for a reconnect; confirmed ones wait for it.
         refused = await self._publish_until_confirmed(ready.to_confirm)
-        best_effort = len(ready.sendable) - len(ready.to_confirm)
+        best_effort = ready.sent - len(ready.to_confirm)
         return _Outcome(len(ready.to_confirm), ready.dropped + best_effort, ready.rejected,
                         refused)
 
     def _sort(self, batch: Sequence[_Item]) -> _Sorted:
-        ready = _Sorted([], [], 0, {})
+        ready = _Sorted([], 0, [], 0, {})
+        frames = self._frames
+        max_payload = self._link.max_payload
         for index, item in enumerate(batch):
-            if isinstance(item, OutboundMessage):
-                item = _BestEffortGroup((item,))
-            if isinstance(item, _BestEffortGroup):
-                for message in item.messages:
-                    if self._problem(message) is None:
-                        ready.sendable.append(message)
-                    else:
-                        ready.dropped += 1
-                continue
-            problem = next(filter(None, map(self._problem, item.messages)), None)
-            if problem is not None:
-                ready.rejected[index] = problem
-            else:
-                ready.sendable.extend(item.messages)
-                ready.to_confirm.extend(item.messages)
+            messages = (item,) if isinstance(item, OutboundMessage) else item.messages
+            confirmed = isinstance(item, _ConfirmedGroup)
+            # One look-up per message, while framing it; a pair not seen yet or a payload over
+            # max_payload (rare: sessions check the size) is checked one by one.
+            if not frames.append_checked(ready.frames, messages, max_payload):
+                if confirmed:
+                    problem = next(filter(None, map(self._problem, messages)), None)
+                    if problem is not None:
+                        ready.rejected[index] = problem
+                        continue
+                else:
+                    checked = [message for message in messages if self._problem(message) is None]
+                    ready.dropped += len(messages) - len(checked)
+                    messages = checked
+                ready.frames.append(frames.frames(messages))
+            ready.sent += len(messages)
+            if confirmed:
+                ready.to_confirm.extend(messages)
         return ready
 
     def _problem(self, message: OutboundMessage) -> str | None:
