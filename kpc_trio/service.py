@@ -317,6 +317,7 @@ class KpcService:
         config = self.config
         context = self._context = self._session_context(gateway)
         self.metrics.token_cache_bytes.set_function(lambda: context.resolver.cache_bytes)
+        self.metrics.parked_connections.set_function(self._parking.__len__)
         self.metrics.route_memory_bytes.set_function(
             lambda: context.relay.remembered_routes_bytes)
         self.metrics.connectivity_events_queued.set_function(lambda: context.events.queued)

@@ -181,6 +181,7 @@ async def test_an_idle_tls_session_parks_and_answers_when_its_device_speaks(
             [session] = kpc.sessions
             for request_id in (1, 2):
                 await eventually(lambda: session.parked)  # idle for 1 s
+                assert kpc.metrics.registry.get_sample_value("kpc_parked_connections") == 1
                 await assert_dcx_round_trip(device, kaa, request_id=request_id,
                                             received_before=request_id - 1)
             assert kpc.sessions == {session}
