@@ -11,6 +11,7 @@ service needs it (`Parking.resume`: takeover, revocation, shutdown).
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import math
@@ -73,7 +74,9 @@ class Parking:
 
     def _resume(self, fd: int) -> None:
         session, _ = self._parked.pop(fd)
-        self._epoll.unregister(fd)
+        # Gone from the set already if its socket was closed: the resumed task finds out.
+        with contextlib.suppress(OSError):
+            self._epoll.unregister(fd)
         assert self._nursery is not None
         self._nursery.start_soon(session.resume, name="resumed session")
 
