@@ -643,6 +643,10 @@ class LimitSettings:
     memory_trim_interval: float = setting(
         10.0, Duration(), "How often freed memory is given back to the operating system "
         "(glibc's malloc_trim), so the RSS comes back after a burst; 0 = never.")
+    park_idle_after: float = setting(
+        2.0, Duration(), "An MQTT connection (TCP or TLS) whose client sent nothing for this "
+        "long waits without a task of its own until it does (about 4 KiB less per idle "
+        "connection); 0 = never.")
     max_queued_events: int = setting(
         100000, Integer(1), "Endpoints whose connectivity event waits for NATS (an outage) at "
         "most; a newer state of the same endpoint replaces the queued one, and a full queue "

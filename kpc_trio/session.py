@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -43,6 +43,7 @@ from kpc_trio.nats.gateway import NatsPort, OnSettled, OutboundMessage
 from kpc_trio.net import Peer
 from kpc_trio.net.admission import ReadPacer
 from kpc_trio.net.socket_stream import LeanSocketStream
+from kpc_trio.parking import Parking, can_park, idle_fileno
 from kpc_trio.relay import (
     REFUSED_BY_NATS_REASON,
     REFUSED_BY_NATS_STATUS,
@@ -93,6 +94,8 @@ class SessionLimits:
     reply_wait: float = 30.0
     #: logging.repeat-interval: what a client can repeat at will is logged once per interval.
     log_repeat_interval: float = 10.0
+    #: kaa.kpc.limits.park-idle-after: a connected session idle this long parks (0 = never).
+    park_after: float = 0.0
 
     def read_pacer(self) -> ReadPacer | None:
         if not (self.max_publish_rate or self.max_receive_rate):
@@ -154,7 +157,8 @@ class SessionContext:
     traffic: TrafficMeter | None = None  # None when traffic reports are off
     limits: SessionLimits = SessionLimits()
     authenticator: ClientAuthenticator = AnonymousAuthenticator()
-    live: set[Session] = attrs.field(factory=set)  # the sessions running now
+    live: set[Session] = attrs.field(factory=set)  # the sessions running now (or parked)
+    parking: Parking | None = None  # None: sessions never park
 
 
 @attrs.define(slots=True)
@@ -207,7 +211,7 @@ class Session:
         "_stream", "peer", "_ctx", "_conn", "_endpoints", "_request_qos", "_writer",
         "_writer_nursery", "_writing_inline", "_stopping", "_reading_scope", "_receiving",
         "close_reason", "auth", "_dropping", "_bytes_in", "_bytes_out", "_publishes_in",
-        "_publishes_out", "_pacer", "_repeats", "_closing",
+        "_publishes_out", "_pacer", "_repeats", "_closing", "_deadline", "_parked_fd",
     )
 
     def __init__(self, stream: trio.abc.Stream, peer: Peer, context: SessionContext) -> None:
@@ -242,6 +246,13 @@ class Session:
         self._pacer = context.limits.read_pacer()  # None unless read rates are limited
         self._repeats: RepeatedEvents | None = None  # made by the first repeatable event
         self._closing: trio.Event | None = None  # set by stop_reading: close() ends the wait
+        self._deadline = math.inf  # the connect timeout, then the keepalive's (trio time)
+        self._parked_fd: int | None = None  # the socket it waits on while parked
+
+    @property
+    def parked(self) -> bool:
+        """Waiting for its client without a task (`kpc_trio.parking`)."""
+        return self._parked_fd is not None
 
     @property
     def client_id(self) -> str | None:
@@ -253,8 +264,9 @@ class Session:
                 ("transport", self.peer.transport))
 
     # --- lifecycle --------------------------------------------------------------------------
-    async def run(self, writer_nursery: trio.Nursery) -> None:
-        """Serve the connection until it ends; always releases everything it held.
+    async def run(self, writer_nursery: trio.Nursery | None, resumed: bool = False) -> None:
+        """Serve the connection until it ends or parks; always releases everything it held
+        when it ends.
 
         The writer task runs in `writer_nursery`, shared with other sessions (a nursery per
         session would be a good part of an idle connection's memory); it always ends before the
@@ -264,61 +276,85 @@ class Session:
         the rest of a request's handling): its deadline is the connect timeout, then the
         keepalive, and none while a read is being handled. `terminate()` cancels it at any
         time, `stop_reading()` only while waiting for the client.
+
+        A connected session idle for `park_after` ends its task without releasing anything
+        (`kpc_trio.parking`); `resume()` runs it again (`resumed`) in a new task.
         """
         set_log_source(self)
-        self._writer_nursery = writer_nursery
-        self._ctx.live.add(self)
         open_connections = self._ctx.metrics.connections_open.labels(self.peer.transport)
-        open_connections.inc()
+        if not resumed:
+            self._writer_nursery = writer_nursery
+            self._ctx.live.add(self)
+            open_connections.inc()
+            self._deadline = trio.current_time() + self._ctx.limits.connect_timeout
+        parked = False
         try:
             # Reading is inline, not a method: an idle connection waits here, and every
             # coroutine frame on its stack is memory held by each of thousands of connections.
             conn = self._conn
             receive_size = self._ctx.limits.receive_size
+            # Only where it can park: a session that cannot would wake up for nothing.
+            park_after = (self._ctx.limits.park_after
+                          if self._ctx.parking is not None and can_park(self._stream) else 0.0)
             try:
-                with trio.CancelScope(
-                    deadline=trio.current_time() + self._ctx.limits.connect_timeout
-                ) as self._reading_scope:
-                    while conn.state is not ConnectionState.CLOSED and not self._stopping:
-                        self._receiving = True
-                        try:
-                            data = await self._stream.receive_some(receive_size)
-                        except (trio.BrokenResourceError, trio.ClosedResourceError):
-                            self._set_reason("connection_lost")
-                            break
-                        finally:
-                            self._receiving = False
-                        if not data:
+                while True:  # again only when a session that meant to park could not
+                    with trio.CancelScope(deadline=(
+                        min(self._deadline, trio.current_time() + park_after)
+                        if park_after and conn.state is ConnectionState.CONNECTED
+                        else self._deadline
+                    )) as self._reading_scope:
+                        while conn.state is not ConnectionState.CLOSED and not self._stopping:
+                            self._receiving = True
+                            try:
+                                data = await self._stream.receive_some(receive_size)
+                            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                                self._set_reason("connection_lost")
+                                break
+                            finally:
+                                self._receiving = False
+                            if not data:
+                                if conn.state is ConnectionState.CONNECTED:
+                                    self._set_reason("connection_closed")
+                                break
+                            self._bytes_in.inc(len(data))
+                            events = conn.receive_data(data)
+                            # Also without events: replies such as PINGRESP wait for the
+                            # writer. A PUBACK alone needs nothing but the keepalive below.
+                            if self._pacer is not None:
+                                self._reading_scope.deadline = math.inf
+                                await self._handle_paced(events, len(data))
+                            elif events or conn.pending_output:
+                                # Handling is never timed out.
+                                self._reading_scope.deadline = math.inf
+                                await self._handle_events(events)
+                            # An idle connection must not hold on to its last read and packets.
+                            del data, events
                             if conn.state is ConnectionState.CONNECTED:
-                                self._set_reason("connection_closed")
-                            break
-                        self._bytes_in.inc(len(data))
-                        events = conn.receive_data(data)
-                        deadline = self._reading_scope.deadline
-                        # Also without events: replies such as PINGRESP wait for the writer. A
-                        # PUBACK alone needs nothing but the keepalive below.
-                        if self._pacer is not None:
-                            self._reading_scope.deadline = math.inf
-                            await self._handle_paced(events, len(data))
-                        elif events or conn.pending_output:
-                            self._reading_scope.deadline = math.inf  # handling is never timed out
-                            await self._handle_events(events)
-                        del events  # an idle connection must not hold on to its last packets
-                        if conn.state is ConnectionState.CONNECTED:
-                            deadline = (trio.current_time() + conn.keepalive * KEEPALIVE_FACTOR
-                                        if conn.keepalive else math.inf)
-                        self._reading_scope.deadline = deadline  # else still the connect timeout
-                if self._stopping:
-                    self._set_reason("shutdown")
-                    if conn.state is ConnectionState.CONNECTED and self._closing is not None:
-                        unconfirmed = self._ctx.gateway.unconfirmed_for(self)
-                        if unconfirmed is not None:  # its acknowledgements are the last words
-                            await unconfirmed.wait()
-                        await self._flush()
-                        await self._closing.wait()  # replies still reach the client meanwhile
-                elif self._reading_scope.cancelled_caught and conn.state is not (
-                        ConnectionState.CLOSED):
-                    self._time_out()
+                                now = trio.current_time()
+                                self._deadline = (now + conn.keepalive * KEEPALIVE_FACTOR
+                                                  if conn.keepalive else math.inf)
+                                self._reading_scope.deadline = (
+                                    min(self._deadline, now + park_after) if park_after
+                                    else self._deadline)
+                            else:
+                                self._reading_scope.deadline = self._deadline  # connect timeout
+                    if self._stopping:
+                        self._set_reason("shutdown")
+                        if conn.state is ConnectionState.CONNECTED and self._closing is not None:
+                            unconfirmed = self._ctx.gateway.unconfirmed_for(self)
+                            if unconfirmed is not None:  # its acknowledgements go last
+                                await unconfirmed.wait()
+                            await self._flush()
+                            await self._closing.wait()  # replies still reach the client
+                    elif self._reading_scope.cancelled_caught and conn.state is not (
+                            ConnectionState.CLOSED):
+                        if trio.current_time() < self._deadline:  # idle for park_after
+                            if self._park():
+                                parked = True
+                                return
+                            continue
+                        self._time_out()
+                    break
             except ProtocolError as exc:
                 self._set_reason("protocol_error")
                 if self.client_id is None:
@@ -331,16 +367,18 @@ class Session:
             self._set_reason("internal_error")
             log.exception("session_failed", client_id=self.client_id, error=repr(exc))
         finally:
-            self._writer_nursery = None
-            self._release()
-            with trio.CancelScope(shield=True):
-                await self._stop_writer()
-                await trio.aclose_forcefully(self._stream)
-            open_connections.dec()
-            self._ctx.live.discard(self)
-            if self._repeats is not None:
-                self._repeats.flush(log)
-            log.info("client_disconnected", client_id=self.client_id, reason=self.close_reason)
+            if not parked:  # else a later task ends it
+                self._writer_nursery = None
+                self._release()
+                with trio.CancelScope(shield=True):
+                    await self._stop_writer()
+                    await trio.aclose_forcefully(self._stream)
+                open_connections.dec()
+                self._ctx.live.discard(self)
+                if self._repeats is not None:
+                    self._repeats.flush(log)
+                log.info("client_disconnected", client_id=self.client_id,
+                         reason=self.close_reason)
 
     async def _handle_paced(self, events: list, received_bytes: int) -> None:
         """Handle a read's events at the client's read rates: a slice of PUBLISHes at a time,
@@ -367,6 +405,28 @@ class Session:
             if start >= len(events):
                 return
 
+    def _park(self) -> bool:
+        """End this task, the session waiting without one for its client (`run` resumed):
+        False if it cannot (nothing to wait on, a write or a shutdown under way)."""
+        parking = self._ctx.parking
+        if parking is None or self._stopping or self._writing_inline:
+            return False
+        fd = idle_fileno(self._stream)
+        if fd is None or not parking.park(self, fd, self._deadline):
+            return False
+        self._parked_fd = fd
+        return True
+
+    def resume(self) -> Awaitable[None]:
+        """The body of the task that runs a parked session again (`kpc_trio.parking`)."""
+        self._parked_fd = None
+        return self.run(self._writer_nursery, resumed=True)
+
+    def _unpark(self) -> None:
+        """Give a parked session its task back now (the task sees why)."""
+        if self._parked_fd is not None and self._ctx.parking is not None:
+            self._ctx.parking.resume(self, self._parked_fd)
+
     def terminate(self, reason: str) -> None:
         """Drop the connection now (takeover, slow consumer, revocation)."""
         self._set_reason(reason)
@@ -378,6 +438,7 @@ class Session:
             self._reading_scope.cancel()
         if self._writer is not None:
             self._writer.scope.cancel()
+        self._unpark()
 
     def stop_reading(self) -> None:
         """Graceful shutdown: read nothing more, finish in-flight relays, and keep delivering
@@ -387,6 +448,7 @@ class Session:
             self._closing = trio.Event()
         if self._receiving and self._reading_scope is not None:
             self._reading_scope.cancel()  # a read under way is not waited for; handling is
+        self._unpark()
 
     def close(self) -> None:
         """Graceful shutdown, after `stop_reading` (or instead of it, for a session that started

@@ -506,6 +506,11 @@ class Decoder:
         if available < 2:
             if available:
                 _check_first_byte(buffer[start])
+            elif start:
+                # All decoded: an idle connection keeps no copy of its last read (up to a
+                # whole receive) until its next one.
+                buffer.clear()
+                self._position = 0
             return None
         first_byte = buffer[start]
         length = buffer[start + 1]

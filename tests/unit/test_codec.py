@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -174,6 +176,18 @@ def test_large_stream_in_chunks_is_compacted() -> None:
         assert len(decoder._buffer) < 2 * 65536 + 7000
     assert count == 500
 
+
+
+def test_a_read_decoded_whole_is_not_kept() -> None:
+    # An idle connection's decoder must not hold its last read until the next one.
+    decoder = Decoder(MAX)
+    decoder.feed(encode(Publish("t/x", b"p" * 8000)) * 2)
+    assert decoder.next_packet() is not None
+    assert decoder.next_packet() is not None
+    assert decoder.next_packet() is None
+    assert sys.getsizeof(decoder._buffer) < 100
+    decoder.feed(encode(Publish("t/y", b"q")))  # and it decodes on as before
+    assert decoder.next_packet() == Publish("t/y", b"q")
 
 # ---- exact wire vectors -------------------------------------------------------------------------
 
