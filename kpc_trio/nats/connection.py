@@ -237,6 +237,8 @@ class Link:
         else:
             lock.acquire_nowait()  # send_all checkpoints: no need for acquire()'s own
         try:
+            if self.lost.is_set():  # lost while waiting for the lock: no PONG would come
+                raise ConnectionLostError("the connection to NATS is lost")
             self._writing_since = trio.current_time()
             pong = None
             if ping:
