@@ -1,10 +1,12 @@
 """Resident memory of a `kpc-trio run` process holding idle MQTT connections.
 
-    python -m benchmarks.memory_idle [--connections 1000 10000]
+    python -m benchmarks.memory_idle [--connections 1000 10000] [--publish-bytes N]
 
 Starts a nats-server and KPC (a real process, JSON logs, port 0), measures VmRSS when idle,
 then after each step of raw MQTT 3.1.1 clients that CONNECT (keepalive 0), get their CONNACK and
-stay silent. Steps above the open-file limit (minus a margin) are skipped and reported.
+stay silent. With `--publish-bytes`, each sends one QoS 0 PUBLISH of that many payload bytes
+after its CONNACK first (a device that reported, then went quiet: what a connection keeps of
+its last read shows). Steps above the open-file limit (minus a margin) are skipped and reported.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import trio
 
 from kpc_trio.mqtt import codec
-from kpc_trio.mqtt.packets import Connect
+from kpc_trio.mqtt.packets import Connect, Publish
 from kpc_trio.nats.embedded import NatsServerProcess
 from tests.integration.kpc_harness import make_config
 from tests.integration.kpc_process import running_kpc
@@ -27,6 +29,8 @@ CONNECT_CONCURRENCY = 100
 FD_MARGIN = 200  # descriptors this process needs besides the clients
 SETTLE_SECONDS = 2.0
 CONNACK_ACCEPTED = b"\x20\x02\x00\x00"
+#: Not a kp1 topic: KPC refuses it (logged once per connection) after reading it whole.
+IDLE_TOPIC = "idle/telemetry"
 
 
 def rss_kib(pid: int) -> int:
@@ -37,7 +41,7 @@ def rss_kib(pid: int) -> int:
 
 
 async def open_idle_clients(port: int, count: int, first_id: int,
-                            into: list[trio.SocketStream]) -> None:
+                            into: list[trio.SocketStream], publish_bytes: int = 0) -> None:
     limiter = trio.CapacityLimiter(CONNECT_CONCURRENCY)
 
     async def connect_one(n: int) -> None:
@@ -49,6 +53,8 @@ async def open_idle_clients(port: int, count: int, first_id: int,
                 connack += await stream.receive_some(4 - len(connack))
             if connack != CONNACK_ACCEPTED:
                 raise RuntimeError(f"client idle-{n} refused: {connack.hex()}")
+            if publish_bytes:
+                await stream.send_all(codec.encode(Publish(IDLE_TOPIC, bytes(publish_bytes))))
             into.append(stream)
 
     async with trio.open_nursery() as nursery:
@@ -56,7 +62,7 @@ async def open_idle_clients(port: int, count: int, first_id: int,
             nursery.start_soon(connect_one, n)
 
 
-async def measure(port: int, pid: int, steps: list[int]) -> None:
+async def measure(port: int, pid: int, steps: list[int], publish_bytes: int) -> None:
     fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     await trio.sleep(SETTLE_SECONDS)
     baseline = rss_kib(pid)
@@ -68,7 +74,8 @@ async def measure(port: int, pid: int, steps: list[int]) -> None:
                 print(f"{total} connections: skipped (open-file limit {fd_limit}; raise ulimit -n)")
                 continue
             started = time.perf_counter()
-            await open_idle_clients(port, total - len(clients), len(clients), clients)
+            await open_idle_clients(port, total - len(clients), len(clients), clients,
+                                    publish_bytes)
             connected_in = time.perf_counter() - started
             await trio.sleep(SETTLE_SECONDS)
             rss = rss_kib(pid)
@@ -84,13 +91,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, nargs="+", default=[1000, 10000],
                         help="cumulative connection counts to measure at")
+    parser.add_argument("--publish-bytes", type=int, default=0,
+                        help="payload of one QoS 0 PUBLISH each client sends before going idle")
     args = parser.parse_args()
     with NatsServerProcess() as nats, tempfile.TemporaryDirectory() as workdir:
         # INFO: the bound ports come from the kpc_started event (the log goes to a file).
         config = make_config(Path(workdir), nats.url, "logging: {format: json}\n")
         with running_kpc(config.source, Path(workdir) / "kpc.log",
                          {"NATS_URLS": nats.url}) as kpc:
-            trio.run(measure, kpc.ports["mqtt_tcp"], kpc.process.pid, sorted(args.connections))
+            trio.run(measure, kpc.ports["mqtt_tcp"], kpc.process.pid, sorted(args.connections),
+                     args.publish_bytes)
 
 
 if __name__ == "__main__":

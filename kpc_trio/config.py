@@ -637,11 +637,16 @@ class LimitSettings:
         256, Integer(1, 65500), "Longest endpoint token accepted, in UTF-8 bytes; a longer one "
         "is answered with 401 without asking the token provider.")
     route_memory_bytes: int = setting(
-        8388608, Integer(0), "Bytes of parsed topics remembered for reuse (at most 10,000 "
-        "topics); when full, the memory starts over.")
+        8388608, Integer(0), "Bytes of parsed topics, and of the ClientData fields encoded "
+        "for them, remembered for reuse (at most 10,000 topics); when full, the memory starts "
+        "over.")
     memory_trim_interval: float = setting(
         10.0, Duration(), "How often freed memory is given back to the operating system "
         "(glibc's malloc_trim), so the RSS comes back after a burst; 0 = never.")
+    park_idle_after: float = setting(
+        2.0, Duration(), "An MQTT connection (TCP or TLS) whose client sent nothing for this "
+        "long waits without a task of its own until it does (about 4 KiB less per idle "
+        "connection); 0 = never.")
     max_queued_events: int = setting(
         100000, Integer(1), "Endpoints whose connectivity event waits for NATS (an outage) at "
         "most; a newer state of the same endpoint replaces the queued one, and a full queue "

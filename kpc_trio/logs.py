@@ -18,13 +18,14 @@ the first of a kind per interval and a count of the rest.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
 import math
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 
@@ -42,6 +43,17 @@ _source: contextvars.ContextVar[LogSource | None] = contextvars.ContextVar(
 def set_log_source(source: LogSource) -> None:
     """Add `source`'s fields to every event of the rest of the current task (and its children)."""
     _source.set(source)
+
+
+@contextlib.contextmanager
+def logging_for(source: LogSource) -> Iterator[None]:
+    """Add `source`'s fields to the events logged inside the block (work done for a session
+    by another task, such as NATS's reading task)."""
+    token = _source.set(source)
+    try:
+        yield
+    finally:
+        _source.reset(token)
 
 
 class EventLogger:

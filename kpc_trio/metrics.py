@@ -185,6 +185,12 @@ class Metrics:
             registry=r,
         )
 
+        self.parked_connections: Final = Gauge(
+            "kpc_parked_connections",
+            "Idle MQTT connections waiting for their client without a task of their own "
+            "(limits.park-idle-after).",
+            registry=r,
+        )
         self.memory_trims: Final = Counter(
             "kpc_memory_trims", "Times freed memory was given back to the operating system.",
             registry=r,

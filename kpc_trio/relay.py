@@ -19,6 +19,7 @@ from kpc_trio.kaa.kp1 import ApplicationRegistry, Kp1Error, Route
 from kpc_trio.nats.gateway import OutboundMessage
 
 MAX_REMEMBERED_ROUTES = 10_000
+_new_tuple = tuple.__new__
 #: The 1/KP answer to a request NATS refused to take (a publish permissions violation): 502, as
 #: from a gateway whose upstream refused; retrying cannot help until the NATS permissions change.
 REFUSED_BY_NATS_STATUS = 502
@@ -26,6 +27,8 @@ REFUSED_BY_NATS_REASON = "Bad Gateway: NATS refused the message (publish permiss
 #: What one remembered route costs besides its topic's characters: the dict slot, the `Route`
 #: and its strings' headers (measured with tracemalloc, rounded up).
 ROUTE_OVERHEAD_BYTES = 400
+#: Likewise for the `ClientData` template of a route and endpoint, besides its encoded fields.
+TEMPLATE_OVERHEAD_BYTES = 300
 
 
 @attrs.frozen
@@ -76,6 +79,7 @@ class Relay:
         #: Where an endpoint's ClientData go when an extension replica answered it (trio's clock
         #: is not needed: TTLs are minutes, `time.monotonic()` serves).
         self.affinity = affinity if affinity is not None else Affinity(ttl=0, max_bytes=0)
+        self._affinity_entries = self.affinity.entries
         self._reply_to = subjects.extension_data_replica(replica_id)
         self._timeout = message_timeout_ms
         self._with_config_name = with_config_name
@@ -84,13 +88,21 @@ class Relay:
         self._ids = itertools.count()
         self._subjects: dict[str, str] = {}
         self._routes: dict[str, Route] = {}
-        self._routes_bytes = 0  # estimated memory of `_routes`
+        self._routes_bytes = 0  # estimated memory of `_routes` and `_templates`
+        # id(route) -> (route, endpoint id, its ClientData template), for remembered routes only
+        # (the entry holds the route, so its id cannot be reused while the entry lives).
+        self._templates: dict[int, tuple[Route, str | None, records.ClientDataTemplate]] = {}
 
     def use_registry(self, registry: ApplicationRegistry) -> None:
         """Serve another set of applications from now on (a configuration reload); routes
         parsed against the old one are forgotten."""
         self.registry = registry
+        self._forget_routes()
+
+    def _forget_routes(self) -> None:
         self._routes.clear()
+        self._templates.clear()
+        self._routes_bytes = 0
 
     def route(self, topic: str) -> Route:
         """Parse a client topic; raises `kp1.Kp1Error` with the status to answer.
@@ -107,8 +119,7 @@ class Relay:
                 cost = 2 * len(topic) + ROUTE_OVERHEAD_BYTES  # the topic and its parts
                 if (len(self._routes) >= MAX_REMEMBERED_ROUTES
                         or self._routes_bytes + cost > self.limits.route_memory_bytes):
-                    self._routes.clear()
-                    self._routes_bytes = 0
+                    self._forget_routes()
                 if cost <= self.limits.route_memory_bytes:
                     self._routes[topic] = route
                     self._routes_bytes += cost
@@ -137,19 +148,40 @@ class Relay:
     def client_data_message(
         self, route: Route, endpoint_id: str | None, payload: bytes, correlation_id: str
     ) -> OutboundMessage:
+        """The `ClientData` of one client message, on its way to the route's extension.
+
+        The fields that repeat for a route and endpoint are encoded once (`ClientDataTemplate`)
+        for remembered routes; requests (a new route each) are encoded whole."""
+        entry = self._templates.get(id(route))
+        if entry is not None and entry[0] is route and entry[1] == endpoint_id:
+            template = entry[2]
+        else:
+            template = self._template(route, endpoint_id)
         subject = None
-        if endpoint_id is not None and self.affinity:  # nothing remembered: no clock reading
+        if endpoint_id is not None and self._affinity_entries:  # none: no clock reading
             subject = self.affinity.subject_for(endpoint_id, route.extension, time.monotonic())
         if subject is None:
             subject = self._subjects.get(route.extension)
         if subject is None:
             subject = self._subjects[route.extension] = subjects.client_data(route.extension)
-        datum = records.write_client_data(
-            correlation_id, int(time.time() * 1000), self._timeout, route.app_version,
-            endpoint_id, route.resource_path, route.request_id, payload,
-            with_config_name=self._with_config_name,
-        )
-        return OutboundMessage(subject, datum, self._reply_to)
+        datum = records.fill_client_data(template, correlation_id, time.time_ns() // 1_000_000,
+                                         payload)
+        # tuple.__new__ skips the named tuple's Python-level constructor (one per message)
+        return _new_tuple(OutboundMessage, (subject, datum, self._reply_to))
+
+    def _template(self, route: Route, endpoint_id: str | None) -> records.ClientDataTemplate:
+        template = records.client_data_template(
+            self._timeout, route.app_version, endpoint_id, route.resource_path, route.request_id,
+            with_config_name=self._with_config_name)
+        if route.request_id is None:  # requests are new routes each time: nothing to reuse
+            cost = len(template.middle) + TEMPLATE_OVERHEAD_BYTES
+            if (len(self._templates) >= MAX_REMEMBERED_ROUTES
+                    or self._routes_bytes + cost > self.limits.route_memory_bytes):
+                self._forget_routes()
+            if cost <= self.limits.route_memory_bytes:
+                self._templates[id(route)] = (route, endpoint_id, template)
+                self._routes_bytes += cost
+        return template
 
     @staticmethod
     def client_message(

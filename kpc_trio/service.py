@@ -77,6 +77,7 @@ from kpc_trio.net import (
     serve_tls,
     serve_websocket,
 )
+from kpc_trio.parking import Parking
 from kpc_trio.presence import run_idle_sweeper
 from kpc_trio.relay import Relay, TopicLimits, is_expired
 from kpc_trio.revocation import RevocationListener
@@ -107,6 +108,7 @@ def session_limits(config: Config) -> SessionLimits:
         max_receive_rate=mqtt.max_receive_rate,
         reply_wait=config.kaa.kpc.esp.response_timeout,
         log_repeat_interval=config.logging.repeat_interval,
+        park_after=config.kaa.kpc.limits.park_idle_after,
     )
 
 
@@ -168,6 +170,7 @@ class KpcService:
     _unready_delay: float = 0.0
     _context: SessionContext | None = None
     _sessions_nursery: trio.Nursery | None = None  # hosts the sessions and their writer tasks
+    _parking: Parking = attrs.field(factory=Parking)  # idle sessions without a task
     applications: LiveApplications = attrs.field(init=False)
     tekton: TektonSource | None = None  # set when kaa.tekton.enabled
     _ssl_context: ssl.SSLContext | None = None  # replaced by a reload: new handshakes use it
@@ -314,6 +317,7 @@ class KpcService:
         config = self.config
         context = self._context = self._session_context(gateway)
         self.metrics.token_cache_bytes.set_function(lambda: context.resolver.cache_bytes)
+        self.metrics.parked_connections.set_function(self._parking.__len__)
         self.metrics.route_memory_bytes.set_function(
             lambda: context.relay.remembered_routes_bytes)
         self.metrics.connectivity_events_queued.set_function(lambda: context.events.queued)
@@ -336,6 +340,7 @@ class KpcService:
                 ))
             async with trio.open_nursery() as sessions_nursery:
                 self._sessions_nursery = sessions_nursery
+                await sessions_nursery.start(self._parking.serve, sessions_nursery)
                 async with trio.open_nursery() as listeners_nursery:
                     await self._start_listeners(listeners_nursery, sessions_nursery)
                     await self._start_http_transport(listeners_nursery, sessions_nursery)
@@ -410,6 +415,7 @@ class KpcService:
                                    default_tenant_id=kpc.traffic_report.default_tenant_id)
         return SessionContext(
             live=self.sessions,
+            parking=self._parking,
             hub=self.hub,
             gateway=gateway,
             relay=Relay(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -25,7 +25,7 @@ from kpc_trio.connectivity import ConnectivityEvents
 from kpc_trio.hub import Hub
 from kpc_trio.kaa import records
 from kpc_trio.kaa.kp1 import Kp1Error, Route, error_payload
-from kpc_trio.logs import RepeatedEvents, get_logger, set_log_source
+from kpc_trio.logs import RepeatedEvents, get_logger, logging_for, set_log_source
 from kpc_trio.metrics import Metrics
 from kpc_trio.mqtt.codec import encode
 from kpc_trio.mqtt.connection import (
@@ -39,10 +39,11 @@ from kpc_trio.mqtt.connection import (
 from kpc_trio.mqtt.errors import InvalidTopicError, LocalProtocolError, ProtocolError
 from kpc_trio.mqtt.packets import ConnAck, ConnAckCode, Connect, PacketType, Publish, QoS
 from kpc_trio.mqtt.topics import validate_topic_name
-from kpc_trio.nats.gateway import NatsPort, OutboundMessage
+from kpc_trio.nats.gateway import NatsPort, OnSettled, OutboundMessage
 from kpc_trio.net import Peer
 from kpc_trio.net.admission import ReadPacer
 from kpc_trio.net.socket_stream import LeanSocketStream
+from kpc_trio.parking import Parking, can_park, idle_fileno
 from kpc_trio.relay import (
     REFUSED_BY_NATS_REASON,
     REFUSED_BY_NATS_STATUS,
@@ -93,6 +94,8 @@ class SessionLimits:
     reply_wait: float = 30.0
     #: logging.repeat-interval: what a client can repeat at will is logged once per interval.
     log_repeat_interval: float = 10.0
+    #: kaa.kpc.limits.park-idle-after: a connected session idle this long parks (0 = never).
+    park_after: float = 0.0
 
     def read_pacer(self) -> ReadPacer | None:
         if not (self.max_publish_rate or self.max_receive_rate):
@@ -154,7 +157,8 @@ class SessionContext:
     traffic: TrafficMeter | None = None  # None when traffic reports are off
     limits: SessionLimits = SessionLimits()
     authenticator: ClientAuthenticator = AnonymousAuthenticator()
-    live: set[Session] = attrs.field(factory=set)  # the sessions running now
+    live: set[Session] = attrs.field(factory=set)  # the sessions running now (or parked)
+    parking: Parking | None = None  # None: sessions never park
 
 
 @attrs.define(slots=True)
@@ -162,6 +166,7 @@ class _Batch:
     """What one read from the client produced: relays to confirm, ids to acknowledge, counts."""
 
     now: float  # trio time of the read: one clock reading serves every message in it
+    max_payload: int  # NATS's, read once per read and again after every wait
     outgoing: list[OutboundMessage] = attrs.field(factory=list)  # in the order received
     needs_confirmation: bool = False  # a QoS 1/2 message is among them
     acknowledgements: list[int] = attrs.field(factory=list)
@@ -173,6 +178,12 @@ class _Batch:
     # outgoing index -> (PUBLISH, request id) of requests: what a refused message is answered on.
     requests: dict[int, tuple[Publish, int]] | None = None
     debug: bool = attrs.field(factory=log.is_debug)  # asked once per read, not per message
+    # The topic last relayed since the last wait, its route and binding: a device repeats its
+    # topic, and the decoder then hands over the same string, so one identity check stands for
+    # the route, token and binding look-ups (nothing can change them without a wait).
+    topic: str | None = None
+    route: Route | None = None
+    binding: EndpointBinding | None = None
 
 
 @attrs.frozen
@@ -200,7 +211,7 @@ class Session:
         "_stream", "peer", "_ctx", "_conn", "_endpoints", "_request_qos", "_writer",
         "_writer_nursery", "_writing_inline", "_stopping", "_reading_scope", "_receiving",
         "close_reason", "auth", "_dropping", "_bytes_in", "_bytes_out", "_publishes_in",
-        "_publishes_out", "_pacer", "_repeats", "_closing",
+        "_publishes_out", "_pacer", "_repeats", "_closing", "_deadline", "_parked_fd",
     )
 
     def __init__(self, stream: trio.abc.Stream, peer: Peer, context: SessionContext) -> None:
@@ -235,6 +246,13 @@ class Session:
         self._pacer = context.limits.read_pacer()  # None unless read rates are limited
         self._repeats: RepeatedEvents | None = None  # made by the first repeatable event
         self._closing: trio.Event | None = None  # set by stop_reading: close() ends the wait
+        self._deadline = math.inf  # the connect timeout, then the keepalive's (trio time)
+        self._parked_fd: int | None = None  # the socket it waits on while parked
+
+    @property
+    def parked(self) -> bool:
+        """Waiting for its client without a task (`kpc_trio.parking`)."""
+        return self._parked_fd is not None
 
     @property
     def client_id(self) -> str | None:
@@ -246,8 +264,9 @@ class Session:
                 ("transport", self.peer.transport))
 
     # --- lifecycle --------------------------------------------------------------------------
-    async def run(self, writer_nursery: trio.Nursery) -> None:
-        """Serve the connection until it ends; always releases everything it held.
+    async def run(self, writer_nursery: trio.Nursery | None, resumed: bool = False) -> None:
+        """Serve the connection until it ends or parks; always releases everything it held
+        when it ends.
 
         The writer task runs in `writer_nursery`, shared with other sessions (a nursery per
         session would be a good part of an idle connection's memory); it always ends before the
@@ -257,58 +276,85 @@ class Session:
         the rest of a request's handling): its deadline is the connect timeout, then the
         keepalive, and none while a read is being handled. `terminate()` cancels it at any
         time, `stop_reading()` only while waiting for the client.
+
+        A connected session idle for `park_after` ends its task without releasing anything
+        (`kpc_trio.parking`); `resume()` runs it again (`resumed`) in a new task.
         """
         set_log_source(self)
-        self._writer_nursery = writer_nursery
-        self._ctx.live.add(self)
         open_connections = self._ctx.metrics.connections_open.labels(self.peer.transport)
-        open_connections.inc()
+        if not resumed:
+            self._writer_nursery = writer_nursery
+            self._ctx.live.add(self)
+            open_connections.inc()
+            self._deadline = trio.current_time() + self._ctx.limits.connect_timeout
+        parked = False
         try:
             # Reading is inline, not a method: an idle connection waits here, and every
             # coroutine frame on its stack is memory held by each of thousands of connections.
             conn = self._conn
             receive_size = self._ctx.limits.receive_size
+            # Only where it can park: a session that cannot would wake up for nothing.
+            park_after = (self._ctx.limits.park_after
+                          if self._ctx.parking is not None and can_park(self._stream) else 0.0)
             try:
-                with trio.CancelScope(
-                    deadline=trio.current_time() + self._ctx.limits.connect_timeout
-                ) as self._reading_scope:
-                    while conn.state is not ConnectionState.CLOSED and not self._stopping:
-                        self._receiving = True
-                        try:
-                            data = await self._stream.receive_some(receive_size)
-                        except (trio.BrokenResourceError, trio.ClosedResourceError):
-                            self._set_reason("connection_lost")
-                            break
-                        finally:
-                            self._receiving = False
-                        if not data:
+                while True:  # again only when a session that meant to park could not
+                    with trio.CancelScope(deadline=(
+                        min(self._deadline, trio.current_time() + park_after)
+                        if park_after and conn.state is ConnectionState.CONNECTED
+                        else self._deadline
+                    )) as self._reading_scope:
+                        while conn.state is not ConnectionState.CLOSED and not self._stopping:
+                            self._receiving = True
+                            try:
+                                data = await self._stream.receive_some(receive_size)
+                            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                                self._set_reason("connection_lost")
+                                break
+                            finally:
+                                self._receiving = False
+                            if not data:
+                                if conn.state is ConnectionState.CONNECTED:
+                                    self._set_reason("connection_closed")
+                                break
+                            self._bytes_in.inc(len(data))
+                            events = conn.receive_data(data)
+                            # Also without events: replies such as PINGRESP wait for the
+                            # writer. A PUBACK alone needs nothing but the keepalive below.
+                            if self._pacer is not None:
+                                self._reading_scope.deadline = math.inf
+                                await self._handle_paced(events, len(data))
+                            elif events or conn.pending_output:
+                                # Handling is never timed out.
+                                self._reading_scope.deadline = math.inf
+                                await self._handle_events(events)
+                            # An idle connection must not hold on to its last read and packets.
+                            del data, events
                             if conn.state is ConnectionState.CONNECTED:
-                                self._set_reason("connection_closed")
-                            break
-                        self._bytes_in.inc(len(data))
-                        events = conn.receive_data(data)
-                        deadline = self._reading_scope.deadline
-                        # Also without events: replies such as PINGRESP wait for the writer. A
-                        # PUBACK alone needs nothing but the keepalive below.
-                        if self._pacer is not None:
-                            self._reading_scope.deadline = math.inf
-                            await self._handle_paced(events, len(data))
-                        elif events or conn.pending_output:
-                            self._reading_scope.deadline = math.inf  # handling is never timed out
-                            await self._handle_events(events)
-                        del events  # an idle connection must not hold on to its last packets
-                        if conn.state is ConnectionState.CONNECTED:
-                            deadline = (trio.current_time() + conn.keepalive * KEEPALIVE_FACTOR
-                                        if conn.keepalive else math.inf)
-                        self._reading_scope.deadline = deadline  # else still the connect timeout
-                if self._stopping:
-                    self._set_reason("shutdown")
-                    if conn.state is ConnectionState.CONNECTED and self._closing is not None:
-                        await self._flush()
-                        await self._closing.wait()  # replies still reach the client meanwhile
-                elif self._reading_scope.cancelled_caught and conn.state is not (
-                        ConnectionState.CLOSED):
-                    self._time_out()
+                                now = trio.current_time()
+                                self._deadline = (now + conn.keepalive * KEEPALIVE_FACTOR
+                                                  if conn.keepalive else math.inf)
+                                self._reading_scope.deadline = (
+                                    min(self._deadline, now + park_after) if park_after
+                                    else self._deadline)
+                            else:
+                                self._reading_scope.deadline = self._deadline  # connect timeout
+                    if self._stopping:
+                        self._set_reason("shutdown")
+                        if conn.state is ConnectionState.CONNECTED and self._closing is not None:
+                            unconfirmed = self._ctx.gateway.unconfirmed_for(self)
+                            if unconfirmed is not None:  # its acknowledgements go last
+                                await unconfirmed.wait()
+                            await self._flush()
+                            await self._closing.wait()  # replies still reach the client
+                    elif self._reading_scope.cancelled_caught and conn.state is not (
+                            ConnectionState.CLOSED):
+                        if trio.current_time() < self._deadline:  # idle for park_after
+                            if self._park():
+                                parked = True
+                                return
+                            continue
+                        self._time_out()
+                    break
             except ProtocolError as exc:
                 self._set_reason("protocol_error")
                 if self.client_id is None:
@@ -321,16 +367,18 @@ class Session:
             self._set_reason("internal_error")
             log.exception("session_failed", client_id=self.client_id, error=repr(exc))
         finally:
-            self._writer_nursery = None
-            self._release()
-            with trio.CancelScope(shield=True):
-                await self._stop_writer()
-                await trio.aclose_forcefully(self._stream)
-            open_connections.dec()
-            self._ctx.live.discard(self)
-            if self._repeats is not None:
-                self._repeats.flush(log)
-            log.info("client_disconnected", client_id=self.client_id, reason=self.close_reason)
+            if not parked:  # else a later task ends it
+                self._writer_nursery = None
+                self._release()
+                with trio.CancelScope(shield=True):
+                    await self._stop_writer()
+                    await trio.aclose_forcefully(self._stream)
+                open_connections.dec()
+                self._ctx.live.discard(self)
+                if self._repeats is not None:
+                    self._repeats.flush(log)
+                log.info("client_disconnected", client_id=self.client_id,
+                         reason=self.close_reason)
 
     async def _handle_paced(self, events: list, received_bytes: int) -> None:
         """Handle a read's events at the client's read rates: a slice of PUBLISHes at a time,
@@ -357,6 +405,28 @@ class Session:
             if start >= len(events):
                 return
 
+    def _park(self) -> bool:
+        """End this task, the session waiting without one for its client (`run` resumed):
+        False if it cannot (nothing to wait on, a write or a shutdown under way)."""
+        parking = self._ctx.parking
+        if parking is None or self._stopping or self._writing_inline:
+            return False
+        fd = idle_fileno(self._stream)
+        if fd is None or not parking.park(self, fd, self._deadline):
+            return False
+        self._parked_fd = fd
+        return True
+
+    def resume(self) -> Awaitable[None]:
+        """The body of the task that runs a parked session again (`kpc_trio.parking`)."""
+        self._parked_fd = None
+        return self.run(self._writer_nursery, resumed=True)
+
+    def _unpark(self) -> None:
+        """Give a parked session its task back now (the task sees why)."""
+        if self._parked_fd is not None and self._ctx.parking is not None:
+            self._ctx.parking.resume(self, self._parked_fd)
+
     def terminate(self, reason: str) -> None:
         """Drop the connection now (takeover, slow consumer, revocation)."""
         self._set_reason(reason)
@@ -368,6 +438,7 @@ class Session:
             self._reading_scope.cancel()
         if self._writer is not None:
             self._writer.scope.cancel()
+        self._unpark()
 
     def stop_reading(self) -> None:
         """Graceful shutdown: read nothing more, finish in-flight relays, and keep delivering
@@ -377,6 +448,7 @@ class Session:
             self._closing = trio.Event()
         if self._receiving and self._reading_scope is not None:
             self._reading_scope.cancel()  # a read under way is not waited for; handling is
+        self._unpark()
 
     def close(self) -> None:
         """Graceful shutdown, after `stop_reading` (or instead of it, for a session that started
@@ -414,7 +486,8 @@ class Session:
         log.info("connect_timeout", timeout=self._ctx.limits.connect_timeout)
 
     async def _handle_events(self, events: list) -> None:
-        batch = _Batch(trio.current_time())
+        batch = _Batch(trio.current_time(), self._ctx.gateway.max_payload)
+        max_inflight = self._ctx.limits.max_inflight
         index = 0
         while index < len(events):
             event = events[index]
@@ -424,11 +497,17 @@ class Session:
                 if event.packet_id is not None:
                     # Also for rejected messages: the PUBLISH itself was received and answered.
                     batch.acknowledgements.append(event.packet_id)
-                if not self._relay_identified(event, batch):
+                if event.topic is batch.topic:  # `route` is set with `topic`
+                    self._relay_message(event, batch.route, batch.binding,  # type: ignore[arg-type]
+                                        batch)
+                elif not self._relay_identified(event, batch):
                     await self._on_message(event, batch)
-                if len(batch.outgoing) >= self._ctx.limits.max_inflight:
+                    self._waited(batch)
+                if len(batch.outgoing) >= max_inflight:
                     await self._confirm(batch)
-            elif isinstance(event, ConnectReceived):
+                    self._waited(batch)
+                continue
+            if isinstance(event, ConnectReceived):
                 self._count_packet("CONNECT")
                 if await self._on_connect(event.connect):
                     # Packets pipelined behind CONNECT were held until the CONNACK decision.
@@ -446,28 +525,46 @@ class Session:
             elif isinstance(event, DisconnectReceived):
                 self._count_packet("DISCONNECT")
                 self._set_reason("client_disconnect")
+            self._waited(batch)
         await self._confirm(batch)
         self._count(batch)
+
+    def _waited(self, batch: _Batch) -> None:
+        """After a wait, tokens, bindings, routes and NATS's max_payload may have changed."""
+        batch.topic = None
+        batch.max_payload = self._ctx.gateway.max_payload
 
     async def _confirm(self, batch: _Batch) -> None:
         """Hand the batch to NATS in one piece, then acknowledge: a batch with QoS 1/2 messages
         waits for NATS's confirmation (the backpressure point); QoS 0 alone only for room, and
-        is dropped (counted) while NATS is away."""
+        is dropped (counted) while NATS is away.
+
+        A lone batch (nothing else being published) is not waited for: NATS's reading task
+        acknowledges it when the PONG comes (`_acknowledge_later`), and this session reads on.
+        The next batch waits for it, so acknowledgements keep the order of the PUBLISHes."""
+        gateway = self._ctx.gateway
+        unconfirmed = gateway.unconfirmed_for(self)
+        if unconfirmed is not None:
+            await unconfirmed.wait()
         if batch.outgoing:
             if batch.needs_confirmation:
-                refused = await self._ctx.gateway.publish_confirmed(batch.outgoing)
-                if refused:
-                    self._answer_refused(batch, refused)
-            elif await self._ctx.gateway.publish(batch.outgoing):
+                if await gateway.publish_confirmed_later(batch.outgoing,
+                                                         self._acknowledge_later(batch), self):
+                    batch.acknowledgements = []
+                else:
+                    refused = await gateway.publish_confirmed(batch.outgoing)
+                    if refused:
+                        self._answer_refused(batch.outgoing, batch.requests, refused)
+            elif await gateway.publish(batch.outgoing):
                 self._dropping = False
             else:
                 self._count_drops(len(batch.outgoing))
             batch.outgoing = []
             batch.needs_confirmation = False
             batch.requests = None
-        for packet_id in batch.acknowledgements:
-            self._conn.acknowledge(packet_id)
-        batch.acknowledgements.clear()
+        if batch.acknowledgements:
+            self._conn.acknowledge_all(batch.acknowledgements)
+            batch.acknowledgements.clear()
         # The reading task writes its own acknowledgements (no writer task to start per read);
         # a client that does not read them is not read from either.
         if self._writer is None and not self._writing_inline and self._conn.pending_output:
@@ -482,7 +579,32 @@ class Session:
             finally:
                 self._writing_inline = False
 
-    def _answer_refused(self, batch: _Batch, refused: Sequence[int]) -> None:
+    def _acknowledge_later(self, batch: _Batch) -> OnSettled:
+        """What acknowledges `batch` once NATS confirmed it, in NATS's reading task."""
+        acknowledgements, outgoing, requests = batch.acknowledgements, batch.outgoing, \
+            batch.requests
+
+        def confirmed(refused: Sequence[int], error: Exception | None) -> None:
+            try:
+                if error is not None or refused:
+                    with logging_for(self):  # this runs in NATS's task, logs are the session's
+                        if error is not None:  # the gateway closed first: the client sends again
+                            log.info("relay_unconfirmed", error=str(error))
+                            self.terminate("nats_unavailable")
+                            return
+                        self._answer_refused(outgoing, requests, refused)
+                self._conn.acknowledge_all(acknowledgements)
+                self._wake_writer()
+            except Exception as exc:  # noqa: BLE001 - NATS's reading task must go on
+                with logging_for(self):
+                    log.exception("session_failed", error=repr(exc))
+                self.terminate("internal_error")
+
+        return confirmed
+
+    def _answer_refused(self, outgoing: list[OutboundMessage],
+                        requests: dict[int, tuple[Publish, int]] | None,
+                        refused: Sequence[int]) -> None:
         """NATS refused these messages (permissions; counted and logged by the gateway): a
         request with a request id gets 502, since retrying cannot help until the NATS
         permissions change. The PUBACK still goes: MQTT 3.1.1 has no negative one, and holding
@@ -490,11 +612,11 @@ class Session:
         affinity = self._ctx.relay.affinity
         if affinity:  # a replica subject refused: the service subject from now on
             for index in refused:
-                affinity.forget_subject(batch.outgoing[index].subject)
-        if batch.requests is None:
+                affinity.forget_subject(outgoing[index].subject)
+        if requests is None:
             return
         for index in refused:
-            request = batch.requests.get(index)
+            request = requests.get(index)
             if request is not None:
                 event, request_id = request
                 self._answer_error(event, request_id, REFUSED_BY_NATS_STATUS,
@@ -563,6 +685,7 @@ class Session:
             if binding is None:
                 return False
         self._relay(event, route, binding, batch)
+        batch.topic, batch.route, batch.binding = event.topic, route, binding
         return True
 
     async def _on_message(self, event: Publish, batch: _Batch) -> None:
@@ -580,13 +703,19 @@ class Session:
 
     def _relay(self, event: Publish, route: Route, binding: EndpointBinding | None,
                batch: _Batch) -> None:
+        if binding is not None:
+            activity = (binding.endpoint_id, route.app_version)
+            if activity not in batch.touched:
+                batch.touched.add(activity)
+                self._ctx.hub.endpoints.touch(binding.endpoint_id, batch.now)
+        self._relay_message(event, route, binding, batch)
+
+    def _relay_message(self, event: Publish, route: Route, binding: EndpointBinding | None,
+                       batch: _Batch) -> None:
+        """Relay a message whose route is valid and endpoint (if any) touched in this read."""
         endpoint_id = None
         if binding is not None:
             endpoint_id = binding.endpoint_id
-            activity = (endpoint_id, route.app_version)
-            if activity not in batch.touched:
-                batch.touched.add(activity)
-                self._ctx.hub.endpoints.touch(endpoint_id, batch.now)
             if self._ctx.traffic is not None:
                 self._ctx.traffic.received(self.auth.tenant_id, binding.app_name, endpoint_id,
                                            len(event.payload))
@@ -598,11 +727,11 @@ class Session:
                 self, route.app_version, route.extension, route.request_id, batch.now))
         message = self._ctx.relay.client_data_message(relayed_route, endpoint_id,
                                                       event.payload, correlation_id)
-        if len(message.payload) > self._ctx.gateway.max_payload:
+        if len(message.payload) > batch.max_payload:
             # NATS would refuse the whole batch: refuse this one message instead.
             self._ctx.metrics.messages_dropped.labels("too_large_for_nats").inc()
             self._answer_error(event, route.request_id, 413,
-                               f"Payload too large: NATS takes {self._ctx.gateway.max_payload} "
+                               f"Payload too large: NATS takes {batch.max_payload} "
                                "bytes per message")
             return
         if route.request_id is not None:

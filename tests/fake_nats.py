@@ -12,7 +12,12 @@ from collections.abc import Callable, Sequence
 import attrs
 import trio
 
-from kpc_trio.nats.gateway import InboundMessage, NatsUnavailableError, OutboundMessage
+from kpc_trio.nats.gateway import (
+    InboundMessage,
+    NatsUnavailableError,
+    OnSettled,
+    OutboundMessage,
+)
 
 NOTHING_REFUSED: tuple[int, ...] = ()
 
@@ -51,6 +56,13 @@ class FakeNats:
             await self._back.wait()
         self._record(messages)
         return NOTHING_REFUSED
+
+    async def publish_confirmed_later(self, messages: Sequence[OutboundMessage],
+                                      on_settled: OnSettled, owner: object) -> bool:
+        return False  # the session falls back to publish_confirmed
+
+    def unconfirmed_for(self, owner: object) -> trio.Event | None:
+        return None
 
     async def publish(self, messages: Sequence[OutboundMessage]) -> bool:
         await trio.lowlevel.checkpoint()

@@ -15,6 +15,7 @@ used go first): endpoints and extensions are many, and the subject comes from th
 from __future__ import annotations
 
 import collections
+import types
 
 _PREFIX = "kaa.v1.replica."
 _ESP_CLIENT_DATA = ".esp.ClientData"
@@ -52,6 +53,9 @@ class Affinity:
         # (endpoint id, extension) -> entry, least recently used first
         self._entries: collections.OrderedDict[tuple[str, str], _Entry] = (
             collections.OrderedDict())
+        #: Read-only view of the entries: its truth value is a C-level length check, where
+        #: `len(affinity)` is a Python call (the relay asks once per message).
+        self.entries = types.MappingProxyType(self._entries)
 
     @property
     def enabled(self) -> bool:

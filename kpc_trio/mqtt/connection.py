@@ -10,8 +10,9 @@ application's own PUBLISHes are queued and drained with `data_to_send()`. Decisi
 from __future__ import annotations
 
 import enum
+import struct
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import attrs
 
@@ -43,7 +44,8 @@ from kpc_trio.mqtt.topics import Subscriptions, validate_topic_filter, validate_
 MAX_OUTBOUND_QOS = QoS.AT_LEAST_ONCE
 
 _PINGRESP = encode(PingResp())
-_PUBACK_HEADER = encode(PubAck(1))[:2]
+#: A PUBACK as a big-endian 32-bit word: its two header bytes, then the packet id.
+_PUBACK_WORD = int.from_bytes(encode(PubAck(0)), "big")
 _MAX_PACKET_ID = 0xFFFF
 #: MQTT 3.1 (protocol level 3) client identifiers are 1 to 23 characters long.
 _MQTT31_MAX_CLIENT_ID = 23
@@ -101,6 +103,7 @@ class ServerConnection:
         "_output", "_unacknowledged", "_awaiting_pubrel", "_awaiting_puback",
         "_last_packet_id", "_subscriptions", "_max_subscriptions", "_max_subscription_bytes",
         "_max_client_id_length", "_max_qos2_flows", "_qos2_flows", "_resumes_session",
+        "_valid_topic",
     )
 
     def __init__(
@@ -142,6 +145,9 @@ class ServerConnection:
         self._awaiting_puback: dict[int, None] | None = None
         self._last_packet_id = 0
         self._subscriptions: Subscriptions | None = None
+        # The last PUBLISH topic found valid: the decoder hands a repeated topic over as the
+        # same string, which then needs no second check.
+        self._valid_topic: str | None = None
 
     # ---- counters ------------------------------------------------------------------------------
 
@@ -174,9 +180,10 @@ class ServerConnection:
             return []
         self._decoder.feed(data)
         events: list[Event] = []
+        next_packet = self._decoder.next_packet
         try:
             while self.state in _DECODING_STATES:
-                packet = self._decoder.next_packet()
+                packet = next_packet()
                 if packet is None:
                     break
                 if self.state is ConnectionState.CONNECTED:
@@ -273,10 +280,15 @@ class ServerConnection:
             raise ProtocolError(f"{type(packet).__name__} is a server-to-client packet")
 
     def _handle_publish(self, packet: Publish, events: list[Event]) -> None:
-        validate_topic_name(packet.topic)
+        topic = packet.topic
+        if topic is not self._valid_topic:
+            validate_topic_name(topic)
+            self._valid_topic = topic
         packet_id = packet.packet_id
         if packet_id is not None:
-            if self._is_retransmission(packet_id, packet.qos):
+            # A new flow (the common case) is neither unacknowledged nor awaiting PUBREL.
+            if ((packet_id in self._unacknowledged or self._awaiting_pubrel)
+                    and self._is_retransmission(packet_id, packet.qos)):
                 return
             if packet.qos is QoS.EXACTLY_ONCE:
                 # Each flow holds its packet id until PUBREL: without a bound a client that
@@ -371,21 +383,37 @@ class ServerConnection:
 
         After CLOSED nothing is sent, so a late acknowledgement is dropped silently.
         """
-        qos = self._unacknowledged.pop(packet_id, None)
-        if self.state is ConnectionState.CLOSED:
-            return
-        if qos is None:
-            raise LocalProtocolError(
-                f"acknowledge({packet_id}): no inbound QoS 1/2 message has this id"
-            )
-        if qos is QoS.AT_LEAST_ONCE:
-            # One PUBACK per relayed QoS 1 message: its four bytes, without a PubAck object.
-            self._output += _PUBACK_HEADER + packet_id.to_bytes(2, "big")
-        else:
-            if self._awaiting_pubrel is None:
-                self._awaiting_pubrel = {}
-            self._awaiting_pubrel[packet_id] = None
-            self._send_packet(PubRec(packet_id))
+        self.acknowledge_all((packet_id,))
+
+    def acknowledge_all(self, packet_ids: Sequence[int]) -> None:
+        """`acknowledge` each of `packet_ids`, in order. The PUBACKs of a run of QoS 1 messages
+        (a read's worth) are packed into one buffer by one call, not built one by one."""
+        unacknowledged = self._unacknowledged
+        closed = self.state is ConnectionState.CLOSED
+        pubacks: list[int] = []
+        for packet_id in packet_ids:
+            qos = unacknowledged.pop(packet_id, None)
+            if qos is QoS.AT_LEAST_ONCE:
+                pubacks.append(_PUBACK_WORD | packet_id)
+            elif closed:
+                continue
+            elif qos is None:
+                raise LocalProtocolError(
+                    f"acknowledge({packet_id}): no inbound QoS 1/2 message has this id"
+                )
+            else:
+                self._put_pubacks(pubacks)  # those before it go first
+                pubacks.clear()
+                if self._awaiting_pubrel is None:
+                    self._awaiting_pubrel = {}
+                self._awaiting_pubrel[packet_id] = None
+                self._send_packet(PubRec(packet_id))
+        if not closed:
+            self._put_pubacks(pubacks)
+
+    def _put_pubacks(self, words: list[int]) -> None:
+        if words:
+            self._output += struct.pack(f">{len(words)}I", *words)
 
     def publish(self, topic: str, payload: bytes, qos: QoS) -> int | None:
         """Queue a PUBLISH to the client at `qos` capped at 1; returns its packet id if QoS 1."""

@@ -7,6 +7,7 @@ MQTT 3.1.1 specification (OASIS, 2014), section 3.
 from __future__ import annotations
 
 import enum
+from typing import NamedTuple
 
 import attrs
 
@@ -75,8 +76,11 @@ class ConnAck:
     session_present: bool = False
 
 
-@attrs.frozen
-class Publish:
+class Publish(NamedTuple):
+    """A named tuple, not an attrs class like the other packets: one is built per received
+    message, and a frozen attrs instance costs several times more to create (the decoder builds
+    it with `tuple.__new__`, having checked every field)."""
+
     topic: str
     payload: bytes
     qos: QoS = QoS.AT_MOST_ONCE

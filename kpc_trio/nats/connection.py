@@ -177,6 +177,14 @@ class _PendingPong:
     event: trio.Event = attrs.field(factory=trio.Event)
     #: Subjects of publishes the server refused before answering this PING.
     refused: set[str] | None = None
+    #: Called with `refused` once the PONG came or the connection was lost (`Link.lost` tells
+    #: which), in whichever task noticed: it must not block.
+    on_answer: Callable[[frozenset[str] | set[str]], None] | None = None
+
+    def answer(self) -> None:
+        self.event.set()
+        if self.on_answer is not None:
+            self.on_answer(self.refused or _NOTHING_REFUSED)
 
 
 _NOTHING_REFUSED: frozenset[str] = frozenset()
@@ -211,8 +219,16 @@ class Link:
         # TLS: no such shortcut
         self._send_nowait = stream.send_nowait if isinstance(stream, LeanSocketStream) else None
 
-    async def write(self, data: bytes, *, ping: bool = False) -> _PendingPong | None:
-        """Write `data` (plus a PING whose PONG completes the returned waiter, if `ping`)."""
+    @property
+    def writable_now(self) -> bool:
+        """Whether a `write` would start at once (alive, nobody else writing)."""
+        return not self.lost.is_set() and not self._send_lock.locked()
+
+    async def write(self, data: bytes, *, ping: bool = False,
+                    on_answer: Callable[[frozenset[str] | set[str]], None] | None = None,
+                    ) -> _PendingPong | None:
+        """Write `data` (plus a PING whose PONG completes the returned waiter, if `ping`, and
+        calls `on_answer`)."""
         if self.lost.is_set():
             raise ConnectionLostError("the connection to NATS is lost")
         lock = self._send_lock
@@ -221,10 +237,12 @@ class Link:
         else:
             lock.acquire_nowait()  # send_all checkpoints: no need for acquire()'s own
         try:
+            if self.lost.is_set():  # lost while waiting for the lock: no PONG would come
+                raise ConnectionLostError("the connection to NATS is lost")
             self._writing_since = trio.current_time()
             pong = None
             if ping:
-                pong = _PendingPong(self._writing_since)
+                pong = _PendingPong(self._writing_since, on_answer=on_answer)
                 self._pongs.append(pong)
                 data += PING
             try:
@@ -256,7 +274,7 @@ class Link:
 
     def pong_arrived(self) -> None:
         if self._pongs:
-            self._pongs.popleft().event.set()
+            self._pongs.popleft().answer()
 
     def publish_refused(self, subject: str) -> None:
         if self._pongs:
@@ -274,7 +292,7 @@ class Link:
         """Mark the connection dead and wake every confirmation waiting on it (they fail)."""
         self.lost.set()
         while self._pongs:
-            self._pongs.popleft().event.set()
+            self._pongs.popleft().answer()
 
 
 # -- the server pool ------------------------------------------------------------------------------

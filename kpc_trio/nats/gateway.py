@@ -16,6 +16,9 @@ nats-py still serves the simulated Kaa side and the tests, an independent client
   channel drops (and counts) rather than stalling the reader.
 * refusals: a publish the server refuses (a permissions violation) is charged to the batch of
   the PING it preceded; `publish_confirmed` returns which of its messages were refused.
+* a lone request (nothing else being published) is written by its caller, and with
+  `publish_confirmed_later` its confirmation is handled by the NATS reading task when the PONG
+  comes, so no task waits for it (one task switch less per request; docs/performance.md).
 * connection: `nats.connection` (server pool, reconnects, lame duck, TLS, credentials).
 """
 
@@ -67,6 +70,10 @@ class MessageRejectedError(Exception):
     """The message itself is unpublishable (bad subject, payload over max_payload): do not retry."""
 
 
+#: Told once a deferred publish is settled: the indexes NATS refused, or why it may have failed.
+OnSettled = Callable[[Sequence[int], Exception | None], None]
+
+
 class NatsPort(Protocol):
     """Everything the rest of the service uses of NATS (`NatsGateway` is the real one); tests
     use the one in-memory fake of tests/fake_nats.py."""
@@ -77,6 +84,11 @@ class NatsPort(Protocol):
     async def publish_confirmed(
         self, messages: Sequence[OutboundMessage], *, fail_fast: bool = False
     ) -> Sequence[int]: ...
+
+    async def publish_confirmed_later(self, messages: Sequence[OutboundMessage],
+                                      on_settled: OnSettled, owner: object) -> bool: ...
+
+    def unconfirmed_for(self, owner: object) -> trio.Event | None: ...
 
     @property
     def max_payload(self) -> int: ...
@@ -107,11 +119,16 @@ class _ConfirmedGroup:
     error: Exception | None = None
     #: Indexes of the messages the server refused (permissions).
     refused: Sequence[int] = NOTHING_REFUSED
+    #: A deferred publish (`publish_confirmed_later`): who waits, and what tells them.
+    owner: object = None
+    on_settled: OnSettled | None = None
 
     def settle(self, error: Exception | None = None) -> None:
         if not self.done.is_set():
             self.error = error
             self.done.set()
+            if self.on_settled is not None:
+                self.on_settled(self.refused, error)
 
 
 @attrs.frozen
@@ -170,9 +187,11 @@ class _Outcome:
 
 @attrs.define
 class _Sorted:
-    """A batch sorted for the wire: what to write, what of it needs confirming, what not to send."""
+    """A batch sorted for the wire: the frames to write, what of it needs confirming, what not
+    to send."""
 
-    sendable: list[OutboundMessage]
+    frames: list[bytes]  # PUB frames of the `sent` messages, in order
+    sent: int
     to_confirm: list[OutboundMessage]
     dropped: int
     rejected: dict[int, str]
@@ -204,6 +223,11 @@ class NatsGateway:
     _in_flight: Sequence[_Item] = ()
     _direct_deliveries: int = 0  # publish_confirmed calls writing themselves (none in flight)
     _publisher_done: trio.Event = attrs.field(factory=trio.Event)
+    #: The one `publish_confirmed_later` not settled yet; set while it is published again after
+    #: its connection was lost (nothing else may overtake it then).
+    _deferred: _ConfirmedGroup | None = None
+    _republishing: trio.Event | None = None
+    _nursery: trio.Nursery | None = None  # where a deferred publish is published again
 
     @property
     def connected(self) -> bool:
@@ -249,6 +273,74 @@ class NatsGateway:
         if group.error is not None:
             raise group.error
         return group.refused
+
+    async def publish_confirmed_later(self, messages: Sequence[OutboundMessage],
+                                      on_settled: OnSettled, owner: object) -> bool:
+        """`publish_confirmed` for a lone request, without waiting for NATS's confirmation.
+
+        Only while nothing else is being published: then the messages are written from here
+        and this returns True once they are; `on_settled(refused indexes, None)` is called from
+        the NATS reading task when the PONG comes (so no task wakes for it), or, after a lost
+        connection, once they were published again; `on_settled((), error)` if the gateway
+        closed first. `on_settled` must not block. One at a time: `unconfirmed_for(owner)`
+        says whether `owner`'s is still waiting. False (nothing done): use `publish_confirmed`.
+        """
+        link = self._link.current
+        if (link is None or not link.writable_now or self._in_flight or self._direct_deliveries
+                or self._room.queued or self._nursery is None or not messages):
+            return False
+        group = _ConfirmedGroup(messages, owner=owner, on_settled=on_settled)
+        ready = self._sort([group])
+        if ready.rejected:  # publish_confirmed says why
+            return False
+        self._deferred = group
+        self._direct_deliveries += 1
+        started = time.perf_counter()
+
+        def answered(refused: frozenset[str] | set[str]) -> None:
+            if not link.lost.is_set():
+                self._settle_deferred(group, ready, refused, started)
+            elif self._nursery is not None:
+                self._republishing = trio.Event()
+                self._nursery.start_soon(self._republish_deferred, group, ready, started)
+
+        try:
+            await link.write(b"".join(ready.frames), ping=True, on_answer=answered)
+        except ConnectionLostError:
+            pass  # `answered` was told (the PING was queued) and publishes them again
+        return True
+
+    def unconfirmed_for(self, owner: object) -> trio.Event | None:
+        """What to wait for until `owner`'s `publish_confirmed_later` is settled; None if
+        none of its is waiting."""
+        group = self._deferred
+        return group.done if group is not None and group.owner is owner else None
+
+    def _settle_deferred(self, group: _ConfirmedGroup, ready: _Sorted,
+                         refused: frozenset[str] | set[str], started: float) -> None:
+        self._deferred = None
+        self._direct_deliveries -= 1
+        self._settle([group], _Outcome(ready.sent, ready.dropped, ready.rejected, refused))
+        if self._on_batch is not None:
+            self._on_batch(self.last_batch_size, time.perf_counter() - started)
+
+    async def _republish_deferred(self, group: _ConfirmedGroup, ready: _Sorted,
+                                  started: float) -> None:
+        log.warning("nats_publish_interrupted", error="connection lost before the PONG",
+                    unconfirmed=len(ready.to_confirm))
+        try:
+            refused = await self._publish_until_confirmed(ready.to_confirm)
+            self._settle_deferred(group, ready, refused, started)
+        finally:
+            if self._republishing is not None:
+                self._republishing.set()
+                self._republishing = None
+
+    async def _after_republished(self) -> None:
+        """Keep the order on the wire: a deferred publish whose connection was lost goes
+        again before anything written after it."""
+        while self._republishing is not None:
+            await self._republishing.wait()
 
     async def _hand_over(self, group: _ConfirmedGroup) -> None:
         """Queue `group` for the publisher and wait until it is settled."""
@@ -334,6 +426,7 @@ class NatsGateway:
         server confirm, so every message that arrived before is in its channel; then close."""
         self._outbox_send.close()
         await self._publisher_done.wait()
+        await self._after_republished()
         connection = self._link.current
         if connection is not None:
             frames = b"".join(unsub_frame(sid) for sid in self._link.subscriptions)
@@ -389,44 +482,51 @@ class NatsGateway:
 
     async def _deliver(self, batch: Sequence[_Item]) -> _Outcome:
         """Write a batch; returns once the server confirmed every `_ConfirmedGroup` in it."""
+        await self._after_republished()
         ready = self._sort(batch)
         connection = self._link.current
         if connection is not None:
             try:
-                data = self._frames.frames(ready.sendable)
+                data = b"".join(ready.frames)
                 refused: frozenset[str] | set[str] = frozenset()
                 if ready.to_confirm:
                     refused = await connection.confirm(data)
                 elif data:
                     await connection.write(data)
-                return _Outcome(len(ready.sendable), ready.dropped, ready.rejected, refused)
+                return _Outcome(ready.sent, ready.dropped, ready.rejected, refused)
             except ConnectionLostError as exc:
                 log.warning("nats_publish_interrupted", error=describe(exc),
                             unconfirmed=len(ready.to_confirm))
         # Best-effort messages are not held back for a reconnect; confirmed ones wait for it.
+        await self._after_republished()
         refused = await self._publish_until_confirmed(ready.to_confirm)
-        best_effort = len(ready.sendable) - len(ready.to_confirm)
+        best_effort = ready.sent - len(ready.to_confirm)
         return _Outcome(len(ready.to_confirm), ready.dropped + best_effort, ready.rejected,
                         refused)
 
     def _sort(self, batch: Sequence[_Item]) -> _Sorted:
-        ready = _Sorted([], [], 0, {})
+        ready = _Sorted([], 0, [], 0, {})
+        frames = self._frames
+        max_payload = self._link.max_payload
         for index, item in enumerate(batch):
-            if isinstance(item, OutboundMessage):
-                item = _BestEffortGroup((item,))
-            if isinstance(item, _BestEffortGroup):
-                for message in item.messages:
-                    if self._problem(message) is None:
-                        ready.sendable.append(message)
-                    else:
-                        ready.dropped += 1
-                continue
-            problem = next(filter(None, map(self._problem, item.messages)), None)
-            if problem is not None:
-                ready.rejected[index] = problem
-            else:
-                ready.sendable.extend(item.messages)
-                ready.to_confirm.extend(item.messages)
+            messages = (item,) if isinstance(item, OutboundMessage) else item.messages
+            confirmed = isinstance(item, _ConfirmedGroup)
+            # One look-up per message, while framing it; a pair not seen yet or a payload over
+            # max_payload (rare: sessions check the size) is checked one by one.
+            if not frames.append_checked(ready.frames, messages, max_payload):
+                if confirmed:
+                    problem = next(filter(None, map(self._problem, messages)), None)
+                    if problem is not None:
+                        ready.rejected[index] = problem
+                        continue
+                else:
+                    checked = [message for message in messages if self._problem(message) is None]
+                    ready.dropped += len(messages) - len(checked)
+                    messages = checked
+                ready.frames.append(frames.frames(messages))
+            ready.sent += len(messages)
+            if confirmed:
+                ready.to_confirm.extend(messages)
         return ready
 
     def _problem(self, message: OutboundMessage) -> str | None:
@@ -478,6 +578,8 @@ class NatsGateway:
         self._outbox_send.close()
         unsent = NatsUnavailableError("the NATS gateway closed before the server confirmed")
         leftovers: list[_Item] = [*self._in_flight]
+        if self._deferred is not None:
+            leftovers.append(self._deferred)
         while True:
             try:
                 leftovers.append(self._outbox_receive.receive_nowait())
@@ -523,6 +625,7 @@ async def open_nats_gateway(
                           on_batch)
     try:
         async with trio.open_nursery() as nursery:
+            gateway._nursery = nursery
             nursery.start_soon(link.run_connection)
             nursery.start_soon(gateway._run_publisher)
             try:

@@ -169,6 +169,26 @@ class PubFrames:
             f"PUB {subject} {reply} " if reply else f"PUB {subject} ").encode()
         return head
 
+    def append_checked(self, parts: list[bytes], messages: Sequence[OutboundMessage],
+                       max_payload: int) -> bool:
+        """Append the frames of `messages` to `parts` if each pair was checked before and each
+        payload fits `max_payload`: the common case, one look-up per message. Otherwise append
+        nothing and return False (the caller checks them one by one)."""
+        heads = self._heads
+        start = len(parts)
+        append = parts.append
+        for subject, payload, reply in messages:
+            head = heads.get((subject, reply))
+            size = len(payload)
+            if head is None or size > max_payload:
+                del parts[start:]
+                return False
+            append(head)
+            append(b"%d\r\n" % size)
+            append(payload)
+            append(_CRLF)
+        return True
+
     def frames(self, messages: Sequence[OutboundMessage]) -> bytes:
         heads = self._heads
         parts: list[bytes] = []

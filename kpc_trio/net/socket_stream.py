@@ -84,6 +84,12 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
                 await trio.lowlevel.cancel_shielded_checkpoint()
             return data
 
+    def idle_fileno(self) -> int | None:
+        """The socket's descriptor, to wait on without a task (`kpc_trio.parking`); None once
+        closed."""
+        fileno = self.socket.fileno()
+        return fileno if fileno != -1 else None
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._eof_sent:
             raise trio.ClosedResourceError("can't send data after sending EOF")

@@ -50,6 +50,14 @@ class TlsStream(trio.abc.Stream):
         version: str | None = self._tls.version()
         return version
 
+    def idle_fileno(self) -> int | None:
+        """The socket's descriptor if OpenSSL holds nothing unread (so readable bytes can only
+        come from the socket), to wait on without a task (`kpc_trio.parking`); else None."""
+        fileno = self._tcp.socket.fileno()
+        if fileno == -1 or not self._drained or self._receiving or self._tls.pending():
+            return None
+        return fileno
+
     async def do_handshake(self) -> None:
         """Complete the handshake; raises `trio.BrokenResourceError` with the `ssl` error as
         its cause if it fails."""

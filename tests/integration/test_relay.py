@@ -187,3 +187,43 @@ async def test_a_client_that_only_subscribes_gets_the_pushes(kaa, port):
     assert connected.endpoints == {EP2.endpoint_id: APP_VERSION}
     assert (message.topic, message.payload) == (
         f"kp1/{APP_VERSION}/cex/{EP2.token}/command/ping/status", b"hello")
+
+
+def _qos1_publish(topic: str, packet_id: int, payload: bytes) -> bytes:
+    """A QoS 1 PUBLISH written out by hand (type 3, QoS bits 01), one-byte remaining length."""
+    body = len(topic).to_bytes(2, "big") + topic.encode() + packet_id.to_bytes(2, "big") + payload
+    assert len(body) < 128
+    return bytes([0x32, len(body)]) + body
+
+
+async def test_acknowledgements_keep_the_order_of_the_publishes(kaa, port):
+    """Relayed messages are acknowledged once NATS confirmed them (a lone one by NATS's reading
+    task, the next read waits for it), rejected ones at once: PUBACKs still go out in order."""
+    relayed = f"kp1/{APP_VERSION}/dcx/{EP1.token}/json"
+    rejected = "kp1/no-such-appversion/dcx/token/json"
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        # CONNECT: MQTT 3.1.1, clean session, keepalive 60, empty client id
+        await stream.send_all(bytes.fromhex("100c00044d5154540402003c0000"))
+        received = b""
+        with trio.fail_after(10):
+            while len(received) < 4:
+                received += await stream.receive_some(1024)
+        assert received == bytes.fromhex("20020000")
+        received = b""
+        with trio.fail_after(10):
+            for packet_id in range(1, 41):
+                topic = relayed if packet_id % 2 else rejected
+                # Each relayed message with a PINGREQ: KPC answers the PINGREQ at once and
+                # reads the next (rejected) message while NATS may not have confirmed it yet.
+                ping = b"\xc0\x00" if packet_id % 2 else b""
+                await stream.send_all(_qos1_publish(topic, packet_id, b"%d" % packet_id) + ping)
+                while ping and b"\xd0\x00" not in received:
+                    received += await stream.receive_some(1024)
+                received = received.replace(b"\xd0\x00", b"", 1)
+            expected = b"".join(bytes([0x40, 0x02, 0, packet_id]) for packet_id in range(1, 41))
+            while len(received) < len(expected):
+                received += await stream.receive_some(1024)
+        assert received == expected
+    client_data = await kaa.await_received("dcx", 20)
+    assert sorted(int(data.payload) for data in client_data) == list(range(1, 41, 2))

@@ -16,7 +16,7 @@ import pytest
 from kpc_trio.simulator import ExtensionBehaviour
 from kpc_trio.simulator.kaa_side import SimulatedKaa
 from tests.clients.paho_device import PahoDevice
-from tests.integration.http_probe import http_get
+from tests.integration.http_probe import http_get, metric_value
 from tests.integration.kpc_harness import APP_VERSION, ENDPOINTS, make_config
 from tests.integration.kpc_process import KpcProcess, running_kpc
 from tests.integration.qos1_load import CountingPublisher, all_acknowledged
@@ -232,4 +232,22 @@ def test_replies_that_never_come_still_leave_time_for_the_paced_disconnection(
                     if entry["phase"] == "disconnect"]
     assert (disconnect["connections"], disconnect["replies_abandoned"]) == (2, 1)
     assert [entry["reason"] for entry in kpc.named("client_disconnected")] == ["shutdown"] * 2
+    assert kpc.named("shutdown_cut_short") == []
+
+
+def test_sigterm_ends_parked_idle_connections(tmp_path, nats, kaa):
+    with start_kpc(tmp_path, nats.url, GRACEFUL_SHUTDOWN,
+                   KAA_KPC_LIMITS_PARK_IDLE_AFTER="0.5s") as kpc:
+        devices = connected_devices(kpc.ports["mqtt_tcp"], 2)
+        try:
+            wait_until(lambda: metric_value(http_get(kpc.ports["management"], "/metrics").body,
+                                            "kpc_parked_connections") == 2,
+                       10, "both idle connections parked")
+            kpc.send_signal(signal.SIGTERM)
+            exit_code = kpc.process.wait(GRACEFUL_SHUTDOWN)
+        finally:
+            close_all(devices)
+    assert exit_code == 0, kpc.log_tail()
+    closed = [entry["reason"] for entry in kpc.named("client_disconnected")]
+    assert closed == ["shutdown", "shutdown"]
     assert kpc.named("shutdown_cut_short") == []

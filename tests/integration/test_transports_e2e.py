@@ -23,6 +23,7 @@ from kpc_trio.simulator.credentials import CertificateCredentials
 from kpc_trio.simulator.kaa_side import SimulatedKaa, open_simulated_kaa
 from tests.clients.paho_device import PahoDevice
 from tests.integration.kpc_harness import APP_VERSION, ENDPOINTS, call, make_config, open_device
+from tests.integration.waiting import eventually
 
 HOST = "127.0.0.1"
 EP1 = ENDPOINTS[0]
@@ -102,11 +103,12 @@ def client_tls(ca: trustme.CA, certificate: trustme.LeafCert | None = None,
     return context
 
 
-async def assert_dcx_round_trip(device: PahoDevice, kaa: SimulatedKaa, request_id: int) -> None:
+async def assert_dcx_round_trip(device: PahoDevice, kaa: SimulatedKaa, request_id: int,
+                                received_before: int = 0) -> None:
     topic = f"kp1/{APP_VERSION}/dcx/{EP1.token}/json/{request_id}"
     payload = f'[{{"request":{request_id}}}]'.encode()
     await call(device.publish, topic, payload, qos=1)
-    [client_data] = await kaa.await_received("dcx", 1)
+    *_, client_data = await kaa.await_received("dcx", received_before + 1)
     assert (client_data.endpoint_id, client_data.request_id, client_data.payload) == (
         EP1.endpoint_id, request_id, payload)
     reply = await call(device.expect)
@@ -168,6 +170,21 @@ async def test_tls_round_trip_without_client_certificate(nats_server, tmp_path, 
             assert (session.peer.transport, session.peer.certificate) == ("tls", None)
             await assert_dcx_round_trip(device, kaa, request_id=42)
 
+
+async def test_an_idle_tls_session_parks_and_answers_when_its_device_speaks(
+        nats_server, tmp_path, kaa, ca, tls_files):
+    env = {f"KAA_KPC_TRANSPORTS_MQTT_{key.upper()}": value
+           for key, value in tls_settings(tls_files, "request").items()}
+    env["KAA_KPC_LIMITS_PARK_IDLE_AFTER"] = "1s"
+    async with open_kpc(make_config(tmp_path, nats_server.url, env=env)) as kpc:
+        async with open_device(kpc.ports["mqtt_tls"], tls=client_tls(ca)) as device:
+            [session] = kpc.sessions
+            for request_id in (1, 2):
+                await eventually(lambda: session.parked)  # idle for 1 s
+                assert kpc.metrics.registry.get_sample_value("kpc_parked_connections") == 1
+                await assert_dcx_round_trip(device, kaa, request_id=request_id,
+                                            received_before=request_id - 1)
+            assert kpc.sessions == {session}
 
 async def test_tls_without_ca_file_serves_server_only_tls(nats_server, tmp_path, kaa, ca,
                                                           tls_files):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -174,6 +176,18 @@ def test_large_stream_in_chunks_is_compacted() -> None:
         assert len(decoder._buffer) < 2 * 65536 + 7000
     assert count == 500
 
+
+
+def test_a_read_decoded_whole_is_not_kept() -> None:
+    # An idle connection's decoder must not hold its last read until the next one.
+    decoder = Decoder(MAX)
+    decoder.feed(encode(Publish("t/x", b"p" * 8000)) * 2)
+    assert decoder.next_packet() is not None
+    assert decoder.next_packet() is not None
+    assert decoder.next_packet() is None
+    assert sys.getsizeof(decoder._buffer) < 100
+    decoder.feed(encode(Publish("t/y", b"q")))  # and it decodes on as before
+    assert decoder.next_packet() == Publish("t/y", b"q")
 
 # ---- exact wire vectors -------------------------------------------------------------------------
 
@@ -473,3 +487,24 @@ def test_unrepresentable_packets_are_local_errors(packet: Packet) -> None:
 def test_encode_rejects_non_packets() -> None:
     with pytest.raises(LocalProtocolError, match="not an MQTT packet"):
         encode("PUBLISH")  # type: ignore[arg-type]
+
+
+def test_a_repeated_topic_is_decoded_again_when_its_bytes_differ() -> None:
+    # The decoder reuses the last topic's text for the same bytes: same-length neighbours,
+    # a longer topic, an empty one and a forbidden one must each still be decoded on their own.
+    topics = ["kp1/a/dcx/t1/json", "kp1/a/dcx/t1/json", "kp1/a/dcx/t2/json", "kp1/a/dcx/t1/json",
+              "", "", "kp1/a/dcx/t1/json/1", "é" * 8, "é" * 8, "e" * 16]
+    sent = [Publish(topic, b"p", QoS.AT_LEAST_ONCE, packet_id=n + 1)
+            for n, topic in enumerate(topics)]
+    assert decode_all(b"".join(map(encode, sent))) == sent
+    good = encode(Publish("kp1/a", b"p"))
+    same_length_bad = bytes.fromhex("30 07 00 05 6b 70 31 00 61")  # "kp1\0a"
+    assert "U+0000" in decode_error(good + good + same_length_bad).reason
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a/b", "a/c", "b/b", "a/bb", "", "ü/b"]),
+                          st.sampled_from(list(QoS))), min_size=1, max_size=12))
+def test_publishes_with_repeating_topics_round_trip(sent: list[tuple[str, QoS]]) -> None:
+    packets = [Publish(topic, b"x", qos, packet_id=None if qos is QoS.AT_MOST_ONCE else 7)
+               for topic, qos in sent]
+    assert decode_all(b"".join(map(encode, packets))) == packets

@@ -363,6 +363,15 @@ def test_publish_to_invalid_topic_is_a_protocol_error(topic: str) -> None:
     assert conn.state is ConnectionState.CLOSED
 
 
+@pytest.mark.parametrize("topic", ["a/+", "#", ""])
+def test_an_invalid_topic_after_a_repeated_valid_one_is_still_refused(topic: str) -> None:
+    conn = connected()
+    assert len(conn.receive_data(wire(Publish("a/b", b"x"), Publish("a/b", b"y")))) == 2
+    with pytest.raises(InvalidTopicError):
+        conn.receive_data(wire(Publish("a/b", b"z"), Publish(topic, b"x")))
+    assert conn.state is ConnectionState.CLOSED
+
+
 def test_packet_too_large_closes() -> None:
     conn = connected(max_packet_size=100)
     with pytest.raises(PacketTooLargeError):

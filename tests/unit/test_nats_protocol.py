@@ -62,6 +62,18 @@ def test_frames_of_a_pair_forgotten_at_the_bound_are_still_written() -> None:
     assert frames.frames([OutboundMessage("a", b"x")]) == b"PUB a 1\r\nx\r\n"
 
 
+def test_checked_frames_are_appended_only_for_known_pairs_within_max_payload() -> None:
+    frames = PubFrames()
+    frames.add("a", "r")
+    parts = [b"before"]
+    known = [OutboundMessage("a", b"xy", "r"), OutboundMessage("a", b"", "r")]
+    assert frames.append_checked(parts, known, max_payload=2)
+    assert b"".join(parts) == b"beforePUB a r 2\r\nxy\r\nPUB a r 0\r\n\r\n"
+    for unchecked in ([*known, OutboundMessage("b", b"x", "r")],  # a pair never checked
+                      [*known, OutboundMessage("a", b"xyz", "r")]):  # over max_payload
+        assert not frames.append_checked(parts, unchecked, max_payload=2)
+        assert b"".join(parts) == b"beforePUB a r 2\r\nxy\r\nPUB a r 0\r\n\r\n"
+
 
 # -- the server stream ----------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from kpc_trio.kaa import records, subjects
 from kpc_trio.kaa.kp1 import ApplicationRegistry, Kp1Error
 from kpc_trio.relay import MAX_REMEMBERED_ROUTES, Relay, TopicLimits
 
@@ -60,3 +61,55 @@ def test_route_memory_is_bounded_in_bytes() -> None:
         topic = f"kp1/app_v1/dcx/token-{n}/" + "j" * 900
         assert relay.route(topic) is relay.route(topic)  # remembered
         assert relay.remembered_routes_bytes <= limit
+
+
+def expected_client_data(relay_message_payload: bytes, endpoint_id: str | None,
+                         resource_path: str, request_id: int | None,
+                         payload: bytes) -> records.ClientData:
+    """The record fastavro must read back from a relayed datum (timestamp taken from it)."""
+    got = records.decode(records.ClientData, relay_message_payload)
+    return records.ClientData(got.correlation_id, got.timestamp, 5000, "app_v1", endpoint_id,
+                              resource_path, request_id, payload)
+
+
+@pytest.mark.parametrize("with_config_name", [True, False])
+def test_client_data_from_a_remembered_route_matches_fastavro(with_config_name: bool) -> None:
+    relay = Relay(REGISTRY, replica_id="r1", message_timeout_ms=5000,
+                  with_config_name=with_config_name)
+    route = relay.route(DATA_TOPIC)
+    seen = set()
+    # The same route again and again (its template reused), then for another endpoint.
+    for endpoint_id, payload in [("ep-1", b"a"), ("ep-1", b"b" * 300), ("ep-2", b""),
+                                 (None, b"c"), ("ep-1", b"d")]:
+        correlation_id = relay.next_correlation_id()
+        message = relay.client_data_message(route, endpoint_id, payload, correlation_id)
+        record = expected_client_data(message.payload, endpoint_id, "/json", None, payload)
+        assert record.correlation_id == correlation_id
+        assert message.payload == records.encode_client_data(
+            record, with_config_name=with_config_name)
+        assert records.encode(record)[:len(message.payload)] == message.payload
+        assert message.subject == subjects.client_data("dcx")
+        assert message.reply == subjects.extension_data_replica("r1")
+        seen.add(correlation_id)
+    assert len(seen) == 5
+
+
+def test_client_data_of_requests_carries_each_request_id() -> None:
+    relay = Relay(REGISTRY, replica_id="r1", message_timeout_ms=5000)
+    for request_id in (1, 2, 2**31 - 1):
+        route = relay.route(f"{DATA_TOPIC}/{request_id}")
+        message = relay.client_data_message(route, "ep-1", b"x", relay.next_correlation_id())
+        assert message.payload == records.encode(
+            expected_client_data(message.payload, "ep-1", "/json", request_id, b"x"))
+
+
+def test_client_data_templates_share_the_route_memory_bound() -> None:
+    limit = 100_000
+    relay = Relay(REGISTRY, replica_id="r1", limits=TopicLimits(route_memory_bytes=limit))
+    for n in range(2_000):
+        route = relay.route(f"kp1/app_v1/dcx/token-{n}/" + "j" * 400)
+        for endpoint in ("a", "b"):  # a new binding replaces the route's template
+            message = relay.client_data_message(route, f"ep-{n}-{endpoint}", b"x", "c")
+            assert records.decode(records.ClientData, message.payload).endpoint_id == \
+                f"ep-{n}-{endpoint}"
+            assert relay.remembered_routes_bytes <= limit
