@@ -37,7 +37,7 @@ log = get_logger(__name__)
 
 #: Request ids KPC generates for HTTP requests start high, away from the small ids devices use
 #: over MQTT for the same endpoint and extension (4/ESP has no other way to tell them apart), and
-#: from those it gives endpoint-unaware MQTT requests (below `hub.UNAWARE_REQUEST_ID_LIMIT`).
+#: from those it gives MQTT requests (below `hub.REQUEST_ID_LIMIT`).
 HTTP_REQUEST_ID_BASE = 1 << 30
 
 

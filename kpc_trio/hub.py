@@ -21,35 +21,43 @@ from kpc_trio.kaa.endpoints import DisconnectPolicy, Endpoints, Holder
 S = TypeVar("S", bound=Holder)
 
 
-#: Request ids KPC gives endpoint-unaware requests on NATS: below the HTTP transport's
+#: Request ids KPC gives MQTT requests on NATS: below the HTTP transport's
 #: (`http_transport.HTTP_REQUEST_ID_BASE`), so a reply is never taken for the other kind.
-UNAWARE_REQUEST_ID_LIMIT = 1 << 30
+REQUEST_ID_LIMIT = 1 << 30
+
+
+#: KPC's request id (endpoint-unaware), or (endpoint id, extension, the device's request id).
+PendingKey = int | tuple[str, str, int]
 
 
 @attrs.frozen
-class UnawareRequest(Generic[S]):
-    """A request to an endpoint-unaware extension waiting for its reply (no endpoint id in
-    `ExtensionData` to route it on): who asked, and the request id the device chose."""
+class PendingRequest(Generic[S]):
+    """A request waiting for its reply: who asked, on which topic, and the request id the
+    device chose. The reply goes back to the connection that asked even when the endpoint
+    moved to another one meanwhile (design property 5: routed by what is unique to the
+    request)."""
 
     session: S
     app_version: str
     extension: str
+    endpoint_id: str | None  # None: an endpoint-unaware request
+    token: str | None  # of the request's topic, for the response topic
     device_request_id: int
     expires_at: float
 
 
 class Hub(Generic[S]):
-    def __init__(self, *, max_pending_unaware: int = 10_000, unaware_timeout: float = 30.0,
+    def __init__(self, *, max_pending_requests: int = 10_000, request_timeout: float = 30.0,
                  policy_of: Callable[[str], DisconnectPolicy] = lambda _: DisconnectPolicy(),
                  http_idle_timeout: float = 300.0) -> None:
         self._clients: dict[str, S] = {}
         self.endpoints = Endpoints[S](policy_of, http_idle_timeout=http_idle_timeout)
-        self._unaware: OrderedDict[int, UnawareRequest[S]] = OrderedDict()
-        self._max_pending_unaware = max_pending_unaware
-        self._unaware_timeout = unaware_timeout
+        self._pending: OrderedDict[PendingKey, PendingRequest[S]] = OrderedDict()
+        self._max_pending_requests = max_pending_requests
+        self._request_timeout = request_timeout
         # A random start: another replica's ids (or this one's before a restart) rarely match.
         start = int.from_bytes(os.urandom(4), "big")
-        self._unaware_ids = ((start + n) % UNAWARE_REQUEST_ID_LIMIT for n in itertools.count())
+        self._request_ids = ((start + n) % REQUEST_ID_LIMIT for n in itertools.count())
 
     # --- client ids -------------------------------------------------------------------------
     def claim_client_id(self, client_id: str, session: S) -> S | None:
@@ -66,47 +74,63 @@ class Hub(Generic[S]):
     def session_for_endpoint(self, endpoint_id: str) -> S | None:
         return self.endpoints.holder_of(endpoint_id)
 
-    # --- endpoint-unaware requests ----------------------------------------------------------
-    # Devices choose request ids themselves (tutorial clients count from 0), so many pending
-    # requests share one. Each gets a request id of KPC's own on NATS instead, unique among the
-    # pending ones; the reply carries it back and is mapped to the device's id and session.
+    # --- requests waiting for their reply ----------------------------------------------------
+    # A reply goes back to the connection that sent the request (design property 5), also
+    # when its endpoint moved to another connection meanwhile.
+    # - Endpoint-unaware requests have no endpoint id to route on, and devices choose request ids
+    #   themselves (tutorial clients count from 0), so many pending requests share one. Each gets
+    #   a request id of KPC's own on NATS instead, unique among the pending ones; the reply
+    #   carries it back and is mapped to the device's id and connection.
+    # - Endpoint-aware requests keep the device's request id on NATS (an extension answering on
+    #   the service-wide subject may reach another replica, which routes by endpoint): the
+    #   request is remembered under (endpoint, extension, request id).
     # All expire after the same timeout, so the oldest (first in order) expire first. A request
     # without a request id is fire and forget: nothing is remembered, and an extension's reply to
     # it (no endpoint id, no request id) names no device and is dropped as not routed.
-    def expect_unaware_reply(self, session: S, app_version: str, extension: str,
-                             device_request_id: int, now: float) -> int:
-        """Remember a request until `now + unaware_timeout`; return the request id to put in
+    def expect_reply(self, session: S, app_version: str, extension: str,
+                     device_request_id: int, now: float, *, endpoint_id: str | None = None,
+                     token: str | None = None) -> int:
+        """Remember a request until `now + request_timeout`; return the request id to put in
         its `ClientData`. Over the bound, the oldest pending request is forgotten."""
-        self._expire_unaware(now)
-        request_id = next(self._unaware_ids)
-        while request_id in self._unaware:  # only after 2^30 requests, with one still pending
-            request_id = next(self._unaware_ids)
-        self._unaware[request_id] = UnawareRequest(
-            session, app_version, extension, device_request_id, now + self._unaware_timeout)
-        while len(self._unaware) > self._max_pending_unaware:
-            self._unaware.popitem(last=False)
+        self._expire_requests(now)
+        key: PendingKey
+        if endpoint_id is None:
+            request_id = key = next(self._request_ids)
+            while key in self._pending:  # only after 2^30 requests, with one still pending
+                request_id = key = next(self._request_ids)
+        else:
+            request_id = device_request_id
+            key = (endpoint_id, extension, device_request_id)
+            self._pending.pop(key, None)  # asked again: the newest asker, last in order
+        self._pending[key] = PendingRequest(
+            session, app_version, extension, endpoint_id, token, device_request_id,
+            now + self._request_timeout)
+        while len(self._pending) > self._max_pending_requests:
+            self._pending.popitem(last=False)
         return request_id
 
-    def take_unaware_reply(self, app_version: str, extension: str, request_id: int,
-                           now: float) -> UnawareRequest[S] | None:
-        """The pending request a reply with KPC's `request_id` answers, if it did not expire."""
-        self._expire_unaware(now)
-        pending = self._unaware.get(request_id)
+    def take_reply(self, app_version: str, extension: str, request_id: int, now: float, *,
+                   endpoint_id: str | None = None) -> PendingRequest[S] | None:
+        """The pending request a reply with `request_id` answers, if it did not expire."""
+        self._expire_requests(now)
+        key: PendingKey = request_id if endpoint_id is None else (
+            endpoint_id, extension, request_id)
+        pending = self._pending.get(key)
         if pending is None or pending.extension != extension \
                 or pending.app_version != app_version:
             return None
-        del self._unaware[request_id]
+        del self._pending[key]
         return pending
 
-    def _expire_unaware(self, now: float) -> None:
-        unaware = self._unaware
-        while unaware and unaware[next(iter(unaware))].expires_at <= now:
-            unaware.popitem(last=False)
+    def _expire_requests(self, now: float) -> None:
+        pending = self._pending
+        while pending and pending[next(iter(pending))].expires_at <= now:
+            pending.popitem(last=False)
 
     def forget_session(self, session: S) -> None:
-        """Drop every pending unaware request of a closed session."""
-        for key in [k for k, pending in self._unaware.items() if pending.session is session]:
-            del self._unaware[key]
+        """Drop every pending request of a closed session."""
+        for key in [k for k, pending in self._pending.items() if pending.session is session]:
+            del self._pending[key]
 
     # --- introspection (metrics, leak checks in tests) --------------------------------------
     @property
@@ -119,5 +143,5 @@ class Hub(Generic[S]):
         return self.endpoints.online_count
 
     @property
-    def pending_unaware_count(self) -> int:
-        return len(self._unaware)
+    def pending_request_count(self) -> int:
+        return len(self._pending)

@@ -191,7 +191,7 @@ class KpcService:
 
     @hub.default
     def _hub_for_config(self) -> Hub[Session]:
-        return Hub(unaware_timeout=self.config.kaa.kpc.esp.response_timeout,
+        return Hub(request_timeout=self.config.kaa.kpc.esp.response_timeout,
                    policy_of=lambda app_version: self.applications.disconnect_policy(app_version),
                    http_idle_timeout=self.config.kaa.kpc.transports.http.idle_timeout)
 
@@ -694,9 +694,9 @@ class KpcService:
                                                   message.reply, time.monotonic())
         delivery = Delivery.DELIVERED if self._http_waiters.deliver(data) else Delivery.NOT_ROUTED
         if delivery is Delivery.NOT_ROUTED:
-            session, data = self._session_for(data)
+            session, data, request_token = self._session_for(data)
             if session is not None:
-                delivery = session.deliver_extension_data(data)
+                delivery = session.deliver_extension_data(data, request_token)
         if delivery is Delivery.DELIVERED:
             self.metrics.extension_data_delivered.labels(data.extension_instance_name or "").inc()
         elif delivery is Delivery.NOT_ROUTED:  # a dropped one is counted with its reason
@@ -724,23 +724,26 @@ class KpcService:
                          to_replica=event.originator_replica_id)
 
     def _session_for(self, data: records.ExtensionData
-                     ) -> tuple[Session | None, records.ExtensionData]:
-        """The session to deliver `data` to, and `data` as that session's device knows it (the
-        reply to an endpoint-unaware request carries KPC's request id, not the device's).
+                     ) -> tuple[Session | None, records.ExtensionData, str | None]:
+        """The session to deliver `data` to, `data` as that session's device knows it (a reply
+        carries KPC's request id, not the device's), and the token of the request answered.
 
-        An endpoint-unaware `ExtensionData` without a request id (a reply to a request that had
-        none, fire and forget) names no device: it goes nowhere."""
+        A reply goes to the connection that sent the request, even if its endpoint moved to
+        another connection meanwhile. An `ExtensionData` that answers no pending request (a push,
+        or a reply whose connection is gone or which came after the response timeout) goes to
+        the connection holding its endpoint; endpoint-unaware, it names no device and goes
+        nowhere."""
+        if data.request_id is not None and data.app_version_name \
+                and data.extension_instance_name:
+            pending = self.hub.take_reply(data.app_version_name, data.extension_instance_name,
+                                          data.request_id, trio.current_time(),
+                                          endpoint_id=data.endpoint_id)
+            if pending is not None:
+                return (pending.session, attrs.evolve(data, request_id=pending.device_request_id),
+                        pending.token)
         if data.endpoint_id is not None:
-            return self.hub.session_for_endpoint(data.endpoint_id), data
-        if data.request_id is None or not data.app_version_name \
-                or not data.extension_instance_name:
-            return None, data
-        pending = self.hub.take_unaware_reply(data.app_version_name,
-                                              data.extension_instance_name, data.request_id,
-                                              trio.current_time())
-        if pending is None:
-            return None, data
-        return pending.session, attrs.evolve(data, request_id=pending.device_request_id)
+            return self.hub.session_for_endpoint(data.endpoint_id), data, None
+        return None, data, None
 
 
 @contextlib.asynccontextmanager

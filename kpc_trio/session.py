@@ -721,10 +721,11 @@ class Session:
                                            len(event.payload))
         correlation_id = self._ctx.relay.next_correlation_id()
         relayed_route = route
-        if route.request_id is not None and endpoint_id is None:
-            # Devices' own ids are not unique among them: the extension sees one of KPC's.
-            relayed_route = attrs.evolve(route, request_id=self._ctx.hub.expect_unaware_reply(
-                self, route.app_version, route.extension, route.request_id, batch.now))
+        if route.request_id is not None:
+            # The reply comes back to this connection (endpoint-unaware: under an id of KPC's).
+            relayed_route = attrs.evolve(route, request_id=self._ctx.hub.expect_reply(
+                self, route.app_version, route.extension, route.request_id, batch.now,
+                endpoint_id=endpoint_id, token=route.token))
         message = self._ctx.relay.client_data_message(relayed_route, endpoint_id,
                                                       event.payload, correlation_id)
         if len(message.payload) > batch.max_payload:
@@ -859,14 +860,16 @@ class Session:
         self._repeats.log(log, level, event, trio.current_time(), **fields)
 
     # --- delivering to the client -----------------------------------------------------------
-    def deliver_extension_data(self, data: records.ExtensionData) -> Delivery:
-        """Publish an extension's answer or push to this client."""
+    def deliver_extension_data(self, data: records.ExtensionData,
+                               request_token: str | None = None) -> Delivery:
+        """Publish an extension's answer or push to this client. `request_token` is the token
+        of the request answered, if this connection asked (its endpoint may have moved on)."""
         binding = self._endpoints.get(data.endpoint_id) if data.endpoint_id else None
-        if data.endpoint_id is not None and binding is None:
+        if data.endpoint_id is not None and binding is None and request_token is None:
             return Delivery.NOT_ROUTED
         try:
             message = self._ctx.relay.client_message(
-                data, binding.token if binding else None,
+                data, request_token or (binding.token if binding else None),
                 binding.app_version if binding else None,
             )
         except UndeliverableError as exc:

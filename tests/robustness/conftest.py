@@ -100,6 +100,6 @@ async def assert_nothing_left(service: KpcService, baseline_tasks: int) -> None:
                      f"task count back to the baseline of {baseline_tasks}")
     assert service.hub.client_count == 0
     assert service.hub.endpoint_count == 0
-    assert service.hub.pending_unaware_count == 0
+    assert service.hub.pending_request_count == 0
     assert sample(service, "kpc_connections_open", transport="tcp") == 0
     assert sample(service, "kpc_endpoints_online") == 0

@@ -66,9 +66,6 @@ def test_unaware_requests_of_one_device_on_two_paths_with_one_request_id_both_an
     model.settle()
 
 
-@pytest.mark.xfail(strict=True, reason="endpoint-aware replies are routed by endpoint id to the "
-                   "connection holding the endpoint when the reply comes, not to the connection "
-                   "that sent the request (found by the model test)")
 def test_a_reply_goes_to_the_connection_that_asked_though_its_endpoint_moved(model):
     first, second = model.client_ids[:2]
     token = model.endpoints[2].token
