@@ -50,6 +50,18 @@ async def serving(nursery: trio.Nursery, ctx: SessionContext) -> Parking:
     return ctx.parking
 
 
+async def parked(nursery: trio.Nursery, ctx: SessionContext, *, keepalive: int = 0,
+                 client_id: str = "dev-1") -> tuple[Session, Client]:
+    """A session whose client connected and then kept quiet until the session parked."""
+    assert ctx.parking is not None
+    waiting = len(ctx.parking)
+    session, client = start_session(nursery, ctx)
+    await client.connect(client_id, keepalive=keepalive)
+    await trio.sleep(PARK_AFTER + 0.1)
+    assert len(ctx.parking) == waiting + 1
+    return session, client
+
+
 async def ended(session: Session, ctx: SessionContext) -> None:
     """Wait until `session` released everything (after its client saw the connection close)."""
     while session in ctx.live:
@@ -60,10 +72,7 @@ async def test_an_idle_session_parks_and_is_served_again_when_its_client_sends(
         parked_context, autojump_clock):
     async with trio.open_nursery() as nursery:
         parking = await serving(nursery, parked_context)
-        session, client = start_session(nursery, parked_context)
-        await client.connect("dev-1", keepalive=60)
-        await trio.sleep(PARK_AFTER + 0.1)
-        assert len(parking) == 1
+        session, client = await parked(nursery, parked_context, keepalive=60)
         for _ in range(3):  # parks again after each
             await client.send(PingReq())
             assert await client.next_packet() == PingResp()
@@ -71,6 +80,34 @@ async def test_an_idle_session_parks_and_is_served_again_when_its_client_sends(
             await trio.sleep(PARK_AFTER + 0.1)
             assert len(parking) == 1
         assert session in parked_context.live
+        nursery.cancel_scope.cancel()
+
+
+async def test_parked_sessions_woken_together_each_answer_their_own_client(
+        parked_context, autojump_clock):
+    devices = 5
+    async with trio.open_nursery() as nursery:
+        parking = await serving(nursery, parked_context)
+        started = [start_session(nursery, parked_context) for _ in range(devices)]
+        for n, (_, client) in enumerate(started):
+            await client.connect(f"dev-{n}", keepalive=60)
+        await trio.sleep(PARK_AFTER + 0.1)
+        assert len(parking) == devices
+        answers: dict[int, object] = {}
+
+        async def ping(n: int, client: Client) -> None:
+            await client.send(PingReq())
+            answers[n] = await client.next_packet()
+
+        for _ in range(3):  # all wake in the same tick, all park again
+            answers.clear()
+            async with trio.open_nursery() as pings:
+                for n, (_, client) in enumerate(started):
+                    pings.start_soon(ping, n, client)
+            assert answers == {n: PingResp() for n in range(devices)}
+            await trio.sleep(PARK_AFTER + 0.1)
+            assert len(parking) == devices
+        assert parked_context.live == {session for session, _ in started}
         nursery.cancel_scope.cancel()
 
 
@@ -93,11 +130,8 @@ async def test_a_parked_session_still_times_out_at_its_keepalive(parked_context,
 
 async def test_a_takeover_ends_a_parked_session(parked_context, autojump_clock):
     async with trio.open_nursery() as nursery:
-        parking = await serving(nursery, parked_context)
-        first, old = start_session(nursery, parked_context)
-        await old.connect("same-id", keepalive=60)
-        await trio.sleep(PARK_AFTER + 0.1)
-        assert len(parking) == 1
+        await serving(nursery, parked_context)
+        first, old = await parked(nursery, parked_context, keepalive=60, client_id="same-id")
         second, new = start_session(nursery, parked_context)
         taken_at = trio.current_time()
         await new.connect("same-id", keepalive=60)
@@ -113,11 +147,8 @@ async def test_a_takeover_ends_a_parked_session(parked_context, autojump_clock):
 
 async def test_shutdown_ends_parked_sessions(parked_context, autojump_clock):
     async with trio.open_nursery() as nursery:
-        parking = await serving(nursery, parked_context)
-        session, client = start_session(nursery, parked_context)
-        await client.connect("dev-1", keepalive=0)
-        await trio.sleep(PARK_AFTER + 0.1)
-        assert len(parking) == 1
+        await serving(nursery, parked_context)
+        session, client = await parked(nursery, parked_context)
         session.stop_reading()
         await trio.sleep(1)  # it stays open for the replies still due until close()
         assert session in parked_context.live
@@ -133,10 +164,7 @@ async def test_shutdown_ends_parked_sessions(parked_context, autojump_clock):
 async def test_a_client_leaving_ends_its_parked_session(parked_context, autojump_clock):
     async with trio.open_nursery() as nursery:
         parking = await serving(nursery, parked_context)
-        session, client = start_session(nursery, parked_context)
-        await client.connect("dev-1", keepalive=0)
-        await trio.sleep(PARK_AFTER + 0.1)
-        assert len(parking) == 1
+        session, client = await parked(nursery, parked_context)
         await client.stream.aclose()
         await ended(session, parked_context)
         assert session.close_reason in ("connection_closed", "connection_lost")
@@ -148,10 +176,7 @@ async def test_a_client_leaving_ends_its_parked_session(parked_context, autojump
 async def test_a_parked_session_gets_its_messages(parked_context, autojump_clock):
     async with trio.open_nursery() as nursery:
         parking = await serving(nursery, parked_context)
-        session, client = start_session(nursery, parked_context)
-        await client.connect("dev-1", keepalive=0)
-        await trio.sleep(PARK_AFTER + 0.1)
-        assert len(parking) == 1
+        session, client = await parked(nursery, parked_context)
         for n in range(3):
             assert session.deliver(f"push/{n}", b"p", QoS.AT_MOST_ONCE) is Delivery.DELIVERED
             assert await client.next_packet() == Publish(f"push/{n}", b"p")
@@ -162,11 +187,8 @@ async def test_a_parked_session_gets_its_messages(parked_context, autojump_clock
 async def test_stopping_the_parking_ends_the_parked_sessions(parked_context, autojump_clock):
     async with trio.open_nursery() as nursery:
         async with trio.open_nursery() as sessions:
-            parking = await serving(sessions, parked_context)
-            session, client = start_session(sessions, parked_context)
-            await client.connect("dev-1", keepalive=0)
-            await trio.sleep(PARK_AFTER + 0.1)
-            assert len(parking) == 1
+            await serving(sessions, parked_context)
+            session, client = await parked(sessions, parked_context)
             sessions.cancel_scope.cancel()  # as the service at the end of its grace period
         assert await client.next_packet() is None
         assert not parked_context.live
