@@ -68,6 +68,26 @@ async def test_every_message_with_a_rejected_token_is_answered_and_the_connectio
     assert not logged(caplog, "session_failed")
 
 
+async def test_a_rejected_token_stays_rejected_across_reconnects(kaa, kpc, caplog):
+    """The device reconnects (same client id) and tries the token again each time: every
+    connection gets the 401, its valid requests still go through, and the provider is asked once
+    (the rejection is cached for the service, not for one connection)."""
+    rejected = f"kp1/{APP_VERSION}/dcx/{REJECTED}/json"
+    valid = f"kp1/{APP_VERSION}/dcx/{EP1.token}/json"
+    for n in range(1, 4):
+        async with open_device(kpc.ports["mqtt_tcp"], client_id="misprovisioned") as device:
+            await call(device.publish, f"{rejected}/{n}", b"{}", qos=1)
+            error = await call(device.expect)
+            await call(device.publish, f"{valid}/{n}", b"ok", qos=1)
+            status = await call(device.expect)
+        assert error.topic == f"{rejected}/{n}/error"
+        assert json.loads(error.payload)["statusCode"] == 401
+        assert status.topic == f"{valid}/{n}/status"
+    assert [r.token for r in kaa.token_requests].count(REJECTED) == 1
+    assert [cd.payload for cd in kaa.received("dcx")] == [b"ok"] * 3
+    assert not logged(caplog, "session_failed")
+
+
 async def test_rejected_tokens_in_one_read_are_each_answered(kaa, kpc):
     """Several messages in one TCP read: the cached rejections of a read and its valid messages
     are all answered, and the QoS 1 ones all acknowledged."""
