@@ -8,6 +8,7 @@ import pytest
 import trio
 
 from kpc_trio.service import open_kpc
+from kpc_trio.simulator.extension import ExtensionBehaviour
 from kpc_trio.simulator.kaa_side import open_simulated_kaa
 from tests.integration.kpc_harness import (
     APP_VERSION,
@@ -227,3 +228,32 @@ async def test_acknowledgements_keep_the_order_of_the_publishes(kaa, port):
         assert received == expected
     client_data = await kaa.await_received("dcx", 20)
     assert sorted(int(data.payload) for data in client_data) == list(range(1, 41, 2))
+
+
+async def test_two_connections_of_one_endpoint_each_get_the_replies_to_their_own_requests(
+        kaa, port):
+    """One endpoint, two connections asking at once: its endpoint moves to whichever connection
+    spoke last, but each reply goes to the connection that asked."""
+    kaa.set_extension_behaviour("dcx", ExtensionBehaviour(delay=0.2))  # all pending together
+    rounds = 3
+    replies: dict[str, list] = {}
+
+    async def connection(client_id: str, first_request_id: int) -> None:
+        async with open_device(port, client_id=client_id) as device:
+            got = replies[client_id] = []
+            for request_id in range(first_request_id, first_request_id + rounds):
+                await call(device.publish, f"kp1/{APP_VERSION}/dcx/{EP1.token}/json/{request_id}",
+                           f"{client_id}-{request_id}".encode(), 1)
+                got.append(await call(device.expect))
+            await call(device.expect_none)  # nothing of the other connection's
+
+    # Endpoint-aware requests keep the device's ids: the two connections pick distinct ones.
+    firsts = {"conn-a": 0, "conn-b": 100}
+    async with trio.open_nursery() as nursery:
+        for client_id, first in firsts.items():
+            nursery.start_soon(connection, client_id, first)
+    for client_id, first in firsts.items():
+        assert [(m.topic, m.payload) for m in replies[client_id]] == [
+            (f"kp1/{APP_VERSION}/dcx/{EP1.token}/json/{request_id}/status",
+             f"{client_id}-{request_id}".encode())
+            for request_id in range(first, first + rounds)]
