@@ -98,7 +98,7 @@ async def loaded_kpc(tmp_path: Path, kpc_member: NatsServerProcess,
         ready = ReadyRecorder(kpc)
         nursery.start_soon(ready.run)
         try:
-            await eventually(lambda: each_grew(publishers, [0] * DEVICES), 30)
+            await eventually(lambda: each_grew(publishers, [0] * DEVICES), timeout=30)
             yield Run(kpc, kaa, publishers, ready)
         finally:
             for publisher in publishers:
@@ -136,7 +136,7 @@ async def test_killing_the_member_in_use_moves_kpc_to_another_member(
             await eventually(lambda: sample(run.kpc, "kpc_nats_reconnects_total") == 1, 10)
             failover = trio.current_time() - killed_at
             assert current_server(run.kpc) != used.url.removeprefix("nats://")
-            await eventually(lambda: each_grew(run.publishers, counts), 30)
+            await eventually(lambda: each_grew(run.publishers, counts), timeout=30)
         times = {record.getMessage(): record.created for record in caplog.records
                  if record.getMessage() in ("nats_disconnected", "nats_connected")}
         print(f"\nmember killed: on another member after {failover * 1000:.0f} ms "
@@ -160,7 +160,7 @@ async def test_a_lame_duck_member_is_left_without_unreadiness_or_held_acknowledg
             await eventually(lambda: sample(run.kpc, "kpc_nats_lame_duck_moves_total") == 1, 10)
             await eventually(lambda: current_server(run.kpc) != used.url.removeprefix("nats://"),
                              10)
-            await eventually(lambda: each_grew(run.publishers, counts), 30)
+            await eventually(lambda: each_grew(run.publishers, counts), timeout=30)
         print(f"\nlame duck: {figures(run)}")
         assert run.ready.gaps == 0
         assert max(p.longest_ack_delay for p in run.publishers) < 1.0

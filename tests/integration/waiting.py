@@ -8,11 +8,14 @@ import pytest
 import trio
 
 
-async def eventually(condition: Callable[[], bool], timeout: float = 10) -> None:
-    """Poll `condition` until it holds; fail after `timeout` seconds."""
-    with trio.fail_after(timeout):
+async def eventually(condition: Callable[[], bool], what: str = "the condition", *,
+                     timeout: float = 10) -> None:
+    """Poll `condition` until it holds; fail, naming `what`, after `timeout` seconds (a bound
+    against a hang: it measures nothing)."""
+    with trio.move_on_after(timeout):
         while not condition():
             await trio.sleep(0.01)
+    assert condition(), f"never happened within {timeout} s: {what}"
 
 
 def logged(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, object]]:

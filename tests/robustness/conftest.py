@@ -13,8 +13,8 @@ from kpc_trio.service import KpcService, open_kpc
 from kpc_trio.simulator.kaa_side import SimulatedKaa, open_simulated_kaa
 from tests.integration.internal_errors import no_internal_error
 from tests.integration.kpc_harness import ENDPOINTS, make_config
+from tests.integration.waiting import eventually
 from tests.robustness.model_system import ModelSystem, running_system
-from tests.robustness.raw_client import SERVER_DEADLINE
 
 CONNECT_TIMEOUT = 0.5
 MAX_OUTBOX_BYTES = 65_536
@@ -78,14 +78,6 @@ def sample(service: KpcService, name: str, **labels: str) -> float:
             if metric_sample.name == name and metric_sample.labels == labels:
                 return metric_sample.value
     return 0.0
-
-
-async def eventually(condition, what: str) -> None:  # type: ignore[no-untyped-def]
-    """Wait until `condition()` holds; the deadline only stops a hang, it measures nothing."""
-    with trio.move_on_after(SERVER_DEADLINE):
-        while not condition():
-            await trio.sleep(0.01)
-    assert condition(), f"never happened: {what}"
 
 
 async def assert_nothing_left(service: KpcService, baseline_tasks: int) -> None:

@@ -25,8 +25,8 @@ from kpc_trio.config import Config
 from kpc_trio.mqtt.packets import ConnAck, ConnAckCode, PingResp, PubAck, Publish, QoS
 from kpc_trio.service import KpcService, open_kpc
 from tests.integration.kpc_harness import APP_VERSION, ENDPOINTS, make_config
-from tests.integration.waiting import logged
-from tests.robustness.conftest import LIMITS, eventually, sample
+from tests.integration.waiting import eventually, logged
+from tests.robustness.conftest import LIMITS, sample
 from tests.robustness.raw_client import SERVER_DEADLINE, RawClient
 
 # CONNECT, MQTT 3.1.1, clean session, keepalive 0, client id "dev-1"; and its CONNACK.

@@ -46,6 +46,7 @@ from tests.clients.websocket_frames import (
 )
 from tests.integration.kpc_harness import APP_VERSION, ENDPOINTS, call, make_config, push_data
 from tests.integration.kpc_process import running_kpc
+from tests.integration.waiting import eventually
 from tests.robustness.attack_harness import (
     MIB,
     TABLE_HEADER,
@@ -56,7 +57,6 @@ from tests.robustness.attack_harness import (
 )
 from tests.robustness.conftest import (
     assert_nothing_left,
-    eventually,
     sample,
     task_count,
 )

@@ -21,10 +21,10 @@ import trio
 
 from kpc_trio.mqtt.packets import ConnAck, ConnAckCode, PubAck, Publish, QoS
 from tests.integration.kpc_harness import APP_VERSION
+from tests.integration.waiting import eventually
 from tests.robustness.conftest import (
     LIMITS,
     assert_nothing_left,
-    eventually,
     sample,
     task_count,
 )

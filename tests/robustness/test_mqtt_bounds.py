@@ -21,11 +21,10 @@ from kpc_trio.mqtt.packets import (
     Subscribe,
 )
 from tests.integration.kpc_harness import APP_VERSION, ENDPOINTS
-from tests.integration.waiting import logged
+from tests.integration.waiting import eventually, logged
 from tests.robustness.conftest import (
     LIMITS,
     assert_nothing_left,
-    eventually,
     sample,
     task_count,
 )
