@@ -4,13 +4,11 @@ and HTTP, through a real nats-server."""
 
 from __future__ import annotations
 
-import pytest
 import trio
 
 from kpc_trio.kaa import subjects
 from kpc_trio.service import open_kpc
 from kpc_trio.simulator import ExtensionBehaviour, SimulatedKaa
-from kpc_trio.simulator.kaa_side import open_simulated_kaa
 from tests.clients.http_client import post
 from tests.integration.kpc_harness import APP_VERSION, ENDPOINTS, call, make_config, open_device
 
@@ -21,13 +19,6 @@ kaa.kpc.transports.http: {{enabled: true, host: 127.0.0.1, port: 0}}
 """
 EP1, EP2 = ENDPOINTS[0], ENDPOINTS[1]
 SERVICE_SUBJECT = subjects.client_data("dcx")
-
-
-@pytest.fixture
-async def kaa(nats_server):
-    async with open_simulated_kaa(nats_server.url, endpoints=ENDPOINTS,
-                                  echo_extensions=("dcx",)) as kaa:
-        yield kaa
 
 
 def last_subject(kaa: SimulatedKaa, count: int) -> str:

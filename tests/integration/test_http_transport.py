@@ -10,7 +10,6 @@ import trio
 from kpc_trio.http_transport import HTTP_REQUEST_ID_BASE
 from kpc_trio.service import open_kpc
 from kpc_trio.simulator import ExtensionBehaviour
-from kpc_trio.simulator.kaa_side import open_simulated_kaa
 from tests.clients.http_client import HttpClient, post
 from tests.integration.kpc_harness import APP_VERSION, ENDPOINTS, make_config
 
@@ -23,10 +22,8 @@ DCX = f"/kp1/{APP_VERSION}/dcx/{EP1.token}/json"
 
 
 @pytest.fixture
-async def kaa(nats_server):
-    async with open_simulated_kaa(nats_server.url, endpoints=ENDPOINTS,
-                                  echo_extensions=("dcx", "epmx")) as kaa:
-        yield kaa
+def echo_extensions() -> tuple[str, ...]:
+    return ("dcx", "epmx")
 
 
 @pytest.fixture

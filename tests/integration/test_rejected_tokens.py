@@ -14,27 +14,12 @@ import pytest
 import trio
 
 from kpc_trio.mqtt.packets import PubAck, Publish
-from kpc_trio.service import open_kpc
-from kpc_trio.simulator.kaa_side import open_simulated_kaa
-from tests.integration.kpc_harness import APP_VERSION, ENDPOINTS, call, make_config, open_device
+from tests.integration.kpc_harness import APP_VERSION, ENDPOINTS, call, open_device
 from tests.integration.waiting import logged
 from tests.robustness.raw_client import RawClient
 
 EP1 = ENDPOINTS[0]
 REJECTED = "not-a-token"
-
-
-@pytest.fixture
-async def kaa(nats_server):
-    async with open_simulated_kaa(nats_server.url, endpoints=ENDPOINTS,
-                                  echo_extensions=("dcx",)) as kaa:
-        yield kaa
-
-
-@pytest.fixture
-async def kpc(nats_server, tmp_path, kaa):
-    async with open_kpc(make_config(tmp_path, nats_server.url)) as service:
-        yield service
 
 
 @pytest.mark.parametrize("qos", [0, 1])

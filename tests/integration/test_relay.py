@@ -9,7 +9,6 @@ import trio
 
 from kpc_trio.service import open_kpc
 from kpc_trio.simulator.extension import ExtensionBehaviour
-from kpc_trio.simulator.kaa_side import open_simulated_kaa
 from tests.integration.kpc_harness import (
     APP_VERSION,
     ENDPOINTS,
@@ -23,16 +22,8 @@ EP1, EP2 = ENDPOINTS[0], ENDPOINTS[1]
 
 
 @pytest.fixture
-async def kaa(nats_server):
-    async with open_simulated_kaa(nats_server.url, endpoints=ENDPOINTS,
-                                  echo_extensions=("dcx", "cex", "tsx")) as kaa:
-        yield kaa
-
-
-@pytest.fixture
-async def kpc(nats_server, tmp_path, kaa):
-    async with open_kpc(make_config(tmp_path, nats_server.url)) as service:
-        yield service
+def echo_extensions() -> tuple[str, ...]:
+    return ("dcx", "cex", "tsx")
 
 
 @pytest.fixture

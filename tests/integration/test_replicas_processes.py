@@ -9,13 +9,13 @@ on it before the marker pushed after it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 import trio
 
 from kpc_trio.nats.embedded import NatsServerProcess
-from kpc_trio.simulator.kaa_side import SimulatedKaa, open_simulated_kaa
+from kpc_trio.simulator.kaa_side import SimulatedKaa
 from kpc_trio.simulator.token_provider import EndpointRecord
 from tests.clients.paho_device import PahoDevice
 from tests.integration.kpc_harness import (
@@ -52,10 +52,8 @@ def replicas(nats_server: NatsServerProcess, tmp_path_factory: pytest.TempPathFa
 
 
 @pytest.fixture
-async def kaa(nats_server: NatsServerProcess) -> AsyncIterator[SimulatedKaa]:
-    async with open_simulated_kaa(nats_server.url, endpoints=ENDPOINTS,
-                                  echo_extensions=("dcx", "tsx")) as kaa:
-        yield kaa
+def echo_extensions() -> tuple[str, ...]:
+    return ("dcx", "tsx")
 
 
 def port_of(replica: KpcProcess) -> int:

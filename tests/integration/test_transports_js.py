@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from kpc_trio.service import KpcService, open_kpc
-from kpc_trio.simulator.kaa_side import SimulatedKaa, open_simulated_kaa
+from kpc_trio.simulator.kaa_side import SimulatedKaa
 from tests.integration.browser_harness import (
     CHROMIUM,
     JS_DIR,
@@ -35,13 +35,6 @@ requires_mqttjs = pytest.mark.skipif(not MQTT_BUNDLE.is_file(), reason=MQTTJS_MI
 requires_node = pytest.mark.skipif(NODE is None, reason="node is not on PATH")
 requires_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not on PATH "
                                        "(Debian: apt-get install chromium)")
-
-
-@pytest.fixture
-async def kaa(nats_server) -> AsyncIterator[SimulatedKaa]:
-    async with open_simulated_kaa(nats_server.url, endpoints=ENDPOINTS,
-                                  echo_extensions=("dcx",)) as kaa:
-        yield kaa
 
 
 @pytest.fixture

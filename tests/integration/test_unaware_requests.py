@@ -11,8 +11,7 @@ import trio
 
 from kpc_trio.service import open_kpc
 from kpc_trio.simulator.extension import ExtensionBehaviour
-from kpc_trio.simulator.kaa_side import open_simulated_kaa
-from tests.integration.kpc_harness import APP_VERSION, ENDPOINTS, call, make_config, open_device
+from tests.integration.kpc_harness import APP_VERSION, call, make_config, open_device
 from tests.integration.waiting import eventually
 from tests.robustness.conftest import sample
 
@@ -21,16 +20,8 @@ ROUNDS = 3
 
 
 @pytest.fixture
-async def kaa(nats_server):
-    async with open_simulated_kaa(nats_server.url, endpoints=ENDPOINTS,
-                                  echo_extensions=("tsx",)) as kaa:
-        yield kaa
-
-
-@pytest.fixture
-async def kpc(nats_server, tmp_path, kaa):
-    async with open_kpc(make_config(tmp_path, nats_server.url)) as service:
-        yield service
+def echo_extensions() -> tuple[str, ...]:
+    return ("tsx",)
 
 
 def slow_echo(kaa, delay: float) -> None:
