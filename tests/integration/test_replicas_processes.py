@@ -12,7 +12,6 @@ import contextlib
 from collections.abc import Iterator
 
 import pytest
-import trio
 
 from kpc_trio.nats.embedded import NatsServerProcess
 from kpc_trio.simulator.kaa_side import SimulatedKaa
@@ -27,6 +26,7 @@ from tests.integration.kpc_harness import (
     push_data,
 )
 from tests.integration.kpc_process import KpcProcess, running_kpc
+from tests.integration.waiting import eventually
 
 EP1, EP2 = ENDPOINTS[0], ENDPOINTS[1]
 REPLICA_IDS = ("kpc-p1", "kpc-p2")
@@ -83,9 +83,8 @@ def roams_logged(replica: KpcProcess, endpoint_id: str) -> int:
 
 
 async def await_roams_logged(replica: KpcProcess, endpoint_id: str, count: int) -> None:
-    with trio.fail_after(ROAM_TIMEOUT):
-        while roams_logged(replica, endpoint_id) < count:
-            await trio.sleep(0.05)
+    await eventually(lambda: roams_logged(replica, endpoint_id) >= count,
+                     f"{count} roams of {endpoint_id} logged", timeout=ROAM_TIMEOUT)
 
 
 async def test_a_push_reaches_only_the_replica_holding_the_endpoint(replicas, kaa):

@@ -35,6 +35,7 @@ from tests.integration.kpc_harness import (
     open_device,
     push_data,
 )
+from tests.integration.waiting import eventually
 
 EP1, EP2 = ENDPOINTS[0], ENDPOINTS[1]
 PERIOD = 1.0
@@ -64,9 +65,8 @@ class ReportCollector:
                 fastavro.schemaless_reader(io.BytesIO(message.payload), TRAFFIC_REPORT_SCHEMA))
 
     async def wait_until(self, condition: Callable[[list[Report]], bool]) -> None:
-        with trio.fail_after(REPORT_TIMEOUT):
-            while not condition(self.reports):
-                await trio.sleep(0.05)
+        await eventually(lambda: condition(self.reports), "the traffic reports expected",
+                         timeout=REPORT_TIMEOUT)
 
 
 @attrs.frozen
