@@ -732,6 +732,10 @@ class Session:
         if len(message.payload) > batch.max_payload:
             # NATS would refuse the whole batch: refuse this one message instead.
             self._ctx.metrics.messages_dropped.labels("too_large_for_nats").inc()
+            if relayed_route.request_id is not None:  # never sent: no reply to wait for
+                self._ctx.hub.take_reply(route.app_version, route.extension,
+                                         relayed_route.request_id, batch.now,
+                                         endpoint_id=endpoint_id)
             self._answer_error(event, route.request_id, 413,
                                f"Payload too large: NATS takes {batch.max_payload} "
                                "bytes per message")
