@@ -170,6 +170,9 @@ class Relay:
             self._timeout, route.app_version, endpoint_id, route.resource_path, route.request_id,
             with_config_name=self._with_config_name)
         if route.request_id is None:  # requests are new routes each time: nothing to reuse
+            stale = self._templates.pop(id(route), None)
+            if stale is not None:  # the route's endpoint changed (its token was bound anew)
+                self._routes_bytes -= len(stale[2].middle) + TEMPLATE_OVERHEAD_BYTES
             cost = len(template.middle) + TEMPLATE_OVERHEAD_BYTES
             if self._make_room(len(self._templates), cost):
                 self._templates[id(route)] = (route, endpoint_id, template)
