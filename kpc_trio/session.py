@@ -466,7 +466,8 @@ class Session:
         hub = self._ctx.hub
         if self.client_id is not None:
             hub.release_client_id(self.client_id, self)
-        hub.forget_session(self)
+        if self._request_qos is not None:  # it asked something: its pending requests go too
+            hub.forget_session(self)
         if self._endpoints:
             change = hub.endpoints.client_gone(self, self._endpoints)
             self._endpoints.clear()
