@@ -117,12 +117,8 @@ class Relay:
             route = self._parse(topic)
             if route.request_id is None:
                 cost = 2 * len(topic) + ROUTE_OVERHEAD_BYTES  # the topic and its parts
-                if (len(self._routes) >= MAX_REMEMBERED_ROUTES
-                        or self._routes_bytes + cost > self.limits.route_memory_bytes):
-                    self._forget_routes()
-                if cost <= self.limits.route_memory_bytes:
+                if self._make_room(len(self._routes), cost):
                     self._routes[topic] = route
-                    self._routes_bytes += cost
         return route
 
     def _parse(self, topic: str) -> Route:
@@ -174,14 +170,25 @@ class Relay:
             self._timeout, route.app_version, endpoint_id, route.resource_path, route.request_id,
             with_config_name=self._with_config_name)
         if route.request_id is None:  # requests are new routes each time: nothing to reuse
+            stale = self._templates.pop(id(route), None)
+            if stale is not None:  # the route's endpoint changed (its token was bound anew)
+                self._routes_bytes -= len(stale[2].middle) + TEMPLATE_OVERHEAD_BYTES
             cost = len(template.middle) + TEMPLATE_OVERHEAD_BYTES
-            if (len(self._templates) >= MAX_REMEMBERED_ROUTES
-                    or self._routes_bytes + cost > self.limits.route_memory_bytes):
-                self._forget_routes()
-            if cost <= self.limits.route_memory_bytes:
+            if self._make_room(len(self._templates), cost):
                 self._templates[id(route)] = (route, endpoint_id, template)
-                self._routes_bytes += cost
         return template
+
+    def _make_room(self, remembered: int, cost: int) -> bool:
+        """Account for one more remembered route or template of `cost` bytes, in a table of
+        `remembered` entries; False if it cannot be remembered at all. A full table or byte
+        budget forgets everything (the repeating topics come back at once)."""
+        if (remembered >= MAX_REMEMBERED_ROUTES
+                or self._routes_bytes + cost > self.limits.route_memory_bytes):
+            self._forget_routes()
+        if cost > self.limits.route_memory_bytes:
+            return False
+        self._routes_bytes += cost
+        return True
 
     @staticmethod
     def client_message(

@@ -591,6 +591,7 @@ class KpcService:
             starters["mqtt_tcp"] = functools.partial(
                 serve_tcp, handler, host=mqtt.tcp.host, port=mqtt.tcp.port,
                 handler_nursery=sessions_nursery, reuse_port=self.reuse_port,
+                on_failure=self._count_connection_failure,
                 edge=attrs.evolve(
                     edge, proxy_mode=ProxyMode(mqtt.tcp.proxy_protocol),
                     header_timeout=mqtt.connect_timeout))

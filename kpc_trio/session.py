@@ -161,6 +161,16 @@ class SessionContext:
     parking: Parking | None = None  # None: sessions never park
 
 
+@attrs.frozen
+class _Request:
+    """A request relayed in a batch: its PUBLISH, route, and the request id NATS saw."""
+
+    event: Publish
+    route: Route
+    relayed_id: int
+    endpoint_id: str | None
+
+
 @attrs.define(slots=True)
 class _Batch:
     """What one read from the client produced: relays to confirm, ids to acknowledge, counts."""
@@ -175,8 +185,8 @@ class _Batch:
     relayed: dict[str, int] = attrs.field(factory=dict)  # per extension (a Counter costs more)
     # Endpoints already marked active at `now`: once per read is enough.
     touched: set[tuple[str, str]] = attrs.field(factory=set)
-    # outgoing index -> (PUBLISH, request id) of requests: what a refused message is answered on.
-    requests: dict[int, tuple[Publish, int]] | None = None
+    # outgoing index -> the request: what a refused message is answered on and withdrawn from.
+    requests: dict[int, _Request] | None = None
     debug: bool = attrs.field(factory=log.is_debug)  # asked once per read, not per message
     # The topic last relayed since the last wait, its route and binding: a device repeats its
     # topic, and the decoder then hands over the same string, so one identity check stands for
@@ -466,7 +476,8 @@ class Session:
         hub = self._ctx.hub
         if self.client_id is not None:
             hub.release_client_id(self.client_id, self)
-        hub.forget_session(self)
+        if self._request_qos is not None:  # it asked something: its pending requests go too
+            hub.forget_session(self)
         if self._endpoints:
             change = hub.endpoints.client_gone(self, self._endpoints)
             self._endpoints.clear()
@@ -603,7 +614,7 @@ class Session:
         return confirmed
 
     def _answer_refused(self, outgoing: list[OutboundMessage],
-                        requests: dict[int, tuple[Publish, int]] | None,
+                        requests: dict[int, _Request] | None,
                         refused: Sequence[int]) -> None:
         """NATS refused these messages (permissions; counted and logged by the gateway): a
         request with a request id gets 502, since retrying cannot help until the NATS
@@ -618,9 +629,10 @@ class Session:
         for index in refused:
             request = requests.get(index)
             if request is not None:
-                event, request_id = request
-                self._answer_error(event, request_id, REFUSED_BY_NATS_STATUS,
-                                   REFUSED_BY_NATS_REASON)
+                # Never delivered: no reply to wait for (a shutdown would wait for it).
+                self._withdraw_request(request.route, request.relayed_id, request.endpoint_id)
+                self._answer_error(request.event, request.route.request_id,
+                                   REFUSED_BY_NATS_STATUS, REFUSED_BY_NATS_REASON)
 
     def _count_drops(self, count: int) -> None:
         self._ctx.metrics.messages_dropped.labels("nats_unavailable").inc(count)
@@ -721,25 +733,29 @@ class Session:
                                            len(event.payload))
         correlation_id = self._ctx.relay.next_correlation_id()
         relayed_route = route
+        relayed_id = None
         if route.request_id is not None:
             # The reply comes back to this connection (endpoint-unaware: under an id of KPC's).
-            relayed_route = attrs.evolve(route, request_id=self._ctx.hub.expect_reply(
+            relayed_id = self._ctx.hub.expect_reply(
                 self, route.app_version, route.extension, route.request_id, batch.now,
-                endpoint_id=endpoint_id, token=route.token))
+                endpoint_id=endpoint_id, token=route.token)
+            relayed_route = attrs.evolve(route, request_id=relayed_id)
         message = self._ctx.relay.client_data_message(relayed_route, endpoint_id,
                                                       event.payload, correlation_id)
         if len(message.payload) > batch.max_payload:
             # NATS would refuse the whole batch: refuse this one message instead.
             self._ctx.metrics.messages_dropped.labels("too_large_for_nats").inc()
+            if relayed_id is not None:  # never sent: no reply to wait for
+                self._withdraw_request(route, relayed_id, endpoint_id)
             self._answer_error(event, route.request_id, 413,
                                f"Payload too large: NATS takes {batch.max_payload} "
                                "bytes per message")
             return
-        if route.request_id is not None:
+        if relayed_id is not None:
             self._remember_request(route, endpoint_id, event.qos, batch.now)
             if batch.requests is None:
                 batch.requests = {}
-            batch.requests[len(batch.outgoing)] = (event, route.request_id)
+            batch.requests[len(batch.outgoing)] = _Request(event, route, relayed_id, endpoint_id)
         batch.outgoing.append(message)
         if event.qos is not QoS.AT_MOST_ONCE:
             batch.needs_confirmation = True
@@ -835,6 +851,14 @@ class Session:
             qos, now + self._ctx.limits.reply_wait)
         while len(self._request_qos) > MAX_REMEMBERED_REQUESTS:
             del self._request_qos[next(iter(self._request_qos))]
+
+    def _withdraw_request(self, route: Route, relayed_id: int, endpoint_id: str | None) -> None:
+        """Forget a request NATS never took: no reply will come for it."""
+        assert route.request_id is not None
+        self._ctx.hub.take_reply(route.app_version, route.extension, relayed_id,
+                                 trio.current_time(), endpoint_id=endpoint_id)
+        if self._request_qos is not None:
+            self._request_qos.pop((route.extension, endpoint_id, route.request_id), None)
 
     def _answer_error(
         self, event: Publish, request_id: int | None, status_code: int, reason: str

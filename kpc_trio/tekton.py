@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Final
 from urllib.parse import quote, urlencode
 
@@ -228,19 +228,11 @@ class TektonSource:
     async def _load_applications(self, names: Iterable[str]
                                  ) -> dict[str, Mapping[str, AppVersionSettings]]:
         loaded: dict[str, Mapping[str, AppVersionSettings] | None] = {}
-        errors: list[Exception] = []
 
         async def load(app_name: str) -> None:
-            try:
-                loaded[app_name] = await self._load_application(app_name)
-            except (TektonError, TokenError) as exc:
-                errors.append(exc)
+            loaded[app_name] = await self._load_application(app_name)
 
-        async with trio.open_nursery() as nursery:
-            for app_name in dict.fromkeys(names):
-                nursery.start_soon(load, app_name)
-        if errors:
-            raise errors[0]
+        await _concurrently(load, dict.fromkeys(names))
         return {name: versions for name, versions in loaded.items() if versions is not None}
 
     async def _load_application(self, app_name: str) -> Mapping[str, AppVersionSettings] | None:
@@ -257,9 +249,7 @@ class TektonSource:
             documents[version] = await self._configuration(
                 f"/app-configs/applications/{app}/app-versions/{quote(version, safe='')}")
 
-        async with trio.open_nursery() as nursery:
-            for version in version_names:
-                nursery.start_soon(load, version)
+        await _concurrently(load, version_names)
         extensions = tuple(self._extension_instances())
         return {
             version: tekton_adapter.app_version_settings(
@@ -288,6 +278,24 @@ class TektonSource:
         log.warning("tekton_refresh_failed", reason=reason, error=str(exc),
                     serving="last good configuration" if stale is not None else "nothing yet",
                     stale_seconds=stale, retry_in=round(retry_in, 2))
+
+
+async def _concurrently(load: Callable[[str], Awaitable[None]], names: Iterable[str]) -> None:
+    """`load` every name at once; the first failure is raised as itself, not as a trio
+    ExceptionGroup, which the retry loops' `except (TektonError, TokenError)` would miss."""
+    errors: list[Exception] = []
+
+    async def guarded(name: str) -> None:
+        try:
+            await load(name)
+        except (TektonError, TokenError) as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for name in names:
+            nursery.start_soon(guarded, name)
+    if errors:
+        raise errors[0]
 
 
 def _names(document: object, path: str) -> list[str]:

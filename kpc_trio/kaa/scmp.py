@@ -78,12 +78,12 @@ class ConfigurationUpdate:
 def subjects(provider: str, instance: str, *, legacy: bool) -> tuple[str, ...]:
     """Subjects to subscribe to (wildcard on the update type), broadcast first. No queue group:
     every replica must hear every event."""
-    names = ["configuration"] + (["app-configuration"] if legacy else [])
+    generations = (False, True) if legacy else (False,)
     return tuple(
         subject
-        for name in names
-        for subject in (f"kaa.v1.events.{provider}.service.{name}.*",
-                        f"kaa.v1.service.{instance}.scmp.{name}.*")
+        for old in generations
+        for subject in (broadcast_subject(provider, "*", legacy=old),
+                        targeted_subject(instance, "*", legacy=old))
     )
 
 

@@ -209,10 +209,12 @@ async def serve_tcp(
     handler_nursery: trio.Nursery,
     edge: EdgeSettings = NO_POLICY,
     reuse_port: bool = False,
+    on_failure: ConnectionFailureHook = ignore_connection_failure,
     task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Plain MQTT over TCP: each connection `edge` admits goes to `handler` as is, after its
-    PROXY protocol header if `edge` asks for one."""
+    PROXY protocol header if `edge` asks for one (a failure reading it is `on_failure`'s, like
+    the other transports'; the session contains its own)."""
     policy = Edge(edge, "tcp")
 
     def on_accept(stream: LeanSocketStream) -> Awaitable[None]:
@@ -227,8 +229,7 @@ async def serve_tcp(
 
     async def _serve_proxied(stream: LeanSocketStream, address: str) -> None:
         client = None
-        async with contain_failures(Peer(transport="tcp", address=address),
-                                    ignore_connection_failure):
+        async with contain_failures(Peer(transport="tcp", address=address), on_failure):
             deadline = trio.current_time() + edge.header_timeout
             client = await policy.client_address(stream.socket, address, deadline)
         if client is None:

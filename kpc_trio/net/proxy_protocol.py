@@ -19,8 +19,6 @@ V1_PREFIX = b"PROXY "
 V1_MAX_LENGTH = 107  # the longest v1 line, CRLF included (spec 2.1)
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 V2_HEADER_LENGTH = 16  # signature, version/command, family/protocol, address length
-#: What a reader may need to see at most: a v2 header with the largest address block.
-MAX_HEADER_LENGTH = V2_HEADER_LENGTH + 0xFFFF
 
 _V2_LOCAL, _V2_PROXY = 0x0, 0x1
 _V2_TCP4, _V2_TCP6 = 0x11, 0x21

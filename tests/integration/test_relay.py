@@ -154,6 +154,8 @@ async def test_a_payload_nats_cannot_carry_is_answered_413(nats_server, tmp_path
             error = await call(device.expect)
             await call(device.publish, topic + "/6", b"small", qos=1)  # still served
             reply = await call(device.expect)
+            # The refused request was never sent: no reply is waited for.
+            assert service.hub.pending_request_count == 0
     assert error.topic == topic + "/5/error"
     assert json.loads(error.payload)["statusCode"] == 413
     assert reply.topic == topic + "/6/status"

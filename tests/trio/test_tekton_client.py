@@ -7,6 +7,7 @@ import contextlib
 import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, cast
 
 import attrs
 import pytest
@@ -77,6 +78,18 @@ async def test_the_first_load_gives_up_after_the_initial_load_timeout() -> None:
         with pytest.raises(TektonUnavailableError) as failure:
             await source.serve()
         assert failure.value.key_path == "kaa.tekton.url"
+
+
+async def test_an_unreadable_appversion_configuration_is_retried_not_a_crash() -> None:
+    async with open_tekton() as (tekton, client):
+        tekton.create_app_version("app", "app-v2", cast(Any, ["not", "an", "object"]))
+        settings = TektonSettings(enabled=True, url=tekton.url, initial_load_timeout=0.3)
+        source = TektonSource(settings, client, instance="kpc", extension_instances=lambda: (),
+                              on_catalogue=lambda catalogue: None, metrics=Metrics())
+        # Concurrent loads of appversions must fail as a TektonError (retried, then this
+        # startup error), never as an ExceptionGroup escaping the retry loop.
+        with pytest.raises(TektonUnavailableError):
+            await source.serve()
 
 
 async def test_the_first_load_publishes_the_catalogue() -> None:

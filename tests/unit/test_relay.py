@@ -113,3 +113,14 @@ def test_client_data_templates_share_the_route_memory_bound() -> None:
             assert records.decode(records.ClientData, message.payload).endpoint_id == \
                 f"ep-{n}-{endpoint}"
             assert relay.remembered_routes_bytes <= limit
+
+
+def test_a_route_whose_endpoint_changes_is_not_counted_twice() -> None:
+    relay = Relay(REGISTRY, replica_id="r1")
+    route = relay.route(DATA_TOPIC)
+    relay.client_data_message(route, "endpoint-a", b"{}", "c1")
+    remembered = relay.remembered_routes_bytes
+    for n, endpoint_id in enumerate(["endpoint-b", "endpoint-a"] * 50):
+        message = relay.client_data_message(route, endpoint_id, b"{}", f"c{n}")
+        assert records.decode(records.ClientData, message.payload).endpoint_id == endpoint_id
+        assert relay.remembered_routes_bytes == remembered
