@@ -105,7 +105,7 @@ class Run:
             def count() -> int:
                 return sum(data.payload == step.payload
                            for data in self.kaa.received(step.extension))
-            await eventually(lambda: count() >= step.count, SERVER_DEADLINE)
+            await eventually(lambda: count() >= step.count, timeout=SERVER_DEADLINE)
             assert count() == step.count, where
             return
         device = await self.device(step.on)
@@ -129,7 +129,7 @@ class Run:
             # Each close its own log line: a second close for the same reason needs a second.
             self.closes_seen[step.reason] += 1
             await eventually(lambda: self.close_reasons().count(step.reason)
-                             >= self.closes_seen[step.reason], SERVER_DEADLINE)
+                             >= self.closes_seen[step.reason], timeout=SERVER_DEADLINE)
             await device.wire.aclose()
         else:
             assert isinstance(step, Subprotocol)

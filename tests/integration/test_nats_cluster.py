@@ -104,7 +104,8 @@ async def loaded_kpc(tmp_path: Path, kpc_member: NatsServerProcess,
             for publisher in publishers:
                 await trio.to_thread.run_sync(publisher.stop)
         acknowledged = set(all_acknowledged(publishers))
-        await eventually(lambda: acknowledged <= {cd.payload for cd in kaa.received("dcx")}, 20)
+        await eventually(lambda: acknowledged <= {cd.payload for cd in kaa.received("dcx")},
+                         "every acknowledged message at the extension", timeout=20)
         nursery.cancel_scope.cancel()
 
 
@@ -133,7 +134,7 @@ async def test_killing_the_member_in_use_moves_kpc_to_another_member(
             counts = [len(p.acknowledged) for p in run.publishers]
             killed_at = trio.current_time()
             used.kill()
-            await eventually(lambda: sample(run.kpc, "kpc_nats_reconnects_total") == 1, 10)
+            await eventually(lambda: sample(run.kpc, "kpc_nats_reconnects_total") == 1, timeout=10)
             failover = trio.current_time() - killed_at
             assert current_server(run.kpc) != used.url.removeprefix("nats://")
             await eventually(lambda: each_grew(run.publishers, counts), timeout=30)
@@ -157,9 +158,10 @@ async def test_a_lame_duck_member_is_left_without_unreadiness_or_held_acknowledg
         async with loaded_kpc(tmp_path, used, kaa_member) as run:
             counts = [len(p.acknowledged) for p in run.publishers]
             used.enter_lame_duck_mode()
-            await eventually(lambda: sample(run.kpc, "kpc_nats_lame_duck_moves_total") == 1, 10)
+            await eventually(lambda: sample(run.kpc, "kpc_nats_lame_duck_moves_total") == 1,
+                             timeout=10)
             await eventually(lambda: current_server(run.kpc) != used.url.removeprefix("nats://"),
-                             10)
+                             timeout=10)
             await eventually(lambda: each_grew(run.publishers, counts), timeout=30)
         print(f"\nlame duck: {figures(run)}")
         assert run.ready.gaps == 0
