@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Sequence
 from http import HTTPStatus
 
 import attrs
@@ -85,6 +86,7 @@ class Relay:
         self._with_config_name = with_config_name
         # Correlation ids: unique per process start and cheap (no uuid per message).
         self._id_prefix = f"{replica_id}-{os.urandom(4).hex()}-"
+        self._id_prefix_bytes = self._id_prefix.encode()
         self._ids = itertools.count()
         self._subjects: dict[str, str] = {}
         self._routes: dict[str, Route] = {}
@@ -148,11 +150,37 @@ class Relay:
 
         The fields that repeat for a route and endpoint are encoded once (`ClientDataTemplate`)
         for remembered routes; requests (a new route each) are encoded whole."""
+        datum = records.fill_client_data(self._template_for(route, endpoint_id), correlation_id,
+                                         time.time_ns() // 1_000_000, payload)
+        # tuple.__new__ skips the named tuple's Python-level constructor (one per message)
+        return _new_tuple(OutboundMessage, (self._subject_for(route, endpoint_id), datum,
+                                            self._reply_to))
+
+    def client_data_run(self, route: Route, endpoint_id: str | None, payloads: Sequence[bytes],
+                        max_payload: int) -> list[OutboundMessage]:
+        """`client_data_message` for each of `payloads` (consecutive messages of one topic;
+        not a request), with one timestamp, in order; stops before the first whose `ClientData`
+        would exceed `max_payload` (the caller refuses that one as a lone message)."""
+        first_id = next(self._ids)
+        self._ids = itertools.count(first_id + len(payloads))  # the run takes them all
+        datums = records.fill_client_data_run(
+            self._template_for(route, endpoint_id), self._id_prefix_bytes, first_id,
+            time.time_ns() // 1_000_000, payloads)
+        if max(map(len, datums)) > max_payload:
+            datums = list(itertools.takewhile(lambda datum: len(datum) <= max_payload, datums))
+        # All in C: the named tuples of one subject and reply around each datum.
+        return list(map(_new_tuple, itertools.repeat(OutboundMessage), zip(
+            itertools.repeat(self._subject_for(route, endpoint_id)), datums,
+            itertools.repeat(self._reply_to))))
+
+    def _template_for(self, route: Route, endpoint_id: str | None
+                      ) -> records.ClientDataTemplate:
         entry = self._templates.get(id(route))
         if entry is not None and entry[0] is route and entry[1] == endpoint_id:
-            template = entry[2]
-        else:
-            template = self._template(route, endpoint_id)
+            return entry[2]
+        return self._template(route, endpoint_id)
+
+    def _subject_for(self, route: Route, endpoint_id: str | None) -> str:
         subject = None
         if endpoint_id is not None and self._affinity_entries:  # none: no clock reading
             subject = self.affinity.subject_for(endpoint_id, route.extension, time.monotonic())
@@ -160,10 +188,7 @@ class Relay:
             subject = self._subjects.get(route.extension)
         if subject is None:
             subject = self._subjects[route.extension] = subjects.client_data(route.extension)
-        datum = records.fill_client_data(template, correlation_id, time.time_ns() // 1_000_000,
-                                         payload)
-        # tuple.__new__ skips the named tuple's Python-level constructor (one per message)
-        return _new_tuple(OutboundMessage, (subject, datum, self._reply_to))
+        return subject
 
     def _template(self, route: Route, endpoint_id: str | None) -> records.ClientDataTemplate:
         template = records.client_data_template(

@@ -63,11 +63,11 @@ class TrafficMeter:
         self._tallies: _Tallies = {}
 
     def received(self, tenant_id: str | None, app_name: str, endpoint_id: str,
-                 payload_bytes: int) -> None:
-        """A client message for an extension (payload length in bytes)."""
+                 payload_bytes: int, messages: int = 1) -> None:
+        """Client messages for an extension (their payloads' length in bytes)."""
         tally = self._tally(tenant_id, app_name, endpoint_id)
         tally.received_bytes += payload_bytes
-        tally.received_messages += 1
+        tally.received_messages += messages
 
     def sent(self, tenant_id: str | None, app_name: str, endpoint_id: str,
              payload_bytes: int) -> None:

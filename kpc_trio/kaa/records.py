@@ -12,7 +12,7 @@ import functools
 import json
 import operator
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib.resources import files
 from io import BytesIO
 from typing import Any, TypeAlias, TypeVar, cast
@@ -539,6 +539,26 @@ def fill_client_data(
         ))
     except (AttributeError, TypeError) as exc:
         raise RecordEncodeError(f"cannot encode ClientData: {exc}") from exc
+
+
+def fill_client_data_run(
+    template: ClientDataTemplate, correlation_prefix: bytes, first_id: int, timestamp: int,
+    payloads: Sequence[bytes],
+) -> list[bytes]:
+    """`fill_client_data` for each of `payloads` (a run of one route's messages, one
+    timestamp), the correlation ids `correlation_prefix` and `first_id`, `first_id + 1`, ...
+
+    What repeats is encoded once per run: timestamp and template together, and each length
+    that occurs (a device's telemetry often keeps its size)."""
+    fixed = _avro_timestamp(timestamp) + template.middle
+    tail = template.tail
+    correlations = [b"%s%d" % (correlation_prefix, number)
+                     for number in range(first_id, first_id + len(payloads))]
+    lengths = {length: _avro_long(length)
+               for length in {*map(len, correlations), *map(len, payloads)}}
+    return [b"".join((lengths[len(correlation)], correlation, fixed, lengths[len(payload)],
+                      payload, tail))
+            for correlation, payload in zip(correlations, payloads, strict=True)]
 
 
 _INT_MIN, _INT_MAX = -(1 << 31), (1 << 31) - 1

@@ -459,6 +459,9 @@ _new_tuple = tuple.__new__
 # The longest topic name a decoder keeps for reuse (one per connection, so bounded in bytes).
 _REMEMBERED_TOPIC_LENGTH = 256
 
+# The first byte of a QoS 0 PUBLISH without DUP and RETAIN: what `Decoder.take_repeats` takes.
+_QOS0_PUBLISH = PacketType.PUBLISH << 4
+
 # Small payloads (most device messages) are copied twice, through a bytearray slice: that is
 # cheaper than a memoryview and its release (0.2 against 0.45 µs per 64-byte payload).
 _COPY_TWICE_BELOW = 4096
@@ -480,7 +483,9 @@ class Decoder:
         self._position = 0
         self._max_packet_size = max_packet_size
         self._max_topic_filters = max_topic_filters
-        self._last_topic = b""  # the last PUBLISH topic name decoded, and its text
+        # The last PUBLISH topic name decoded (with its 2 length bytes, as on the wire), and
+        # its text.
+        self._last_topic = b""
         self._last_topic_text = ""
 
     @property
@@ -591,13 +596,13 @@ class Decoder:
             raise ProtocolError("PUBLISH is truncated: topic name or packet id runs past its end")
         # Devices publish to the same topic over and over: the same bytes give the same string.
         last_topic = self._last_topic
-        if topic_length == len(last_topic) and buffer.startswith(last_topic, topic_start):
+        if topic_length + 2 == len(last_topic) and buffer.startswith(last_topic, body_start):
             topic = self._last_topic_text
         else:
-            raw = bytes(buffer[topic_start:topic_end])
-            topic = _decode_utf8(raw, "PUBLISH topic name")
+            prefixed = bytes(buffer[body_start:topic_end])
+            topic = _decode_utf8(prefixed[2:], "PUBLISH topic name")
             if topic_length <= _REMEMBERED_TOPIC_LENGTH:
-                self._last_topic, self._last_topic_text = raw, topic
+                self._last_topic, self._last_topic_text = prefixed, topic
         if body_end - payload_start < _COPY_TWICE_BELOW:
             payload = bytes(buffer[payload_start:body_end])
         else:
@@ -611,3 +616,50 @@ class Decoder:
                 raise ProtocolError("PUBLISH has packet id 0, which MQTT forbids")
         return _new_tuple(Publish, (topic, payload, _QOS_BY_VALUE[qos], bool(first_byte & 0x01),
                                     bool(first_byte & 0x08), packet_id))
+
+    def take_repeats(self, topic: str, payloads: list[bytes]) -> None:
+        """Append to `payloads` those of the complete QoS 0 PUBLISHes next in the buffer that
+        repeat `topic`, the topic of the PUBLISH `next_packet` just returned; stop at the
+        first other packet (or incomplete one).
+
+        The run of a device flooding telemetry: for such a packet everything `next_packet`
+        would check but its length is a fact of the topic, checked with the first one. A
+        packet taken here has the first byte 0x30 (QoS 0, no DUP, no RETAIN) and the very
+        bytes of the last topic, so it needs no UTF-8 decode, no `Publish` and no dispatch;
+        and while the packets keep their length (telemetry often does), their whole header is
+        the same bytes, so one comparison checks each.
+        """
+        if topic is not self._last_topic_text:  # not remembered (too long): no run
+            return
+        buffer = self._buffer
+        prefix = self._last_topic
+        overhead = len(prefix)  # a repeat's body is the prefixed topic, then the payload
+        start = self._position
+        end = len(buffer)
+        append = payloads.append
+        while start + 2 <= end and buffer[start] == _QOS0_PUBLISH:
+            length = buffer[start + 1]
+            body_start = start + 2
+            if length & 0x80:
+                length, body_start = self._long_remaining_length(start)
+                if body_start < 0:
+                    break
+            elif length > self._max_packet_size:
+                raise self._too_large(length)
+            packet_size = body_start + length - start
+            if (start + packet_size > end or length < overhead
+                    or not buffer.startswith(prefix, body_start)):
+                break  # incomplete, or another topic: `next_packet` decodes it
+            payload_offset = body_start - start + overhead
+            if length - overhead >= _COPY_TWICE_BELOW:
+                with memoryview(buffer) as view:
+                    append(bytes(view[start + payload_offset:start + packet_size]))
+                start += packet_size
+                continue
+            header = bytes(buffer[start:start + payload_offset])
+            while True:  # this packet and those after it with the same header
+                append(bytes(buffer[start + payload_offset:start + packet_size]))
+                start += packet_size
+                if start + packet_size > end or not buffer.startswith(header, start):
+                    break
+        self._position = start

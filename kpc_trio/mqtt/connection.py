@@ -84,10 +84,19 @@ class DisconnectReceived:
     """The client said goodbye; the connection is now CLOSED."""
 
 
+@attrs.frozen
+class PublishRun:
+    """Consecutive QoS 0 PUBLISHes (two or more) of one topic, as `Publish(topic, payload)`
+    each would be, in order (only with `ServerConnection(publish_runs=True)`)."""
+
+    topic: str
+    payloads: list[bytes]
+
+
 # A message from the client is its `Publish` packet itself (one object less per message, on the
 # hottest path); for QoS > 0 call `acknowledge(packet_id)` once it is relayed. A retransmission of
 # a flow already under way is not repeated as an event.
-Event = ConnectReceived | Publish | Subscribed | Unsubscribed | DisconnectReceived
+Event = ConnectReceived | Publish | PublishRun | Subscribed | Unsubscribed | DisconnectReceived
 
 
 def _uuid_client_id() -> str:
@@ -103,7 +112,7 @@ class ServerConnection:
         "_output", "_unacknowledged", "_awaiting_pubrel", "_awaiting_puback",
         "_last_packet_id", "_subscriptions", "_max_subscriptions", "_max_subscription_bytes",
         "_max_client_id_length", "_max_qos2_flows", "_qos2_flows", "_resumes_session",
-        "_valid_topic",
+        "_valid_topic", "_publish_runs",
     )
 
     def __init__(
@@ -114,12 +123,15 @@ class ServerConnection:
         max_client_id_length: int = 256,
         max_inflight: int = 100,
         assign_client_id: Callable[[], str] = _uuid_client_id,
+        publish_runs: bool = False,
     ) -> None:
         """`max_subscriptions` bounds the topic filters held (a SUBSCRIBE with more closes, the
         excess of several gets SUBACK 0x80), and so does their size: at most `max_packet_size`
         bytes of filters in all, what one SUBSCRIBE may carry. A client id of more than
         `max_client_id_length` UTF-8 bytes gets CONNACK 2. A QoS 2 message beyond
-        `max_inflight` inbound QoS 2 flows not yet released by PUBREL closes the connection."""
+        `max_inflight` inbound QoS 2 flows not yet released by PUBREL closes the connection.
+        With `publish_runs`, consecutive QoS 0 PUBLISHes of one topic come as one `PublishRun`
+        (an application that handles each message alike, at less cost per message)."""
         self.state = ConnectionState.AWAIT_CONNECT
         self.client_id: str | None = None
         self.keepalive = 0
@@ -148,6 +160,7 @@ class ServerConnection:
         # The last PUBLISH topic found valid: the decoder hands a repeated topic over as the
         # same string, which then needs no second check.
         self._valid_topic: str | None = None
+        self._publish_runs = publish_runs
 
     # ---- counters ------------------------------------------------------------------------------
 
@@ -300,6 +313,15 @@ class ServerConnection:
                     )
                 self._qos2_flows += 1
             self._unacknowledged[packet_id] = packet.qos
+        elif self._publish_runs and not packet.retain:
+            # What a repeat of this message could break (topic, QoS, flags) is checked: the
+            # decoder takes the QoS 0 PUBLISHes of this topic that follow it (a flood of
+            # telemetry), which then cost the application one event, not one each.
+            payloads = [packet.payload]
+            self._decoder.take_repeats(topic, payloads)
+            if len(payloads) > 1:
+                events.append(PublishRun(topic, payloads))
+                return
         events.append(packet)
 
     def _is_retransmission(self, packet_id: int, qos: QoS) -> bool:

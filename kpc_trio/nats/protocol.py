@@ -176,17 +176,17 @@ class PubFrames:
         nothing and return False (the caller checks them one by one)."""
         heads = self._heads
         start = len(parts)
-        append = parts.append
+        # Messages of one read usually share their subject and reply: the same strings.
+        last_subject = last_reply = head = None
         for subject, payload, reply in messages:
-            head = heads.get((subject, reply))
+            if subject is not last_subject or reply is not last_reply:
+                head = heads.get((subject, reply))
+                last_subject, last_reply = subject, reply
             size = len(payload)
             if head is None or size > max_payload:
                 del parts[start:]
                 return False
-            append(head)
-            append(b"%d\r\n" % size)
-            append(payload)
-            append(_CRLF)
+            parts += (head, b"%d\r\n" % size, payload, _CRLF)
         return True
 
     def frames(self, messages: Sequence[OutboundMessage]) -> bytes:
