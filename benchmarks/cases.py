@@ -12,7 +12,6 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from multiprocessing.queues import Queue
-from typing import Any
 
 import attrs
 
@@ -24,7 +23,6 @@ from benchmarks.loadgen import (
     RoundTripSpec,
     hold_idle,
     ingest,
-    nats_round_trip,
     round_trip,
 )
 from benchmarks.servers import ServerProcess, is_kpc, rss_kib
@@ -176,7 +174,7 @@ def round_trip_latency(bench: Bench, server: ServerProcess) -> Figures:
     spec = RoundTripSpec(port=server.port, devices=sizes.connections, rate=sizes.rate,
                          requests=sizes.requests, loopback_subscription=not is_kpc(server.name),
                          timeout=ROUND_TRIP_TIMEOUT)
-    return _latencies(bench, server, round_trip, spec)
+    return _latencies(bench, server, spec)
 
 
 def round_trip_floor(bench: Bench, server: ServerProcess) -> Figures:
@@ -187,17 +185,16 @@ def round_trip_floor(bench: Bench, server: ServerProcess) -> Figures:
     spec = NatsRoundTripSpec(nats_url=bench.nats_url, devices=sizes.connections,
                              rate=sizes.rate, requests=sizes.requests,
                              timeout=ROUND_TRIP_TIMEOUT)
-    return _latencies(bench, server, nats_round_trip, spec)
+    return _latencies(bench, server, spec)
 
 
 def _latencies(bench: Bench, server: ServerProcess,
-               generator: Callable[[Any, Queue[list[float] | str]], None],
                spec: RoundTripSpec | NatsRoundTripSpec) -> Figures:
-    """Runs a paced request generator in its own process; latency quantiles and CPU per
+    """Runs the paced requests in a process of their own; latency quantiles and CPU per
     request (its messages in and out of every party)."""
     context = multiprocessing.get_context("fork")
     results: Queue[list[float] | str] = context.Queue()
-    worker = context.Process(target=generator, args=(spec, results), daemon=True)
+    worker = context.Process(target=round_trip, args=(spec, results), daemon=True)
     with measure_cpu(bench.parties(server)) as cpu:
         worker.start()
         outcome = results.get(timeout=spec.requests / spec.rate + START_TIMEOUT)

@@ -136,7 +136,7 @@ class RoundTripSpec:
 
 @attrs.frozen
 class NatsRoundTripSpec:
-    """The round trip without KPC (`nats_round_trip`): devices speak NATS to the extension."""
+    """The round trip without KPC: devices speak NATS to the extension."""
 
     nats_url: str
     devices: int
@@ -145,15 +145,21 @@ class NatsRoundTripSpec:
     timeout: float
 
 
-def round_trip(spec: RoundTripSpec, results: Queue[list[float] | str]) -> None:
-    """Paced requests with request ids; puts the latencies (seconds) of answered requests."""
+def round_trip(spec: RoundTripSpec | NatsRoundTripSpec,
+               results: Queue[list[float] | str]) -> None:
+    """Paced requests with request ids; puts the latencies (seconds) of answered requests.
+
+    With a `NatsRoundTripSpec` the round trip goes without KPC: each device is a plain NATS
+    connection that publishes the `ClientData` KPC would send to the echo extension, with its
+    own inbox as replyTo."""
     try:
-        results.put(_round_trip(spec))
+        results.put(_nats_round_trip(spec) if isinstance(spec, NatsRoundTripSpec)
+                    else _mqtt_round_trip(spec))
     except Exception as exc:  # reported to the parent as text: a benchmark must not hang on it
         results.put(f"{type(exc).__name__}: {exc}")
 
 
-def _round_trip(spec: RoundTripSpec) -> list[float]:
+def _mqtt_round_trip(spec: RoundTripSpec) -> list[float]:
     socks = [_connect_device(spec.port, f"bench-rt-{d}") for d in range(spec.devices)]
     decoders = [Decoder(MAX_PACKET) for _ in socks]
     if spec.loopback_subscription:
@@ -177,16 +183,6 @@ def _round_trip(spec: RoundTripSpec) -> list[float]:
         return numbers
 
     return _paced_requests(socks, spec.rate, spec.requests, spec.timeout, request, answered)
-
-
-def nats_round_trip(spec: NatsRoundTripSpec, results: Queue[list[float] | str]) -> None:
-    """The round trip without KPC: each device a plain NATS connection that publishes the
-    `ClientData` KPC would send to the echo extension, with its own inbox as replyTo.
-    Puts the latencies (seconds) of answered requests."""
-    try:
-        results.put(_nats_round_trip(spec))
-    except Exception as exc:  # reported to the parent as text: a benchmark must not hang on it
-        results.put(f"{type(exc).__name__}: {exc}")
 
 
 def _nats_round_trip(spec: NatsRoundTripSpec) -> list[float]:
