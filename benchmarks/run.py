@@ -141,12 +141,14 @@ def run(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="kpc-bench-") as tmp, contextlib.ExitStack() as stack:
         servers, bench, url = _start_everything(stack, Path(tmp), args)
         for name in selected:
-            for server in servers:
-                if CASES[name].kpc if is_kpc(server.name) else CASES[name].peers:
-                    _measure(bench, name, server, url, args.repeat, measurements, failures)
+            takers = [server for server in servers
+                      if (CASES[name].kpc if is_kpc(server.name) else CASES[name].peers)]
+            for server in takers[:1] if CASES[name].once else takers:
+                _measure(bench, name, server, url, args.repeat, measurements, failures)
     collected = list(measurements.values())
     print(report.table(collected))
     print(report.cpu_summary(collected))
+    print(report.latency_floor(collected))
     print(report.limits(collected))
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

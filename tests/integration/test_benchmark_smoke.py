@@ -36,6 +36,7 @@ def test_quick_benchmark_prints_positive_figures() -> None:
     assert _row_value(done.stdout, "roundtrip", "p99 ms") > 0
     assert _row_value(done.stdout, "roundtrip", "p99.9 ms") > 0
     assert _row_value(done.stdout, "roundtrip_floor", "p99 ms") > 0
+    assert "round trip p50 / p99 / p99.9 ms: through kpc_trio" in done.stdout
     # CPU accounting from /proc: present for every measured case (tiny runs may round to 0).
     assert _row_value(done.stdout, "qos1", "server µs/msg") >= 0
     assert _row_value(done.stdout, "roundtrip", "server µs/req") >= 0
