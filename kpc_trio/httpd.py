@@ -1,8 +1,9 @@
 """A minimal HTTP/1.1 server (h11 over trio) and the two apps KPC serves with it.
 
 The server answers `GET`/`HEAD` on exact paths; everything else gets a JSON 404/405. It keeps
-connections alive, bounds request headers, bodies and the time to receive a request, and never
-sends a traceback: a failing handler becomes a 500 and a log event.
+connections alive, bounds request headers, bodies and the time to receive a request (and, when
+asked, the connections open at once and their rate, in the shared accept loop), and never sends
+a traceback: a failing handler becomes a 500 and a log event.
 
 Apps: `management_routes` (metrics/health/readiness, `management.port`) and `rest_routes` (the
 TLS server certificate for clients' trust stores, `server.port`).
