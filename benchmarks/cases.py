@@ -1,26 +1,36 @@
 """The benchmark cases: each one drives one server once and returns named figures.
 
-A case function takes the `Bench` (servers, counters, sizes) and one server and returns
+A case function takes the `Bench` (sizes, helpers, how to count) and one server and returns
 {metric: value}; `run.py` repeats it and `report.py` summarises.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from multiprocessing.queues import Queue
 
 import attrs
 
 from benchmarks.counters import Counter
 from benchmarks.cpu import CpuWindow, Parties, measure_cpu, tree_pids
-from benchmarks.loadgen import IngestSpec, RoundTripSpec, hold_idle, ingest, round_trip
+from benchmarks.loadgen import (
+    IngestSpec,
+    NatsRoundTripSpec,
+    RoundTripSpec,
+    hold_idle,
+    ingest,
+    round_trip,
+)
 from benchmarks.servers import ServerProcess, is_kpc, rss_kib
 from benchmarks.transports import Transport
 from kpc_trio.mqtt.packets import QoS
 
 START_TIMEOUT = 60.0
+ROUND_TRIP_TIMEOUT = 10.0  # for the last answers, after the last request
 STALL = 5.0  # seconds without a counted message that end an ingest run
 IDLE_SETTLE = 1.0
 # Idle TLS connections are measured once the handshakes' transient allocations are given back:
@@ -53,19 +63,34 @@ QUICK = Sizes(qos1_messages=300, qos0_messages=300, requests=200, idle_connectio
 @attrs.define
 class Bench:
     sizes: Sizes
-    counters: dict[str, Counter]  # server name -> its ingest counter
+    nats_url: str
+    # Starts the downstream counter of a server: a process subscribed where the server's
+    # messages end up. Started per counted run only: a subscriber that idles through the round
+    # trip would still be woken by every request, a sixth process on 2 cores.
+    start_counter: Callable[[ServerProcess], Counter]
     # kpc_trio's helpers, accounted apart from it: "nats" (nats-server), "kaa" (simulated Kaa
     # side: token provider, and the echo extension while a case needs it).
     helper_pids: dict[str, list[int]] = attrs.field(factory=dict)
     # RSS before the first idle run: servers keep freed memory, so later runs count from here.
     rss_baselines: dict[str, int] = attrs.field(factory=dict)
 
-    def parties(self, server: ServerProcess, counted: bool = True) -> Parties:
-        counter = self.counters.get(server.name) if counted else None
+    def parties(self, server: ServerProcess, counter: Counter | None = None) -> Parties:
         helpers = self.helper_pids if is_kpc(server.name) else {}
         return Parties(server=(server.pid,),
                        helpers={name: tuple(pids) for name, pids in helpers.items()},
                        counter=() if counter is None else (counter.pid,))
+
+    @contextlib.contextmanager
+    def counting(self, server: ServerProcess, relayed: bool) -> Iterator[Counter | None]:
+        """The server's counter for one run (None when nothing is relayed)."""
+        if not relayed:
+            yield None
+            return
+        counter = self.start_counter(server)
+        try:
+            yield counter
+        finally:
+            counter.close()
 
 
 Figures = dict[str, float]
@@ -93,21 +118,20 @@ def _ingest(bench: Bench, server: ServerProcess, qos: QoS, messages: int,
     finished = context.Queue()
     workers = [context.Process(target=ingest, args=(spec, device, start, finished), daemon=True)
                for device in range(connections)]
-    counter = bench.counters[server.name]
-    baseline = counter.count
     expected = connections * messages
-    with measure_cpu(bench.parties(server, counted=relayed)) as cpu:
+    with bench.counting(server, relayed) as counter, \
+            measure_cpu(bench.parties(server, counter)) as cpu:
         for worker in workers:
             worker.start()
         start.wait()
         started = time.monotonic()
         counted = expected
-        if relayed:
-            counted = counter.wait_for(baseline + expected, STALL,
-                                       timeout=START_TIMEOUT * 5) - baseline
+        if counter is not None:
+            counted = counter.wait_for(expected, STALL, timeout=START_TIMEOUT * 5)
         done = [finished.get(timeout=START_TIMEOUT * 5) for _ in workers]
         for worker in workers:
             worker.join(STALL)
+        last_arrival = counter.last_arrival if counter is not None else 0.0
     failed = [w.exitcode for w in workers if w.exitcode != 0]
     if failed:
         raise CaseError(f"{len(failed)} ingest generator(s) failed on {server.name} "
@@ -116,7 +140,7 @@ def _ingest(bench: Bench, server: ServerProcess, qos: QoS, messages: int,
         raise CaseError(f"{server.name} relayed nothing ({transport.value}, QoS {int(qos)})")
     acked_rate = expected / (max(done) - started)
     return IngestFigures(
-        relayed_rate=counted / (counter.last_arrival - started) if relayed else acked_rate,
+        relayed_rate=counted / (last_arrival - started) if relayed else acked_rate,
         acked_rate=acked_rate, relayed_share=counted / expected, cpu=cpu.figures(counted))
 
 
@@ -149,11 +173,29 @@ def round_trip_latency(bench: Bench, server: ServerProcess) -> Figures:
     sizes = bench.sizes
     spec = RoundTripSpec(port=server.port, devices=sizes.connections, rate=sizes.rate,
                          requests=sizes.requests, loopback_subscription=not is_kpc(server.name),
-                         timeout=10.0)
+                         timeout=ROUND_TRIP_TIMEOUT)
+    return _latencies(bench, server, spec)
+
+
+def round_trip_floor(bench: Bench, server: ServerProcess) -> Figures:
+    """The same requests as `roundtrip` without KPC: each device a plain NATS connection that
+    sends the echo extension the `ClientData` KPC would send and reads the reply itself. What
+    nats-server and the extension take of the round trip; KPC idles meanwhile."""
+    sizes = bench.sizes
+    spec = NatsRoundTripSpec(nats_url=bench.nats_url, devices=sizes.connections,
+                             rate=sizes.rate, requests=sizes.requests,
+                             timeout=ROUND_TRIP_TIMEOUT)
+    return _latencies(bench, server, spec)
+
+
+def _latencies(bench: Bench, server: ServerProcess,
+               spec: RoundTripSpec | NatsRoundTripSpec) -> Figures:
+    """Runs the paced requests in a process of their own; latency quantiles and CPU per
+    request (its messages in and out of every party)."""
     context = multiprocessing.get_context("fork")
-    results = context.Queue()
+    results: Queue[list[float] | str] = context.Queue()
     worker = context.Process(target=round_trip, args=(spec, results), daemon=True)
-    with measure_cpu(bench.parties(server, counted=False)) as cpu:
+    with measure_cpu(bench.parties(server)) as cpu:
         worker.start()
         outcome = results.get(timeout=spec.requests / spec.rate + START_TIMEOUT)
         worker.join(STALL)
@@ -163,7 +205,6 @@ def round_trip_latency(bench: Bench, server: ServerProcess) -> Figures:
         raise CaseError(f"round trip on {server.name}: {spec.requests - len(outcome)} of "
                         f"{spec.requests} requests unanswered")
     cuts = statistics.quantiles(outcome, n=1000)
-    # Per request: its two messages in and out of the server (device and extension sides).
     return {"p50 ms": cuts[499] * 1000, "p99 ms": cuts[989] * 1000,
             "p99.9 ms": cuts[998] * 1000, **_per_request(cpu, len(outcome))}
 
@@ -240,6 +281,7 @@ class CaseInfo:
     peers: bool  # whether mosquitto and amqtt run it too
     needs_echo: bool = False  # kpc_trio needs the echo extension running
     kpc: bool = True  # whether kpc_trio runs it (ingest-only is a floor for peers only)
+    once: bool = False  # it does not go through the server: measured with the first kpc_trio
 
 
 CASES: dict[str, CaseInfo] = {
@@ -251,6 +293,9 @@ CASES: dict[str, CaseInfo] = {
                             kpc=False),
     "roundtrip": CaseInfo(round_trip_latency, "round trip at 1k req/s, 10 devices", peers=True,
                           needs_echo=True),
+    "roundtrip_floor": CaseInfo(round_trip_floor, "the round trip's NATS and extension part "
+                                "alone (devices speak NATS)", peers=False, needs_echo=True,
+                                once=True),
     "rss": CaseInfo(idle_memory, "RSS of idle connections", peers=True),
     "tls_idle": CaseInfo(tls_idle_memory, "RSS of idle TLS connections, handshake rate",
                          peers=True),

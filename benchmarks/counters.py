@@ -15,11 +15,11 @@ import multiprocessing.synchronize
 import socket
 import time
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 import attrs
 
 from benchmarks.loadgen import CONNACK_SIZE
+from benchmarks.nats_frames import NatsFrameCounter, connect_nats
 from benchmarks.transports import HOST, RECEIVE_SIZE
 from benchmarks.workload import connect_packet, subscribe_packet
 
@@ -107,54 +107,12 @@ def _count_nats(url: str, subject: str, count: multiprocessing.sharedctypes.Sync
     `kpc_trio.nats.protocol.ServerStreamParser` either: it builds two objects per message and
     validates every frame (2.5 against 0.7 µs per message here).
     """
-    address = urlsplit(url)
-    sock = socket.create_connection((address.hostname or HOST, address.port or 4222))
-    sock.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\n'
-                 + f"SUB {subject} 1\r\nPING\r\n".encode())
+    sock = connect_nats(url, subject)
     frames = NatsFrameCounter(sock)
     while not frames.ponged:
         frames.feed(sock.recv(RECEIVE_SIZE))
     ready.set()
     _tally_until_closed(sock, frames.feed, count, last)
-
-
-class NatsFrameCounter:
-    """Counts `MSG` frames in a NATS server-to-client byte stream; answers the server's PINGs."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._buffer = bytearray()
-        self.messages = 0
-        self.ponged = False
-
-    def feed(self, data: bytes) -> int:
-        """Take more of the stream; returns the messages counted so far."""
-        buffer = self._buffer
-        buffer += data
-        position = 0
-        while True:
-            line_end = buffer.find(b"\r\n", position)
-            if line_end < 0:
-                break
-            if buffer.startswith(b"MSG ", position):
-                # MSG <subject> <sid> [reply-to] <#bytes>: the payload and its CRLF follow.
-                size = int(buffer[buffer.rfind(b" ", position, line_end) + 1:line_end])
-                frame_end = line_end + 2 + size + 2
-                if frame_end > len(buffer):
-                    break
-                self.messages += 1
-                position = frame_end
-                continue
-            if buffer.startswith(b"PING", position):
-                self._sock.sendall(b"PONG\r\n")
-            elif buffer.startswith(b"PONG", position):
-                self.ponged = True
-            elif buffer.startswith(b"-ERR", position):
-                refusal = bytes(buffer[position:line_end])
-                raise CounterError(f"NATS refused the counter: {refusal!r}")
-            position = line_end + 2  # INFO, +OK
-        del buffer[:position]
-        return self.messages
 
 
 def _count_mqtt(port: int, message_size: int,

@@ -18,8 +18,19 @@ from multiprocessing.queues import Queue
 
 import attrs
 
+from benchmarks.nats_frames import NatsFrameCounter, connect_nats
 from benchmarks.transports import HOST, Stream, Transport, open_stream
-from benchmarks.workload import PublishRing, connect_packet, data_topic, subscribe_packet
+from benchmarks.workload import (
+    APP_VERSION,
+    ENDPOINTS,
+    EXTENSION,
+    PublishRing,
+    connect_packet,
+    data_topic,
+    subscribe_packet,
+)
+from kpc_trio.kaa.records import write_client_data
+from kpc_trio.kaa.subjects import client_data
 from kpc_trio.mqtt.codec import Decoder, encode
 from kpc_trio.mqtt.packets import ConnAck, PubAck, Publish, QoS, SubAck
 
@@ -123,54 +134,111 @@ class RoundTripSpec:
     timeout: float
 
 
-def round_trip(spec: RoundTripSpec, results: Queue[list[float] | str]) -> None:
-    """Paced requests with request ids; puts the latencies (seconds) of answered requests."""
+@attrs.frozen
+class NatsRoundTripSpec:
+    """The round trip without KPC: devices speak NATS to the extension."""
+
+    nats_url: str
+    devices: int
+    rate: float
+    requests: int
+    timeout: float
+
+
+def round_trip(spec: RoundTripSpec | NatsRoundTripSpec,
+               results: Queue[list[float] | str]) -> None:
+    """Paced requests with request ids; puts the latencies (seconds) of answered requests.
+
+    With a `NatsRoundTripSpec` the round trip goes without KPC: each device is a plain NATS
+    connection that publishes the `ClientData` KPC would send to the echo extension, with its
+    own inbox as replyTo."""
     try:
-        results.put(_round_trip(spec))
+        results.put(_nats_round_trip(spec) if isinstance(spec, NatsRoundTripSpec)
+                    else _mqtt_round_trip(spec))
     except Exception as exc:  # reported to the parent as text: a benchmark must not hang on it
         results.put(f"{type(exc).__name__}: {exc}")
 
 
-def _round_trip(spec: RoundTripSpec) -> list[float]:
+def _mqtt_round_trip(spec: RoundTripSpec) -> list[float]:
     socks = [_connect_device(spec.port, f"bench-rt-{d}") for d in range(spec.devices)]
     decoders = [Decoder(MAX_PACKET) for _ in socks]
     if spec.loopback_subscription:
         for device, sock in enumerate(socks):
             sock.sendall(subscribe_packet(f"{data_topic(device)}/#"))
             _read_until(sock, decoders[device], SubAck)
+
+    def request(device: int, number: int) -> bytes:
+        return encode(Publish(f"{data_topic(device)}/{number}", b'{"n": %d}' % number,
+                              qos=QoS.AT_LEAST_ONCE, packet_id=number % 65535 + 1))
+
+    def answered(device: int, data: bytes) -> list[int]:
+        decoder = decoders[device]
+        decoder.feed(data)
+        numbers = []
+        while (packet := decoder.next_packet()) is not None:
+            if isinstance(packet, Publish):
+                numbers.append(_request_id(packet.topic))
+                if packet.packet_id is not None:  # a QoS 1/2 answer needs its PUBACK
+                    socks[device].sendall(encode(PubAck(packet.packet_id)))
+        return numbers
+
+    return _paced_requests(socks, spec.rate, spec.requests, spec.timeout, request, answered)
+
+
+def _nats_round_trip(spec: NatsRoundTripSpec) -> list[float]:
+    socks = [connect_nats(spec.nats_url, f"bench.rt.{d}.*") for d in range(spec.devices)]
+    frames = [NatsFrameCounter(sock, keep_subjects=True) for sock in socks]
+    for sock, counter in zip(socks, frames, strict=True):
+        while not counter.ponged:  # subscribed
+            counter.feed(sock.recv(1 << 16))
+    subject = client_data(EXTENSION).encode()
+
+    def request(device: int, number: int) -> bytes:
+        data = write_client_data(f"bench-rt-{number}", int(time.time() * 1000), 0, APP_VERSION,
+                                 ENDPOINTS[device].endpoint_id, "json", number,
+                                 b'{"n": %d}' % number)
+        return b"PUB %s bench.rt.%d.%d %d\r\n%s\r\n" % (subject, device, number, len(data),
+                                                       data)
+
+    def answered(device: int, data: bytes) -> list[int]:
+        # The request number is the last token of the inbox the reply came to.
+        frames[device].feed(data)
+        return [int(inbox.rsplit(b".", 1)[1]) for inbox in frames[device].take_subjects()]
+
+    return _paced_requests(socks, spec.rate, spec.requests, spec.timeout, request, answered)
+
+
+def _paced_requests(socks: list[socket.socket], rate: float, requests: int, timeout: float,
+                    request: Callable[[int, int], bytes],
+                    answered: Callable[[int, bytes], list[int]]) -> list[float]:
+    """Requests at `spec.rate` from every device in turn; the latency of each answer."""
     selector = selectors.DefaultSelector()
     for device, sock in enumerate(socks):
         selector.register(sock, selectors.EVENT_READ, device)
     sent_at: dict[int, float] = {}
     latencies: list[float] = []
-    interval = 1.0 / spec.rate
+    interval = 1.0 / rate
     started = time.perf_counter()
-    deadline = started + spec.requests * interval + spec.timeout
+    deadline = started + requests * interval + timeout
     next_due = started
-    request = 0
-    while len(latencies) < spec.requests and time.perf_counter() < deadline:
+    number = 0
+    while len(latencies) < requests and time.perf_counter() < deadline:
         now = time.perf_counter()
-        if request < spec.requests and now >= next_due:
-            device = request % spec.devices
-            socks[device].sendall(encode(Publish(
-                f"{data_topic(device)}/{request}", b'{"n": %d}' % request,
-                qos=QoS.AT_LEAST_ONCE, packet_id=request % 65535 + 1)))
-            sent_at[request] = time.perf_counter()
-            request += 1
+        if number < requests and now >= next_due:
+            device = number % len(socks)
+            socks[device].sendall(request(device, number))
+            sent_at[number] = time.perf_counter()
+            number += 1
             next_due += interval
             continue
-        wait = max(0.0, next_due - now) if request < spec.requests else 0.05
+        wait = max(0.0, next_due - now) if number < requests else 0.05
         for key, _ in selector.select(wait):
             device = key.data
             data = socks[device].recv(1 << 16)
             if not data:
                 raise LoadError(f"round-trip device {device} was disconnected")
-            decoders[device].feed(data)
-            while (packet := decoders[device].next_packet()) is not None:
-                if isinstance(packet, Publish):
-                    latencies.append(time.perf_counter() - sent_at[_request_id(packet.topic)])
-                    if packet.packet_id is not None:  # a QoS 1/2 answer needs its PUBACK
-                        socks[device].sendall(encode(PubAck(packet.packet_id)))
+            arrived = time.perf_counter()
+            latencies.extend(arrived - sent_at[n] for n in answered(device, data))
     for sock in socks:
         sock.close()
     return latencies

@@ -297,6 +297,11 @@ _PROXY_PROTOCOL_HELP = ("PROXY protocol v1/v2 header before {what}: `off`, `opti
                         "present), `required` (connections without one are closed); honoured only "
                         "from `kaa.kpc.transports.trusted-proxies`.")
 _BIND_HELP = "Address the {what} binds to; empty = every interface (IPv4 and IPv6)."
+_CONNECTION_RATE_HELP = ("New connections accepted per second on {what} (token bucket; of each "
+                         "worker with `run --workers`); the excess is closed at once. "
+                         "0 = unlimited.")
+_CONNECTION_RATE_BURST_HELP = ("Connections a listener accepts in a burst above the rate; "
+                               "0 = one second's worth of max-connection-rate.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -519,14 +524,9 @@ class MqttSettings:
     max_outbox_bytes: int = setting(1048576, Integer(1),
                                     "Queued outbound bytes per connection before a slow client is "
                                     "dropped.")
-    max_connection_rate: int = setting(0, Integer(0),
-                                       "New connections accepted per second on each MQTT "
-                                       "listener (token bucket; of each worker with `run "
-                                       "--workers`); the excess is closed at once. "
-                                       "0 = unlimited.")
-    connection_rate_burst: int = setting(0, Integer(0),
-                                         "Connections a listener accepts in a burst above the "
-                                         "rate; 0 = one second's worth of max-connection-rate.")
+    max_connection_rate: int = setting(
+        0, Integer(0), _CONNECTION_RATE_HELP.format(what="each MQTT listener"))
+    connection_rate_burst: int = setting(0, Integer(0), _CONNECTION_RATE_BURST_HELP)
     max_publish_rate: int = setting(0, Integer(0),
                                     "PUBLISH packets per second read from one connection; a "
                                     "faster client is not read from until back under it (TCP "
@@ -558,6 +558,13 @@ class HttpTransportSettings:
     idle_timeout: float = setting(300.0, Duration(positive=True),
                                   "An endpoint seen only over HTTP goes offline "
                                   "(DisconnectedEvent) after this long without a request.")
+    max_connections: int = setting(0, Integer(0),
+                                   "Open HTTP connections allowed (of each worker with `run "
+                                   "--workers`); further ones are closed at once, before any "
+                                   "read. 0 = unlimited.")
+    max_connection_rate: int = setting(
+        0, Integer(0), _CONNECTION_RATE_HELP.format(what="the HTTP listener"))
+    connection_rate_burst: int = setting(0, Integer(0), _CONNECTION_RATE_BURST_HELP)
 
 
 @attrs.frozen

@@ -1,8 +1,9 @@
 """A minimal HTTP/1.1 server (h11 over trio) and the two apps KPC serves with it.
 
 The server answers `GET`/`HEAD` on exact paths; everything else gets a JSON 404/405. It keeps
-connections alive, bounds request headers, bodies and the time to receive a request, and never
-sends a traceback: a failing handler becomes a 500 and a log event.
+connections alive, bounds request headers, bodies and the time to receive a request (and, when
+asked, the connections open at once and their rate, in the shared accept loop), and never sends
+a traceback: a failing handler becomes a 500 and a log event.
 
 Apps: `management_routes` (metrics/health/readiness, `management.port`) and `rest_routes` (the
 TLS server certificate for clients' trust stores, `server.port`).
@@ -26,9 +27,11 @@ from kpc_trio.health import Health
 from kpc_trio.logs import get_logger, set_log_source
 from kpc_trio.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kpc_trio.metrics import Metrics
-from kpc_trio.net.forwarded import NO_PROXIES, TrustedProxies, forwarded_client
-from kpc_trio.net.listeners import open_tcp_listeners
-from kpc_trio.net.peer import format_address
+from kpc_trio.net.admission import Slots
+from kpc_trio.net.edge import NO_POLICY, Edge, EdgeSettings
+from kpc_trio.net.forwarded import TrustedProxies, forwarded_client
+from kpc_trio.net.listeners import peer_address, serve_socket_listeners
+from kpc_trio.net.socket_stream import LeanSocketStream
 
 log = get_logger(__name__)
 
@@ -103,7 +106,9 @@ async def serve_http(
     error_response: ErrorRenderer = error_document,
     limits: HttpLimits = HttpLimits(),
     handler_nursery: trio.Nursery | None = None,
-    trusted_proxies: TrustedProxies = NO_PROXIES,
+    edge: EdgeSettings = NO_POLICY,
+    max_connections: int = 0,
+    name: str = "http",
     reuse_port: bool = False,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
@@ -115,34 +120,52 @@ async def serve_http(
     Reports the bound port through `task_status` (useful with `port=0`). `host=None` binds all
     interfaces; with `port=0` pass a literal address, since each resolved address would get its
     own ephemeral port. `reuse_port` shares the port with other workers (SO_REUSEPORT).
-    `X-Forwarded-For` / `Forwarded` name the client only when sent by one of `trusted_proxies`.
+    `X-Forwarded-For` / `Forwarded` name the client only when sent by one of
+    `edge.trusted_proxies`.
+
+    Connections beyond `max_connections` open at once (0 = unlimited) or over `edge`'s
+    connection rate are closed in the accept loop, before any task or read, and reported to
+    `edge.on_refused` as (`name`, "max_connections" / "connection_rate"). Not a 503: the
+    request is still unread then, and closing a socket with unread input makes the kernel
+    answer with a RST that can destroy the response in flight; delivering one reliably needs
+    a task that reads the request, which is what the cap is there to bound.
     """
-    listeners = await open_tcp_listeners(port, host=host, reuse_port=reuse_port)
-    bound_port: int = listeners[0].socket.getsockname()[1]
-    log.info("http_listening", host=host or "*", port=bound_port, paths=",".join(routes))
-    task_status.started(bound_port)
-    await trio.serve_listeners(
-        partial(_serve_connection, routes=routes, fallback=fallback,
-                error_response=error_response, limits=limits, trusted_proxies=trusted_proxies),
-        listeners,
-        handler_nursery=handler_nursery,
-    )
-    raise AssertionError("trio.serve_listeners returned")  # it only ever raises
+    policy = Edge(edge, name)
+    connections = Slots(max_connections)
+
+    def admit() -> bool:
+        if not connections.acquire_nowait():
+            policy.refuse("max_connections")
+            return False
+        if policy.admit_nowait():
+            return True
+        connections.release()
+        return False
+
+    serve = partial(_serve_connection, routes=routes, fallback=fallback,
+                    error_response=error_response, limits=limits,
+                    trusted_proxies=edge.trusted_proxies, connections=connections)
+    async with trio.open_nursery() as nursery:
+        _, bound_port = await nursery.start(partial(
+            serve_socket_listeners, serve, transport=name, host=host, port=port,
+            handler_nursery=handler_nursery or nursery, reuse_port=reuse_port, admit=admit))
+        log.info("http_listening", host=host or "*", port=bound_port, paths=",".join(routes))
+        task_status.started(bound_port)
+    raise AssertionError("serve_socket_listeners returned")  # it only ever raises
 
 
 async def _serve_connection(
-    stream: trio.SocketStream, *, routes: Mapping[str, Handler], fallback: Handler | None,
+    stream: LeanSocketStream, *, routes: Mapping[str, Handler], fallback: Handler | None,
     error_response: ErrorRenderer, limits: HttpLimits, trusted_proxies: TrustedProxies,
+    connections: Slots,
 ) -> None:
     try:
-        address = format_address(stream.socket.getpeername())
-    except OSError:
-        await trio.aclose_forcefully(stream)
-        return
-    connection = _HttpConnection(stream, routes, fallback, error_response, limits,
-                                 trusted_proxies, address)
-    set_log_source(connection)
-    try:
+        address = peer_address(stream)
+        if address is None:
+            return
+        connection = _HttpConnection(stream, routes, fallback, error_response, limits,
+                                     trusted_proxies, address)
+        set_log_source(connection)
         await connection.run()
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the client went away; nothing left to answer
@@ -151,6 +174,7 @@ async def _serve_connection(
     except Exception as exc:  # noqa: BLE001 - one broken connection must not stop the server
         log.error("http_connection_failed", error=repr(exc))
     finally:
+        connections.release()  # taken by the accept loop's admit()
         await trio.aclose_forcefully(stream)
 
 
@@ -158,7 +182,7 @@ async def _serve_connection(
 class _HttpConnection:
     """One client connection: read a request, answer it, repeat while keep-alive allows."""
 
-    stream: trio.SocketStream
+    stream: LeanSocketStream
     routes: Mapping[str, Handler]
     fallback: Handler | None
     error_response: ErrorRenderer

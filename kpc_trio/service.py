@@ -310,7 +310,8 @@ class KpcService:
         }
         for name, (routes, host, port) in apps.items():
             self.ports[name] = await nursery.start(functools.partial(
-                serve_http, routes, host=host or None, port=port, reuse_port=self.reuse_port))
+                serve_http, routes, host=host or None, port=port, name=name,
+                reuse_port=self.reuse_port))
 
     async def _serve_with(self, gateway: NatsPort,
                           task_status: trio.TaskStatus[dict[str, int]]) -> None:
@@ -634,8 +635,13 @@ class KpcService:
             serve_http, {}, host=http.host, port=http.port, fallback=transport.handle,
             error_response=kp1_error_response, handler_nursery=requests_nursery,
             limits=HttpLimits(max_body_bytes=http.max_body_size), reuse_port=self.reuse_port,
-            trusted_proxies=TrustedProxies.from_config(
-                self.config.kaa.kpc.transports.trusted_proxies),
+            max_connections=http.max_connections,
+            edge=EdgeSettings(
+                trusted_proxies=TrustedProxies.from_config(
+                    self.config.kaa.kpc.transports.trusted_proxies),
+                max_connection_rate=http.max_connection_rate,
+                connection_rate_burst=http.connection_rate_burst,
+                on_refused=self._count_refusal),
         ))
 
     def _count_refusal(self, transport: str, reason: str) -> None:

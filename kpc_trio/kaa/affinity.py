@@ -77,6 +77,14 @@ class Affinity:
         if subject is None:
             return
         key = (endpoint_id, extension)
+        entry = self._entries.get(key)
+        if entry is not None and entry.subject == subject:
+            # The same replica again (the usual answer): renewed in place, its strings and so
+            # its bytes unchanged.
+            entry.expires_at = now + self._ttl
+            entry.unanswered_since = None
+            self._entries.move_to_end(key)
+            return
         self._drop(key)
         self._entries[key] = _Entry(subject, now + self._ttl)
         self._bytes += _size(key, subject)

@@ -1,7 +1,8 @@
 """Admission control: what a listener decides about a new connection before any work on it.
 
-Sans-IO (the caller passes the clock): a token bucket for the connection rate and a count of
-TLS handshakes under way. A refusal costs the caller one `close()`: no task, no TLS.
+Sans-IO (the caller passes the clock): a token bucket for the connection rate and counts of
+what is under way (TLS handshakes, HTTP connections). A refusal costs the caller one `close()`:
+no task, no TLS, no read.
 """
 
 from __future__ import annotations
@@ -33,15 +34,17 @@ class TokenBucket:
 
 
 def connection_rate_bucket(rate: int, burst: int) -> TokenBucket | None:
-    """`kaa.kpc.transports.mqtt.max-connection-rate` / `connection-rate-burst`; None: no limit."""
+    """`kaa.kpc.transports.{mqtt,http}.max-connection-rate` / `connection-rate-burst`; None: no
+    limit."""
     if rate <= 0:
         return None
     return TokenBucket(rate=float(rate), burst=float(max(burst or rate, 1)))
 
 
 @attrs.define
-class HandshakeSlots:
-    """TLS handshakes allowed at once; `limit` 0 means unlimited."""
+class Slots:
+    """Things allowed under way at once (TLS handshakes, open HTTP connections); `limit` 0
+    means unlimited (still counted)."""
 
     limit: int
     busy: int = 0

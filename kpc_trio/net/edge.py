@@ -15,7 +15,7 @@ import attrs
 import trio
 
 from kpc_trio.logs import get_logger
-from kpc_trio.net.admission import HandshakeSlots, TokenBucket, connection_rate_bucket
+from kpc_trio.net.admission import Slots, TokenBucket, connection_rate_bucket
 from kpc_trio.net.forwarded import TrustedProxies
 from kpc_trio.net.proxy_protocol import (
     ProxyHeader,
@@ -82,7 +82,7 @@ class Edge:
         self.transport = transport
         self._bucket: TokenBucket | None = connection_rate_bucket(
             settings.max_connection_rate, settings.connection_rate_burst)
-        self.handshakes = HandshakeSlots(settings.max_concurrent_handshakes)
+        self.handshakes = Slots(settings.max_concurrent_handshakes)
         self._refusal_logs: dict[str, _RefusalLog] = {}
 
     @property

@@ -168,15 +168,15 @@ async def serve_socket_listeners(
     on_accept: Callable[[LeanSocketStream], Awaitable[None]],
     *,
     transport: str,
-    host: str,
+    host: str | None,
     port: int,
     handler_nursery: trio.Nursery,
     reuse_port: bool = False,
     task_status: trio.TaskStatus[BoundAddress],
     admit: Callable[[], bool] | None = None,
 ) -> NoReturn:
-    """Bind `host:port` (shared with other processes when `reuse_port`) and run one accept loop
-    per bound socket.
+    """Bind `host:port` (None: every interface; shared with other processes when `reuse_port`)
+    and run one accept loop per bound socket.
 
     Reports the first bound (host, port) through `task_status`; with port 0 and a `host` that
     resolves to several addresses each socket may get a different port, so give one address.

@@ -27,10 +27,29 @@ def _stream_error(exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourc
     return trio.BrokenResourceError(f"socket connection broken: {exc}")
 
 
-class LeanSocketStream(trio.abc.HalfCloseableStream):
+class WaitsForWritable:
+    """`wait_send_all_might_not_block` for a stream over one socket that flags a send under way
+    in `_sending` and waits on its socket with `_wait` (mapping errors its own way)."""
+
+    __slots__ = ("_sending",)
+
+    _sending: bool
+    _wait: Callable[[Callable[[socket.socket], Awaitable[None]]], Awaitable[None]]
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is currently sending on this stream")
+        self._sending = True
+        try:
+            await self._wait(trio.lowlevel.wait_writable)
+        finally:
+            self._sending = False
+
+
+class LeanSocketStream(WaitsForWritable, trio.abc.HalfCloseableStream):
     """`trio.abc.HalfCloseableStream` over a connected stdlib TCP socket, which it owns."""
 
-    __slots__ = ("socket", "_sending", "_eof_sent", "_drained")
+    __slots__ = ("socket", "_eof_sent", "_drained")
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -133,15 +152,6 @@ class LeanSocketStream(trio.abc.HalfCloseableStream):
             return 0
         except OSError as exc:
             raise _stream_error(exc) from exc
-
-    async def wait_send_all_might_not_block(self) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is currently sending on this stream")
-        self._sending = True
-        try:
-            await self._wait(trio.lowlevel.wait_writable)
-        finally:
-            self._sending = False
 
     async def send_eof(self) -> None:
         if self._sending:

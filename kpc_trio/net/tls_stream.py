@@ -21,15 +21,15 @@ from typing import Any
 
 import trio
 
-from kpc_trio.net.socket_stream import LeanSocketStream
+from kpc_trio.net.socket_stream import LeanSocketStream, WaitsForWritable
 
 DEFAULT_RECEIVE_SIZE = 65536
 
 
-class TlsStream(trio.abc.Stream):
+class TlsStream(WaitsForWritable, trio.abc.Stream):
     """Server-side TLS over `tcp`'s socket, which it owns; `do_handshake()` first."""
 
-    __slots__ = ("_tcp", "_tls", "_sending", "_receiving", "_drained")
+    __slots__ = ("_tcp", "_tls", "_receiving", "_drained")
 
     def __init__(self, tcp: LeanSocketStream, context: ssl.SSLContext) -> None:
         self._tcp = tcp
@@ -113,15 +113,6 @@ class TlsStream(trio.abc.Stream):
                 # OpenSSL writes it all or asks to be called again with the same bytes.
                 await self._retry(self._tls.write, data)
             await trio.lowlevel.cancel_shielded_checkpoint()
-        finally:
-            self._sending = False
-
-    async def wait_send_all_might_not_block(self) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is currently sending on this stream")
-        self._sending = True
-        try:
-            await self._wait(trio.lowlevel.wait_writable)
         finally:
             self._sending = False
 

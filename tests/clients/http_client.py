@@ -6,6 +6,11 @@ import attrs
 import h11
 import trio
 
+from tests.integration.waiting import within
+
+#: Longest wait for the next bytes of a response: past KPC's default 30 s request-timeout.
+REPLY_DEADLINE = 40.0
+
 
 @attrs.frozen
 class HttpReply:
@@ -38,7 +43,8 @@ class HttpClient:
         while True:
             event = self._conn.next_event()
             if event is h11.NEED_DATA:
-                self._conn.receive_data(await self._stream.receive_some(65536))
+                with within(REPLY_DEADLINE, f"the rest of the response to {method} {path}"):
+                    self._conn.receive_data(await self._stream.receive_some(65536))
             elif isinstance(event, h11.Response):
                 response = event
             elif isinstance(event, h11.Data):

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.counters import NatsFrameCounter
+from benchmarks.nats_frames import NatsFrameCounter
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,8 +25,8 @@ def _row_value(table: str, case: str, metric: str) -> float:
 
 def test_quick_benchmark_prints_positive_figures() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--cases", "qos1,roundtrip",
-         "--repeat", "1", "--no-peers", "--workers", "1"],
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--cases",
+         "qos1,roundtrip,roundtrip_floor", "--repeat", "1", "--no-peers", "--workers", "1"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
@@ -35,6 +35,8 @@ def test_quick_benchmark_prints_positive_figures() -> None:
     assert _row_value(done.stdout, "roundtrip", "p50 ms") > 0
     assert _row_value(done.stdout, "roundtrip", "p99 ms") > 0
     assert _row_value(done.stdout, "roundtrip", "p99.9 ms") > 0
+    assert _row_value(done.stdout, "roundtrip_floor", "p99 ms") > 0
+    assert "round trip p50 / p99 / p99.9 ms: through kpc_trio" in done.stdout
     # CPU accounting from /proc: present for every measured case (tiny runs may round to 0).
     assert _row_value(done.stdout, "qos1", "server µs/msg") >= 0
     assert _row_value(done.stdout, "roundtrip", "server µs/req") >= 0
@@ -53,3 +55,14 @@ def test_nats_frame_counter_counts_frames_split_anywhere_and_answers_pings() -> 
             counter.feed(stream[start:start + 7])
         assert (counter.messages, counter.ponged) == (6, True)
         assert server.recv(100) == b"PONG\r\n" * 3
+
+
+def test_nats_frame_counter_keeps_the_subjects_of_whole_frames_only() -> None:
+    ours, server = socket.socketpair()
+    with ours, server:
+        counter = NatsFrameCounter(ours, keep_subjects=True)
+        counter.feed(b"MSG bench.rt.3.17 1 2\r\nok\r\nMSG bench.rt.4.18 1 2\r\no")
+        assert counter.take_subjects() == [b"bench.rt.3.17"]
+        counter.feed(b"k\r\n")
+        assert counter.take_subjects() == [b"bench.rt.4.18"]
+        assert counter.take_subjects() == []

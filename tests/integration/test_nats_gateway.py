@@ -24,7 +24,7 @@ from kpc_trio.nats.gateway import (
     open_nats_gateway,
     redact_url,
 )
-from tests.integration.waiting import eventually, logged
+from tests.integration.waiting import eventually, logged, within
 
 _subject_ids = count()
 
@@ -211,7 +211,8 @@ async def test_queue_group_delivers_each_message_to_one_member(
         await gateway.sync()  # the server has the SUB before the peer publishes
         for n in range(20):
             await trio.to_thread.run_sync(peer.publish, subject, b"%d" % n)
-        all_payloads = [(await everything.receive()).payload for _ in range(20)]
+        with within(10, "20 messages on the plain subscription"):
+            all_payloads = [(await everything.receive()).payload for _ in range(20)]
         # Each subscription crosses into trio on its own: wait until the members have 20 too.
         await eventually(
             lambda: sum(c.statistics().current_buffer_used for c in members) >= 20)
@@ -253,9 +254,11 @@ async def test_closing_the_channel_unsubscribes(
         await abandoned.aclose()
         await gateway.sync()  # the server has the SUB before the peer publishes
         await trio.to_thread.run_sync(peer.publish, subject, b"1")
-        assert (await kept.receive()).payload == b"1"
+        with within(10, "message 1 on the kept subscription"):
+            assert (await kept.receive()).payload == b"1"
         await trio.to_thread.run_sync(peer.publish, subject, b"2")
-        assert (await kept.receive()).payload == b"2"
+        with within(10, "message 2 on the kept subscription"):
+            assert (await kept.receive()).payload == b"2"
     # Only the first message can find the abandoned channel; later ones are not even sent to us.
     assert gateway.dropped_inbound <= 1
 
@@ -394,7 +397,7 @@ async def test_exit_drains_queued_messages_and_closes_subscriptions(
         for n in range(100):
             assert gateway.publish_nowait(OutboundMessage(subject, b"%d" % n))
     await eventually(lambda: len(peer.received) == 100)
-    with pytest.raises(trio.EndOfChannel):
+    with pytest.raises(trio.EndOfChannel), within(10, "the end of the drained subscription"):
         await messages.receive()
     assert not gateway.connected
     with pytest.raises(NatsUnavailableError):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 import trio
@@ -16,6 +17,16 @@ async def eventually(condition: Callable[[], bool], what: str = "the condition",
         while not condition():
             await trio.sleep(0.01)
     assert condition(), f"never happened within {timeout} s: {what}"
+
+
+@contextmanager
+def within(seconds: float, what: str) -> Iterator[None]:
+    """Bound a wait for something that must arrive (a reply, a packet, a close): past `seconds`
+    the test fails naming `what` instead of hanging the suite."""
+    with trio.move_on_after(seconds) as waiting:
+        yield
+    if waiting.cancelled_caught:
+        raise AssertionError(f"never arrived within {seconds} s: {what}")
 
 
 def logged(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, object]]:

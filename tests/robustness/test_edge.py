@@ -6,6 +6,8 @@
 - X-Forwarded-For / Forwarded on WebSocket and HTTP: believed from a trusted proxy only.
 - Connection-rate limit: a burst far over it is refused (closed, counted) while devices already
   connected keep their round trips.
+- 1/KP over HTTP: connections over `max-connections` or the connection rate are closed unread,
+  counted; those already open keep being served, and a closed one frees its place.
 - Per-connection publish rate: a flooding device is slowed to it, not dropped, loses nothing.
 """
 
@@ -24,6 +26,7 @@ from trio_websocket import open_websocket_url
 from kpc_trio.config import Config
 from kpc_trio.mqtt.packets import ConnAck, ConnAckCode, PingResp, PubAck, Publish, QoS
 from kpc_trio.service import KpcService, open_kpc
+from tests.clients.http_client import HttpClient
 from tests.integration.kpc_harness import APP_VERSION, ENDPOINTS, make_config
 from tests.integration.waiting import eventually, logged
 from tests.robustness.conftest import LIMITS, sample
@@ -299,6 +302,83 @@ async def test_connection_burst_over_the_rate_is_refused_while_devices_keep_work
     assert round_trips >= 10
     for device in devices:
         await device.aclose()
+
+
+HTTP_CAP = 3
+HTTP_LISTENER = {**LIMITS, "KAA_KPC_TRANSPORTS_HTTP_ENABLED": "true",
+                 "KAA_KPC_TRANSPORTS_HTTP_HOST": "127.0.0.1",
+                 "KAA_KPC_TRANSPORTS_HTTP_PORT": "0"}
+DCX_OVER_HTTP = f"/kp1/{APP_VERSION}/dcx/{ENDPOINTS[0].token}/json"
+DCX_REQUEST = (f"POST {DCX_OVER_HTTP} HTTP/1.1\r\nHost: kpc\r\nContent-Length: 2\r\n\r\n{{}}"
+               .encode())
+
+
+async def http_device(port: int) -> tuple[trio.SocketStream, HttpClient]:
+    """A keep-alive HTTP connection whose first request was served."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    client = HttpClient(stream, "kpc")
+    with trio.fail_after(SERVER_DEADLINE):
+        assert (await client.request("POST", DCX_OVER_HTTP, b"{}")).status == 200
+    return stream, client
+
+
+async def closed_unanswered(port: int) -> bool:
+    """Whether a new connection that sends a request is closed without an answer."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    try:
+        with trio.fail_after(SERVER_DEADLINE):
+            await stream.send_all(DCX_REQUEST)
+            return await stream.receive_some(64) == b""
+    except trio.BrokenResourceError:
+        return True  # closed with the request unread: a RST
+    finally:
+        await stream.aclose()
+
+
+@pytest.mark.parametrize("limits", [{**HTTP_LISTENER, "KAA_KPC_TRANSPORTS_HTTP_MAX_CONNECTIONS":
+                                     str(HTTP_CAP)}], indirect=True)
+async def test_http_connections_over_the_cap_are_refused_while_open_ones_are_served(
+        kpc, caplog):
+    caplog.set_level(logging.INFO)
+    port = kpc.ports["http"]
+    devices = [await http_device(port) for _ in range(HTTP_CAP)]
+    for attempt in range(1, 4):
+        assert await closed_unanswered(port), "a connection over the cap was served"
+        assert sample(kpc, "kpc_connect_refusals_total", transport="http",
+                      reason="max_connections") == attempt
+    # Logged once, then only counted.
+    refusals = [fields for fields in logged(caplog, "connection_refused")
+                if fields.get("transport") == "http"]
+    assert [fields["reason"] for fields in refusals] == ["max_connections"]
+    for _, client in devices:
+        with trio.fail_after(SERVER_DEADLINE):
+            assert (await client.request("POST", DCX_OVER_HTTP, b"{}")).status == 200
+    # A device hangs up: its place is free once the server has closed its side.
+    stream, _ = devices.pop()
+    await stream.send_eof()
+    with trio.fail_after(SERVER_DEADLINE):
+        assert await stream.receive_some(64) == b"", "the server never closed its side"
+    await stream.aclose()
+    devices.append(await http_device(port))
+    assert await closed_unanswered(port), "the cap no longer holds"
+    assert sample(kpc, "kpc_connect_refusals_total", transport="http",
+                  reason="max_connections") == 4
+    for stream, _ in devices:
+        await stream.aclose()
+
+
+@pytest.mark.parametrize("limits", [{**HTTP_LISTENER,
+                                     "KAA_KPC_TRANSPORTS_HTTP_MAX_CONNECTION_RATE": "1",
+                                     "KAA_KPC_TRANSPORTS_HTTP_CONNECTION_RATE_BURST": "2"}],
+                         indirect=True)
+async def test_http_connections_over_the_rate_are_refused(kpc):
+    port = kpc.ports["http"]
+    # Five at once against a burst of two (a token a second): at least two are refused even
+    # if this machine stalls for a second.
+    outcomes = [await closed_unanswered(port) for _ in range(5)]
+    assert outcomes[:2] == [False, False] and sum(outcomes) >= 2, outcomes
+    assert sample(kpc, "kpc_connect_refusals_total", transport="http",
+                  reason="connection_rate") == sum(outcomes)
 
 
 PUBLISH_RATE = 40

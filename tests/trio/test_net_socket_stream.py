@@ -9,6 +9,7 @@ import trio
 import trio.testing
 
 from kpc_trio.net.socket_stream import LeanSocketStream
+from tests.integration.waiting import within
 
 
 async def _connected_pair() -> tuple[LeanSocketStream, LeanSocketStream]:
@@ -48,11 +49,14 @@ async def test_take_over_keeps_the_connection_and_closes_the_trio_stream() -> No
         stream = LeanSocketStream.take_over(accepted)
         assert accepted.socket.fileno() == -1
         await client.send_all(b"ping")
-        assert await stream.receive_some() == b"ping"
+        with within(10, "the client's ping at the server"):
+            assert await stream.receive_some() == b"ping"
         await stream.send_all(b"pong")
-        assert await client.receive_some() == b"pong"
+        with within(10, "the server's pong"):
+            assert await client.receive_some() == b"pong"
         await stream.aclose()
-        assert await client.receive_some() == b""
+        with within(10, "the server's close"):
+            assert await client.receive_some() == b""
 
 
 async def test_a_reset_connection_reads_as_broken() -> None:
@@ -61,14 +65,16 @@ async def test_a_reset_connection_reads_as_broken() -> None:
     client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, bytes([1, 0, 0, 0, 0, 0, 0, 0]))
     await client.aclose()
     with pytest.raises(trio.BrokenResourceError):
-        await server.receive_some()
+        with within(10, "the client's reset"):
+            await server.receive_some()
     await server.aclose()
 
 
 async def test_send_nowait_sends_what_the_kernel_takes_without_waiting() -> None:
     client, server = await _connected_pair()
     assert client.send_nowait(b"hello") == 5
-    assert await server.receive_some() == b"hello"
+    with within(10, "the client's hello"):
+        assert await server.receive_some() == b"hello"
     clogged, _ = await _clogged_pair()
     assert clogged.send_nowait(b"more") == 0  # a full buffer: nothing sent, no waiting
     await client.aclose()

@@ -10,6 +10,7 @@ import trio.testing
 
 from kpc_trio.net import Peer, serve_tcp
 from kpc_trio.net.listeners import run_accept_loop
+from tests.integration.waiting import within
 
 HOST = "127.0.0.1"
 
@@ -34,8 +35,10 @@ async def test_tcp_connection_reaches_handler_which_owns_the_stream(
 
     async with await trio.open_tcp_stream(HOST, port) as client:
         await client.send_all(b"\x10\x00")
-        assert await client.receive_some() == b"\x10\x00"
-        assert await client.receive_some() == b""  # the handler closed it
+        with within(10, "the handler's echo"):
+            assert await client.receive_some() == b"\x10\x00"
+        with within(10, "the handler's close"):
+            assert await client.receive_some() == b""  # the handler closed it
         client_port = client.socket.getsockname()[1]
     assert peers == [Peer(transport="tcp", address=f"{HOST}:{client_port}")]
 

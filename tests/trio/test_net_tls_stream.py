@@ -13,6 +13,7 @@ import trustme
 
 from kpc_trio.net.socket_stream import LeanSocketStream
 from kpc_trio.net.tls_stream import TlsStream
+from tests.integration.waiting import within
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,8 @@ async def connected_pair(contexts: tuple[ssl.SSLContext, ssl.SSLContext]
 async def receive_exactly(stream: trio.abc.ReceiveStream, size: int, chunk: int) -> bytes:
     received = bytearray()
     while len(received) < size:
-        data = await stream.receive_some(chunk)
+        with within(10, f"{size} bytes from the peer"):
+            data = await stream.receive_some(chunk)
         assert data, "end of stream too early"
         received += data
     return bytes(received)
@@ -70,7 +72,8 @@ async def test_close_notify_reads_as_end_of_stream(contexts):
         assert await receive_exactly(server, 10, 100) == b"last words"
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.aclose)
-            assert await server.receive_some(100) == b""
+            with within(10, "the client's close_notify"):
+                assert await server.receive_some(100) == b""
     await server.aclose()
     with pytest.raises(trio.ClosedResourceError):
         await server.receive_some(100)

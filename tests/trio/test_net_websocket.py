@@ -30,7 +30,7 @@ from tests.clients.websocket_frames import (
     hang_up,
     raw_upgrade,
 )
-from tests.integration.waiting import eventually, logged
+from tests.integration.waiting import eventually, logged, within
 
 HOST = "127.0.0.1"
 
@@ -115,7 +115,8 @@ async def websocket_server(
 async def _receive_exactly(connection: WebSocketConnection, size: int) -> bytes:
     data = bytearray()
     while len(data) < size:
-        data += await connection.get_message()
+        with within(10, f"{size} bytes of messages from the server"):
+            data += await connection.get_message()
     return bytes(data)
 
 
@@ -168,7 +169,8 @@ async def test_text_frame_closes_with_1003(
     port, handler = websocket_server
     async with open_websocket(HOST, port, "/ws", use_ssl=False, subprotocols=["mqtt"]) as ws:
         await ws.send_message("\xc0\x00")
-        with pytest.raises(ConnectionClosed) as closed:
+        with pytest.raises(ConnectionClosed) as closed, \
+                within(10, "the server's close frame"):
             await ws.get_message()
     assert closed.value.reason.code == 1003
     await handler.finished.wait()
@@ -207,7 +209,8 @@ async def test_message_above_max_packet_size_closes_with_1009(
     port, handler = websocket_server
     async with open_websocket(HOST, port, "/ws", use_ssl=False, subprotocols=["mqtt"]) as ws:
         await ws.send_message(b"\x30" + b"\x00" * (64 + 5))
-        with pytest.raises(ConnectionClosed) as closed:
+        with pytest.raises(ConnectionClosed) as closed, \
+                within(10, "the server's close frame"):
             await ws.get_message()
     assert closed.value.reason.code == 1009
     await handler.finished.wait()
@@ -229,7 +232,8 @@ async def test_client_that_never_upgrades_is_dropped_at_the_deadline(
         )
     )
     async with await trio.open_tcp_stream(HOST, port) as silent:
-        assert await silent.receive_some() == b""  # the server hung up on us
+        with within(10, "the server hanging up on a client that never upgrades"):
+            assert await silent.receive_some() == b""  # the server hung up on us
     assert handler.peers == []
 
 

@@ -22,9 +22,12 @@ from kpc_trio.net import Peer
 from kpc_trio.relay import Relay
 from kpc_trio.session import Delivery, Session, SessionContext, SessionLimits
 from tests.fake_nats import FakeNats
-from tests.integration.waiting import logged
+from tests.integration.waiting import logged, within
 
 CONNECT_TIMEOUT = 10.0
+#: Longest wait for the session's next bytes (or its close): past every keepalive deadline these
+#: tests reach (1.5 x 60 s), and virtual under the autojump clock, so a hang fails at once.
+NEXT_PACKET_DEADLINE = 120.0
 
 
 @pytest.fixture
@@ -62,7 +65,8 @@ class Client:
     async def next_packet(self) -> object | None:
         """The next packet from the server, None once the server closed the connection."""
         while (packet := self.decoder.next_packet()) is None:
-            data = await self.stream.receive_some(65536)
+            with within(NEXT_PACKET_DEADLINE, "a packet or the close from the session"):
+                data = await self.stream.receive_some(65536)
             if not data:
                 return None
             self.decoder.feed(data)

@@ -45,6 +45,34 @@ def test_a_later_reply_renews_and_moves() -> None:
     assert len(affinity) == 1
 
 
+def test_the_same_replica_answering_again_renews_in_place_with_exact_bytes() -> None:
+    entry = len("ep-0") + len("dcx") + len(SUBJECT) + ENTRY_OVERHEAD
+    affinity = Affinity(ttl=10, max_bytes=2 * entry)
+    affinity.remember("ep-0", "dcx", REPLICA, 0.0)
+    affinity.remember("ep-1", "dcx", REPLICA, 0.0)
+    renewed = affinity.entries["ep-0", "dcx"]
+    for n in range(1, 1001):
+        affinity.remember("ep-0", "dcx", REPLICA, float(n))
+        assert affinity.bytes == 2 * entry
+    assert affinity.entries["ep-0", "dcx"] is renewed  # not rebuilt
+    assert len(affinity) == 2
+    assert affinity.subject_for("ep-0", "dcx", 1009.9) == SUBJECT  # expiry moved to 1010
+    assert affinity.subject_for("ep-0", "dcx", 1010.0) is None
+    assert affinity.subject_for("ep-1", "dcx", 10.0) is None  # never renewed
+    assert len(affinity) == 0 and affinity.bytes == 0
+
+
+def test_a_renewed_entry_becomes_the_most_recently_used() -> None:
+    entry = len("ep-0") + len("dcx") + len(SUBJECT) + ENTRY_OVERHEAD
+    affinity = Affinity(ttl=600, max_bytes=2 * entry)
+    affinity.remember("ep-0", "dcx", REPLICA, 0.0)
+    affinity.remember("ep-1", "dcx", REPLICA, 0.0)
+    affinity.remember("ep-0", "dcx", REPLICA, 1.0)
+    affinity.remember("ep-2", "dcx", REPLICA, 2.0)  # over the bound: ep-1 is the oldest now
+    assert list(affinity.entries) == [("ep-0", "dcx"), ("ep-2", "dcx")]
+    assert affinity.bytes == 2 * entry
+
+
 def test_refused_subject_is_forgotten_for_every_endpoint() -> None:
     affinity = Affinity(ttl=600, max_bytes=1 << 20)
     affinity.remember("a", "dcx", REPLICA, 0.0)

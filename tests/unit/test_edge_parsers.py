@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from kpc_trio.net.admission import HandshakeSlots, ReadPacer, TokenBucket
+from kpc_trio.net.admission import ReadPacer, Slots, TokenBucket
 from kpc_trio.net.forwarded import TrustedProxies, forwarded_client
 from kpc_trio.net.proxy_protocol import (
     ProxyHeader,
@@ -81,12 +81,12 @@ def test_token_bucket_allows_the_burst_then_the_rate() -> None:
     assert bucket.take(0.1) and not bucket.take(0.1)
 
 
-def test_handshake_slots() -> None:
-    slots = HandshakeSlots(limit=1)
+def test_slots() -> None:
+    slots = Slots(limit=1)
     assert slots.acquire_nowait() and not slots.acquire_nowait()
     slots.release()
     assert slots.acquire_nowait()
-    assert all(HandshakeSlots(limit=0).acquire_nowait() for _ in range(100))
+    assert all(Slots(limit=0).acquire_nowait() for _ in range(100))
 
 
 def test_read_pacer_waits_out_both_rates() -> None:
