@@ -150,11 +150,22 @@ class Relay:
 
         The fields that repeat for a route and endpoint are encoded once (`ClientDataTemplate`)
         for remembered routes; requests (a new route each) are encoded whole."""
-        datum = records.fill_client_data(self._template_for(route, endpoint_id), correlation_id,
-                                         time.time_ns() // 1_000_000, payload)
+        # The common cases of `_template_for` and `_subject_for` inline: two calls less per
+        # message (QoS 1 relays one message at a time).
+        entry = self._templates.get(id(route))
+        if entry is not None and entry[0] is route and entry[1] == endpoint_id:
+            template = entry[2]
+        else:
+            template = self._template(route, endpoint_id)
+        subject = None
+        if endpoint_id is None or not self._affinity_entries:
+            subject = self._subjects.get(route.extension)
+        if subject is None:
+            subject = self._subject_for(route, endpoint_id)
+        datum = records.fill_client_data(template, correlation_id, time.time_ns() // 1_000_000,
+                                         payload)
         # tuple.__new__ skips the named tuple's Python-level constructor (one per message)
-        return _new_tuple(OutboundMessage, (self._subject_for(route, endpoint_id), datum,
-                                            self._reply_to))
+        return _new_tuple(OutboundMessage, (subject, datum, self._reply_to))
 
     def client_data_run(self, route: Route, endpoint_id: str | None, payloads: Sequence[bytes],
                         max_payload: int) -> list[OutboundMessage]:
