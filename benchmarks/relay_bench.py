@@ -11,8 +11,9 @@ Deterministic, so instruction counts compare commits on a busy machine:
     PYTHONPATH=. valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out \
         python benchmarks/relay_bench.py --qos 0 --messages 20000 --baseline
 
-`--baseline` runs the same setup with no PUBLISH (subtract its instructions to get the
-messages' own).
+valgrind needs the interpreter itself (`python -c "import sys; print(sys.executable)"`), not
+a pyenv shim. `--baseline` runs the same setup with no PUBLISH. docs/performance.md compares
+the instructions of 10,000 and 30,000 messages (the difference is the messages' own).
 """
 
 from __future__ import annotations
