@@ -51,16 +51,18 @@ from kpc_trio.traffic import TrafficMeter
 
 
 class ClientStream(trio.abc.Stream):
-    """The device's socket: the pre-encoded bytes in reads of RECEIVE_SIZE, then EOF."""
+    """The device's socket: the pre-encoded bytes in reads of at most `read_size`, then EOF."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, read_size: int = RECEIVE_SIZE) -> None:
         self._data = memoryview(data)
         self._position = 0
+        self._read_size = read_size
         self.sent = bytearray()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         await trio.lowlevel.checkpoint()
-        chunk = self._data[self._position:self._position + (max_bytes or RECEIVE_SIZE)]
+        size = min(max_bytes or RECEIVE_SIZE, self._read_size)
+        chunk = self._data[self._position:self._position + size]
         self._position += len(chunk)
         return bytes(chunk)
 
@@ -130,7 +132,7 @@ def client_bytes(qos: QoS, messages: int) -> bytes:
     return connect_packet("bench-device") + b"".join(publishes)
 
 
-async def relay(qos: QoS, messages: int) -> tuple[float, NatsStream]:
+async def relay(qos: QoS, messages: int, read_size: int) -> tuple[float, NatsStream]:
     nats_stream = NatsStream()
     link = NatsConnection(ServerPool([parse_url("nats://127.0.0.1:4222")], randomize=False,
                                      reconnect_wait=1), ConnectOptions())
@@ -146,7 +148,7 @@ async def relay(qos: QoS, messages: int) -> tuple[float, NatsStream]:
         resolver=cast(EndpointTokenResolver, KnownTokens()),
         events=ConnectivityEvents(gateway, kpc_instance="kpc", replica_id="bench"),
         metrics=metrics, traffic=TrafficMeter(start_ns=time.time_ns()))
-    client = ClientStream(client_bytes(qos, messages))
+    client = ClientStream(client_bytes(qos, messages), read_size)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(gateway._run_publisher)
         nursery.start_soon(nats_stream.serve, nats_link)
@@ -164,10 +166,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--qos", type=int, choices=(0, 1), default=0)
     parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--read-size", type=int, default=RECEIVE_SIZE,
+                        help="bytes per read from the client (a busy server reads more at once)")
     parser.add_argument("--baseline", action="store_true", help="connect, send nothing")
     args = parser.parse_args()
     messages = 0 if args.baseline else args.messages
-    elapsed, nats = trio.run(relay, QoS(args.qos), messages)
+    elapsed, nats = trio.run(relay, QoS(args.qos), messages, args.read_size)
     assert nats.pubs == messages, (nats.pubs, messages)
     per_message = elapsed / messages * 1e6 if messages else 0.0
     print(f"QoS {args.qos}: {messages} messages relayed in {elapsed:.3f} s "
