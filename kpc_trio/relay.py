@@ -179,10 +179,8 @@ class Relay:
             time.time_ns() // 1_000_000, payloads)
         if max(map(len, datums)) > max_payload:
             datums = list(itertools.takewhile(lambda datum: len(datum) <= max_payload, datums))
-        # All in C: the named tuples of one subject and reply around each datum.
-        return list(map(_new_tuple, itertools.repeat(OutboundMessage), zip(
-            itertools.repeat(self._subject_for(route, endpoint_id)), datums,
-            itertools.repeat(self._reply_to))))
+        subject, reply = self._subject_for(route, endpoint_id), self._reply_to
+        return [_new_tuple(OutboundMessage, (subject, datum, reply)) for datum in datums]
 
     def _template_for(self, route: Route, endpoint_id: str | None
                       ) -> records.ClientDataTemplate:

@@ -548,17 +548,28 @@ def fill_client_data_run(
     """`fill_client_data` for each of `payloads` (a run of one route's messages, one
     timestamp), the correlation ids `correlation_prefix` and `first_id`, `first_id + 1`, ...
 
-    What repeats is encoded once per run: timestamp and template together, and each length
-    that occurs (a device's telemetry often keeps its size)."""
+    What repeats is encoded once per run: timestamp and template together, and a length while
+    it stays the same (a correlation id's until the counter gains a digit; a payload's while a
+    device keeps the size of its telemetry). A plain loop: short runs are common too."""
     fixed = _avro_timestamp(timestamp) + template.middle
     tail = template.tail
-    correlations = [b"%s%d" % (correlation_prefix, number)
-                     for number in range(first_id, first_id + len(payloads))]
-    lengths = {length: _avro_long(length)
-               for length in {*map(len, correlations), *map(len, payloads)}}
-    return [b"".join((lengths[len(correlation)], correlation, fixed, lengths[len(payload)],
-                      payload, tail))
-            for correlation, payload in zip(correlations, payloads, strict=True)]
+    datums: list[bytes] = []
+    append = datums.append
+    number = first_id
+    correlation_length = size = -1
+    correlation_length_bytes = size_bytes = b""
+    for payload in payloads:
+        correlation = b"%s%d" % (correlation_prefix, number)
+        number += 1
+        if len(correlation) != correlation_length:
+            correlation_length = len(correlation)
+            correlation_length_bytes = _avro_long(correlation_length)
+        if len(payload) != size:
+            size = len(payload)
+            size_bytes = _avro_long(size)
+        append(b"".join((correlation_length_bytes, correlation, fixed, size_bytes, payload,
+                         tail)))
+    return datums
 
 
 _INT_MIN, _INT_MAX = -(1 << 31), (1 << 31) - 1
