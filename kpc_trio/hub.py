@@ -17,6 +17,7 @@ from typing import Generic, TypeVar
 import attrs
 
 from kpc_trio.kaa.endpoints import DisconnectPolicy, Endpoints, Holder
+from kpc_trio.mqtt.packets import QoS
 
 S = TypeVar("S", bound=Holder)
 
@@ -32,10 +33,10 @@ PendingKey = int | tuple[str, str, int]
 
 @attrs.frozen
 class PendingRequest(Generic[S]):
-    """A request waiting for its reply: who asked, on which topic, and the request id the
-    device chose. The reply goes back to the connection that asked even when the endpoint
-    moved to another one meanwhile (design property 5: routed by what is unique to the
-    request)."""
+    """A request waiting for its reply: who asked, on which topic, the request id the device
+    chose and the QoS its reply goes out with (the request's). The reply goes back to the
+    connection that asked even when the endpoint moved to another one meanwhile (design
+    property 5: routed by what is unique to the request)."""
 
     session: S
     app_version: str
@@ -44,6 +45,7 @@ class PendingRequest(Generic[S]):
     token: str | None  # of the request's topic, for the response topic
     device_request_id: int
     expires_at: float
+    qos: QoS = QoS.AT_MOST_ONCE
 
 
 class Hub(Generic[S]):
@@ -89,7 +91,7 @@ class Hub(Generic[S]):
     # it (no endpoint id, no request id) names no device and is dropped as not routed.
     def expect_reply(self, session: S, app_version: str, extension: str,
                      device_request_id: int, now: float, *, endpoint_id: str | None = None,
-                     token: str | None = None) -> int:
+                     token: str | None = None, qos: QoS = QoS.AT_MOST_ONCE) -> int:
         """Remember a request until `now + request_timeout`; return the request id to put in
         its `ClientData`. Over the bound, the oldest pending request is forgotten."""
         self._expire_requests(now)
@@ -104,7 +106,7 @@ class Hub(Generic[S]):
             self._pending.pop(key, None)  # asked again: the newest asker, last in order
         self._pending[key] = PendingRequest(
             session, app_version, extension, endpoint_id, token, device_request_id,
-            now + self._request_timeout)
+            now + self._request_timeout, qos)
         while len(self._pending) > self._max_pending_requests:
             self._pending.popitem(last=False)
         return request_id
@@ -126,6 +128,11 @@ class Hub(Generic[S]):
         pending = self._pending
         while pending and pending[next(iter(pending))].expires_at <= now:
             pending.popitem(last=False)
+
+    def awaiting_replies(self, now: float) -> int:
+        """Requests relayed whose reply is still expected (a graceful shutdown waits for them)."""
+        self._expire_requests(now)
+        return len(self._pending)
 
     def forget_session(self, session: S) -> None:
         """Drop every pending request of a closed session."""

@@ -44,7 +44,7 @@ from kpc_trio.connectivity import ConnectivityEvents
 from kpc_trio.health import Health
 from kpc_trio.http_transport import HttpTransport, ReplyWaiters, kp1_error_response
 from kpc_trio.httpd import HttpLimits, management_routes, rest_routes, serve_http
-from kpc_trio.hub import Hub
+from kpc_trio.hub import Hub, PendingRequest
 from kpc_trio.kaa import records, scmp, subjects
 from kpc_trio.kaa.affinity import Affinity
 from kpc_trio.kaa.endpoints import State
@@ -106,7 +106,6 @@ def session_limits(config: Config) -> SessionLimits:
         max_client_id_length=mqtt.max_client_id_length,
         max_publish_rate=mqtt.max_publish_rate,
         max_receive_rate=mqtt.max_receive_rate,
-        reply_wait=config.kaa.kpc.esp.response_timeout,
         log_repeat_interval=config.logging.repeat_interval,
         park_after=config.kaa.kpc.limits.park_idle_after,
     )
@@ -404,8 +403,7 @@ class KpcService:
     def _awaiting_replies(self) -> int:
         """Requests relayed whose reply a device still expects (MQTT sessions and HTTP)."""
         now = trio.current_time()
-        return sum(session.awaiting_replies(now) for session in self.sessions) + len(
-            self._http_waiters)
+        return self.hub.awaiting_replies(now) + len(self._http_waiters)
 
     def _session_context(self, gateway: NatsPort) -> SessionContext:
         config = self.config
@@ -701,9 +699,10 @@ class KpcService:
                                                   message.reply, time.monotonic())
         delivery = Delivery.DELIVERED if self._http_waiters.deliver(data) else Delivery.NOT_ROUTED
         if delivery is Delivery.NOT_ROUTED:
-            session, data, request_token = self._session_for(data)
+            session, data, pending = self._session_for(data)
             if session is not None:
-                delivery = session.deliver_extension_data(data, request_token)
+                delivery = (session.deliver_extension_data(data) if pending is None
+                            else session.deliver_extension_data(data, pending.token, pending.qos))
         if delivery is Delivery.DELIVERED:
             self.metrics.extension_data_delivered.labels(data.extension_instance_name or "").inc()
         elif delivery is Delivery.NOT_ROUTED:  # a dropped one is counted with its reason
@@ -730,10 +729,11 @@ class KpcService:
                 log.info("endpoint_roamed", endpoint_id=endpoint_id,
                          to_replica=event.originator_replica_id)
 
-    def _session_for(self, data: records.ExtensionData
-                     ) -> tuple[Session | None, records.ExtensionData, str | None]:
+    def _session_for(
+        self, data: records.ExtensionData,
+    ) -> tuple[Session | None, records.ExtensionData, PendingRequest[Session] | None]:
         """The session to deliver `data` to, `data` as that session's device knows it (a reply
-        carries KPC's request id, not the device's), and the token of the request answered.
+        carries KPC's request id, not the device's), and the request answered, if pending.
 
         A reply goes to the connection that sent the request, even if its endpoint moved to
         another connection meanwhile. An `ExtensionData` that answers no pending request (a push,
@@ -747,7 +747,7 @@ class KpcService:
                                           endpoint_id=data.endpoint_id)
             if pending is not None:
                 return (pending.session, attrs.evolve(data, request_id=pending.device_request_id),
-                        pending.token)
+                        pending)
         if data.endpoint_id is not None:
             return self.hub.session_for_endpoint(data.endpoint_id), data, None
         return None, data, None

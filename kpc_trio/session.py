@@ -61,8 +61,6 @@ RECEIVE_SIZE = 16384
 KEEPALIVE_FACTOR = 1.5
 #: How long a closing session may take to flush its last bytes (CONNACK refusal, final acks).
 FINAL_FLUSH_TIMEOUT = 5.0
-#: Request QoS remembered per pending request id so the response goes out at the same QoS.
-MAX_REMEMBERED_REQUESTS = 1024
 #: MQTT 3.1.1 section 1.5.3: a topic is at most 65,535 bytes of UTF-8.
 MAX_TOPIC_BYTES = 65_535
 
@@ -73,10 +71,6 @@ class Delivery(enum.Enum):
     DELIVERED = "delivered"
     NOT_ROUTED = "not_routed"  # not this session's (any more): the caller counts it
     DROPPED = "dropped"  # this session counted why (slow consumer, invalid topic)
-
-
-#: What an answer without a remembered request goes out with.
-_NO_REQUEST = (QoS.AT_MOST_ONCE, 0.0)
 
 
 @attrs.frozen
@@ -91,8 +85,6 @@ class SessionLimits:
     max_receive_rate: int = 0  # bytes per second read from a client; 0 = unlimited
     max_subscriptions: int = 100
     max_client_id_length: int = 256
-    #: kaa.kpc.esp.response-timeout: how long a graceful shutdown waits for a request's answer.
-    reply_wait: float = 30.0
     #: logging.repeat-interval: what a client can repeat at will is logged once per interval.
     log_repeat_interval: float = 10.0
     #: kaa.kpc.limits.park-idle-after: a connected session idle this long parks (0 = never).
@@ -219,7 +211,7 @@ class EndpointBinding:
 class Session:
     # Slots: thousands of idle sessions are the service's main memory cost.
     __slots__ = (
-        "_stream", "peer", "_ctx", "_conn", "_endpoints", "_request_qos", "_writer",
+        "_stream", "peer", "_ctx", "_conn", "_endpoints", "_asked", "_writer",
         "_writer_nursery", "_writing_inline", "_stopping", "_reading_scope", "_receiving",
         "close_reason", "auth", "_dropping", "_bytes_in", "_bytes_out", "_publishes_in",
         "_publishes_out", "_pacer", "_repeats", "_closing", "_deadline", "_parked_fd",
@@ -237,10 +229,9 @@ class Session:
             max_client_id_length=limits.max_client_id_length, max_inflight=limits.max_inflight,
             publish_runs=self._pacer is None)
         self._endpoints: dict[str, EndpointBinding] = {}
-        # Requests relayed and not answered yet: the QoS of the answer and until when it is
-        # expected (a shutdown waits for it). Insertion-ordered: the oldest goes first when the
-        # bound is hit. Created by the first request (thousands of idle sessions need none).
-        self._request_qos: dict[tuple[str, str | None, int], tuple[QoS, float]] | None = None
+        # Whether it relayed a request (the hub remembers them): only then does its end scan
+        # the hub's pending requests.
+        self._asked = False
         # The writer task runs only while output is pending: an idle connection has one task.
         self._writer: _Writer | None = None
         self._writer_nursery: trio.Nursery | None = None  # None: nothing more is written
@@ -470,16 +461,11 @@ class Session:
         assert self._closing is not None
         self._closing.set()
 
-    def awaiting_replies(self, now: float) -> int:
-        """Requests relayed whose answer is still expected (not past the ESP response
-        timeout)."""
-        return sum(1 for _, until in (self._request_qos or {}).values() if until > now)
-
     def _release(self) -> None:
         hub = self._ctx.hub
         if self.client_id is not None:
             hub.release_client_id(self.client_id, self)
-        if self._request_qos is not None:  # it asked something: its pending requests go too
+        if self._asked:  # its pending requests go too
             hub.forget_session(self)
         if self._endpoints:
             change = hub.endpoints.client_gone(self, self._endpoints)
@@ -791,7 +777,8 @@ class Session:
             # The reply comes back to this connection (endpoint-unaware: under an id of KPC's).
             relayed_id = self._ctx.hub.expect_reply(
                 self, route.app_version, route.extension, route.request_id, batch.now,
-                endpoint_id=endpoint_id, token=route.token)
+                endpoint_id=endpoint_id, token=route.token, qos=event.qos)
+            self._asked = True
             relayed_route = attrs.evolve(route, request_id=relayed_id)
         message = self._ctx.relay.client_data_message(relayed_route, endpoint_id,
                                                       event.payload, correlation_id)
@@ -805,7 +792,6 @@ class Session:
                                "bytes per message")
             return
         if relayed_id is not None:
-            self._remember_request(route, endpoint_id, event.qos, batch.now)
             if batch.requests is None:
                 batch.requests = {}
             batch.requests[len(batch.outgoing)] = _Request(event, route, relayed_id, endpoint_id)
@@ -893,25 +879,10 @@ class Session:
         binding = self._endpoints.get(endpoint_id)
         return binding is not None and binding.token_id in token_ids
 
-    def _remember_request(self, route: Route, endpoint_id: str | None, qos: QoS,
-                          now: float) -> None:
-        """The QoS of the response, keyed by what the reply carries (the device's request id,
-        also for endpoint-unaware requests: the service maps KPC's back before delivering)."""
-        assert route.request_id is not None
-        if self._request_qos is None:
-            self._request_qos = {}
-        self._request_qos[(route.extension, endpoint_id, route.request_id)] = (
-            qos, now + self._ctx.limits.reply_wait)
-        while len(self._request_qos) > MAX_REMEMBERED_REQUESTS:
-            del self._request_qos[next(iter(self._request_qos))]
-
     def _withdraw_request(self, route: Route, relayed_id: int, endpoint_id: str | None) -> None:
         """Forget a request NATS never took: no reply will come for it."""
-        assert route.request_id is not None
         self._ctx.hub.take_reply(route.app_version, route.extension, relayed_id,
                                  trio.current_time(), endpoint_id=endpoint_id)
-        if self._request_qos is not None:
-            self._request_qos.pop((route.extension, endpoint_id, route.request_id), None)
 
     def _answer_error(
         self, event: Publish, request_id: int | None, status_code: int, reason: str
@@ -938,9 +909,11 @@ class Session:
 
     # --- delivering to the client -----------------------------------------------------------
     def deliver_extension_data(self, data: records.ExtensionData,
-                               request_token: str | None = None) -> Delivery:
+                               request_token: str | None = None,
+                               qos: QoS = QoS.AT_MOST_ONCE) -> Delivery:
         """Publish an extension's answer or push to this client. `request_token` is the token
-        of the request answered, if this connection asked (its endpoint may have moved on)."""
+        of the request answered, if this connection asked (its endpoint may have moved on);
+        `qos` the request's (a push goes out at QoS 0)."""
         binding = self._endpoints.get(data.endpoint_id) if data.endpoint_id else None
         if data.endpoint_id is not None and binding is None and request_token is None:
             return Delivery.NOT_ROUTED
@@ -953,10 +926,6 @@ class Session:
             log.warning("extension_data_undeliverable", reason=str(exc),
                         correlation_id=data.correlation_id)
             return Delivery.NOT_ROUTED
-        qos = QoS.AT_MOST_ONCE
-        if data.request_id is not None and self._request_qos:
-            key = (data.extension_instance_name or "", data.endpoint_id, data.request_id)
-            qos = self._request_qos.pop(key, _NO_REQUEST)[0]
         delivery = self.deliver(message.topic, message.payload, qos)
         traffic = self._ctx.traffic
         if delivery is Delivery.DELIVERED and binding is not None and traffic is not None:

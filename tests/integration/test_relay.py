@@ -250,3 +250,40 @@ async def test_two_connections_of_one_endpoint_each_get_the_replies_to_their_own
             (f"kp1/{APP_VERSION}/dcx/{EP1.token}/json/{request_id}/status",
              f"{client_id}-{request_id}".encode())
             for request_id in range(first, first + rounds)]
+
+
+async def test_each_reply_goes_out_at_its_own_requests_qos_with_requests_in_flight_together(
+        kaa, port):
+    """Several devices, several rounds: an endpoint-aware and an endpoint-unaware request in
+    flight at once with different QoS, and a bad request between them; each reply comes back
+    at the QoS of the request it answers."""
+    kaa.set_extension_behaviour("dcx", ExtensionBehaviour(delay=0.05))  # both pending at once
+    devices, rounds = 3, 3
+    got: dict[int, dict[str, int]] = {}
+
+    async def device(n: int) -> None:
+        endpoint = ENDPOINTS[n]
+        async with open_device(port) as client:
+            seen = got[n] = {}
+            for request_id in range(rounds):
+                aware_qos = (n + request_id) % 2
+                await call(client.publish, f"kp1/{APP_VERSION}/dcx/{endpoint.token}/json/"
+                           f"{request_id}", b"aware", aware_qos)
+                await call(client.publish, f"kp1/{APP_VERSION}/dcx/not-a-token/json/9", b"", 1)
+                await call(client.publish, f"kp1/{APP_VERSION}/tsx/time/{request_id}",
+                           b"unaware", 1 - aware_qos)
+                for _ in range(3):
+                    reply = await call(client.expect)
+                    seen[reply.topic] = reply.qos
+
+    async with trio.open_nursery() as nursery:
+        for n in range(devices):
+            nursery.start_soon(device, n)
+    for n in range(devices):
+        token = ENDPOINTS[n].token
+        expected = {f"kp1/{APP_VERSION}/dcx/not-a-token/json/9/error": 1}
+        for request_id in range(rounds):
+            aware_qos = (n + request_id) % 2
+            expected[f"kp1/{APP_VERSION}/dcx/{token}/json/{request_id}/status"] = aware_qos
+            expected[f"kp1/{APP_VERSION}/tsx/time/{request_id}/status"] = 1 - aware_qos
+        assert got[n] == expected

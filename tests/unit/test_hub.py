@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kpc_trio.hub import REQUEST_ID_LIMIT, Hub
+from kpc_trio.mqtt.packets import QoS
 
 TIMEOUT = 30.0
 
@@ -84,3 +85,23 @@ def test_an_endpoint_aware_request_asked_again_goes_to_the_newest_asker() -> Non
     assert table.pending_request_count == 1
     pending = table.take_reply("app_v1", "dcx", 5, now=2.0, endpoint_id="ep")
     assert pending is not None and pending.session == "second"
+
+
+def test_a_pending_request_keeps_the_qos_its_reply_goes_out_with() -> None:
+    table = hub()
+    unaware = table.expect_reply("s", "app_v1", "tsx", 3, now=0.0, qos=QoS.AT_LEAST_ONCE)
+    table.expect_reply("s", "app_v1", "tsx", 3, now=0.0, endpoint_id="e1")
+    assert table.awaiting_replies(now=1.0) == 2
+    taken = table.take_reply("app_v1", "tsx", unaware, now=1.0)
+    assert taken is not None and taken.qos is QoS.AT_LEAST_ONCE
+    aware = table.take_reply("app_v1", "tsx", 3, now=1.0, endpoint_id="e1")
+    assert aware is not None and aware.qos is QoS.AT_MOST_ONCE
+
+
+def test_expired_requests_are_no_longer_awaited() -> None:
+    table = hub()
+    table.expect_reply("s", "app_v1", "tsx", 1, now=0.0)
+    table.expect_reply("s", "app_v1", "tsx", 2, now=5.0)
+    assert table.awaiting_replies(now=TIMEOUT - 1) == 2
+    assert table.awaiting_replies(now=TIMEOUT) == 1
+    assert table.awaiting_replies(now=TIMEOUT + 5) == 0
