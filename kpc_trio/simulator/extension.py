@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections import OrderedDict
 
 import attrs
 from nats.aio.client import Client as NatsClient
@@ -16,7 +17,7 @@ from nats.aio.msg import Msg
 
 from kpc_trio.kaa import records, subjects
 from kpc_trio.logs import get_logger
-from kpc_trio.simulator.recording import Recording
+from kpc_trio.simulator.recording import RECORDING_LIMIT, Recording
 from kpc_trio.simulator.service import Spawn, decode_message, now_ms
 
 log = get_logger(__name__)
@@ -54,8 +55,8 @@ class EchoExtension:
         # This simulated replica's own subjects (RFC 3: the last token names the type).
         self.replica_subject = f"kaa.v1.replica.{name}-replica-1.esp.ClientData"
         self._replica_reply_to = f"kaa.v1.replica.{name}-replica-1.esp.ExtensionData"
-        #: correlation id -> the subject each ClientData arrived on
-        self.arrived_on: dict[str, str] = {}
+        #: correlation id -> the subject each ClientData arrived on (the newest, as `received`)
+        self.arrived_on: OrderedDict[str, str] = OrderedDict()
 
     def reply_for(
         self, data: records.ClientData, behaviour: ExtensionBehaviour
@@ -85,6 +86,8 @@ class EchoExtension:
             # Read before recording: a test that saw this message may change the behaviour next.
             behaviour = self.behaviour
             self.arrived_on[data.correlation_id] = msg.subject
+            if len(self.arrived_on) > RECORDING_LIMIT:
+                self.arrived_on.popitem(last=False)
             self.received.append(data)
             log.info("sim_client_data_received", extension=self.name,
                      app_version=data.app_version_name, endpoint_id=data.endpoint_id,
